@@ -1,0 +1,381 @@
+"""Configuration: TOML file -> validated, frozen pydantic models.
+
+Loads one TOML file, validates every key (unknown keys are errors), resolves relative paths
+against the config file's folder, and reports every problem as one line naming the file and the
+field (or the line, for TOML syntax errors). It does not open buses, DBCs or brokers: checks that
+need those live where those are opened.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from agent.errors import ConfigError
+
+# Interfaces handled by python-can are passed through by name; "replay" is ours.
+REPLAY = "replay"
+Priority = Literal["telemetry", "event"]
+PRIORITIES: tuple[Priority, ...] = ("telemetry", "event")
+CONSENT_CATEGORIES = ("location", "driving", "vehicle_health", "diagnostics")
+
+_VIN_CHARS = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
+    """Relative paths in the config are relative to the config file's folder."""
+    if value is None:
+        return None
+    base = (info.context or {}).get("base")
+    value = Path(value).expanduser()
+    if base is not None and not value.is_absolute():
+        value = Path(base) / value
+    return value
+
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+NonNegSeconds = Annotated[float, Field(ge=0)]
+
+
+class VehicleConfig(_Model):
+    vin: str = Field(description="17-character vehicle identification number")
+
+    @field_validator("vin")
+    @classmethod
+    def _vin_shape(cls, v: str) -> str:
+        v = v.strip().upper()
+        if not _VIN_CHARS.match(v):
+            raise ValueError("must be 17 characters of A-Z and 0-9 without I, O or Q")
+        return v
+
+
+class BusConfig(_Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    interface: str = Field(min_length=1)
+    channel: str | None = None
+    bitrate: int | None = Field(default=None, gt=0)
+    fd: bool = False
+    data_bitrate: int | None = Field(default=None, gt=0)
+    dbc: list[Path] = Field(min_length=1)
+    # Load the DBC with the documented lenient rules (see README): defects are warnings.
+    lenient_dbc: bool = False
+    # J1939: match frames by PGN (priority and source address masked out).
+    j1939: bool = False
+    frame_id_mask: int | None = Field(default=None, gt=0, le=0x1FFFFFFF)
+    # Replay only.
+    log: Path | None = None
+    speed: float = Field(default=0.0, ge=0)
+    # "log": stamp data with the log's own times; "now": shift the log so it starts now.
+    time: Literal["log", "now"] = "log"
+    # Live only: frames buffered between the bus reader and the pipeline.
+    queue_frames: int = Field(default=65536, ge=64)
+    # A live bus with no frame for this long is reported "silent" (never mistaken for healthy).
+    silent_after: PositiveSeconds = 5.0
+    reopen_min: PositiveSeconds = 0.5
+    reopen_max: PositiveSeconds = 30.0
+    # Extra keyword arguments for the python-can interface.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("dbc", mode="after")
+    @classmethod
+    def _dbc_paths(cls, v: list[Path], info: ValidationInfo) -> list[Path]:
+        return [p for p in (_resolve(p, info) for p in v) if p is not None]
+
+    @field_validator("log", mode="after")
+    @classmethod
+    def _log_path(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return _resolve(v, info)
+
+    @model_validator(mode="after")
+    def _by_interface(self) -> BusConfig:
+        if self.interface == REPLAY:
+            if self.log is None:
+                raise ValueError('interface "replay" needs log = "<file>"')
+            if self.channel is not None:
+                raise ValueError('interface "replay" takes log, not channel')
+        else:
+            if self.log is not None:
+                raise ValueError(f'log is only for interface "replay", not "{self.interface}"')
+            if self.channel is None:
+                raise ValueError(f'interface "{self.interface}" needs channel = "<name>"')
+        if self.j1939 and self.frame_id_mask is not None:
+            raise ValueError("set either j1939 = true or frame_id_mask, not both")
+        return self
+
+    @property
+    def is_replay(self) -> bool:
+        return self.interface == REPLAY
+
+    @property
+    def id_mask(self) -> int | None:
+        return 0x3FFFF00 if self.j1939 else self.frame_id_mask
+
+
+class SignalConfig(_Model):
+    """Selects signals by glob over ``Message.Signal`` and sets how they are sampled."""
+
+    match: str = Field(min_length=1)
+    bus: str | None = None
+    name: str | None = Field(default=None, min_length=1)
+    deadband: float = Field(default=0.0, ge=0)
+    min_interval: NonNegSeconds = 0.0
+    max_interval: NonNegSeconds = 0.0
+    priority: Priority = "telemetry"
+    consent: str | None = None
+
+    @model_validator(mode="after")
+    def _intervals(self) -> SignalConfig:
+        if self.max_interval and self.max_interval < self.min_interval:
+            raise ValueError("max_interval must be 0 (off) or at least min_interval")
+        if self.name is not None and any(c in self.match for c in "*?["):
+            raise ValueError("name can only be given to a match that names one signal (no glob)")
+        return self
+
+    def matches(self, bus: str, qualified: str) -> bool:
+        if self.bus is not None and self.bus != bus:
+            return False
+        return fnmatch.fnmatchcase(qualified, self.match)
+
+
+class UpdatesConfig(_Model):
+    """How samples are batched into spime updates."""
+
+    max_age: PositiveSeconds = 1.0
+    max_samples: int = Field(default=4096, ge=1, le=1_000_000)
+    max_bytes: int = Field(default=32768, ge=256, le=256 * 1024 * 1024)
+    snapshot_interval: NonNegSeconds = 300.0
+    compress: bool = True
+
+
+class TlsConfig(_Model):
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    # Never disable in production: only for brokers with self-signed names in a lab.
+    check_hostname: bool = True
+
+    @field_validator("ca", "cert", "key", mode="after")
+    @classmethod
+    def _paths(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return _resolve(v, info)
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class MqttConfig(_Model):
+    host: str = Field(min_length=1)
+    port: int = Field(default=1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    # None: TLS unless the broker is on this box (loopback), see README.
+    tls: bool | TlsConfig | None = None
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = Field(default=60, ge=5, le=65535)
+    topic_prefix: str = Field(default="spime/v1", min_length=1)
+    client_id: str | None = None
+    max_inflight: int = Field(default=20, ge=1, le=65535)
+    # Backlog drain rate limit in messages per second (0: unlimited).
+    drain_rate: float = Field(default=0.0, ge=0)
+    reconnect_min: PositiveSeconds = 1.0
+    reconnect_max: PositiveSeconds = 120.0
+    status_interval: PositiveSeconds = 60.0
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        v = v.strip("/")
+        if any(c in v for c in "+#") or not v:
+            raise ValueError("must be a topic without wildcards (+, #)")
+        return v
+
+    @property
+    def tls_config(self) -> TlsConfig | None:
+        """The TLS settings in force, or None for plain TCP."""
+        if isinstance(self.tls, TlsConfig):
+            return self.tls
+        if self.tls is True or (self.tls is None and not is_loopback(self.host)):
+            return TlsConfig()
+        return None
+
+
+class OutboxConfig(_Model):
+    path: Path
+    max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
+    commit_interval: PositiveSeconds = 1.0
+    # Memory buffer used while the disk cannot be written (full, read-only).
+    memory_bytes: int = Field(default=8 * 1024 * 1024, ge=64 * 1024)
+    # Maximum age per priority in seconds (0: kept until sent or evicted for space).
+    max_age_telemetry: NonNegSeconds = 0.0
+    max_age_event: NonNegSeconds = 0.0
+
+    @field_validator("path", mode="after")
+    @classmethod
+    def _path(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return _resolve(v, info)
+
+
+class ModemConfig(_Model):
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    port: str = Field(min_length=1)
+    baudrate: int = Field(default=115200, gt=0)
+    apn: str | None = None
+    # Command run (with a timeout) when this modem becomes the active one, e.g. an nmcli call.
+    link_up: list[str] | None = None
+    link_down: list[str] | None = None
+    pin: str | None = Field(default=None, pattern=r"^[0-9]{4,8}$")
+
+
+class ModemPolicyConfig(_Model):
+    primary: str | None = None  # modem name or ICCID; None: the first [[modem]]
+    fallback: list[str] = Field(default_factory=list)
+    home_networks: list[str] = Field(default_factory=list)  # MCCMNC codes
+    allow_roaming: bool = False
+    min_signal_dbm: float = -105.0
+    signal_hysteresis_db: float = Field(default=6.0, ge=0)
+    weak_checks: int = Field(default=3, ge=1)
+    check_interval: PositiveSeconds = 30.0
+    data_failures: int = Field(default=3, ge=1)
+    return_delay: PositiveSeconds = 600.0
+    return_delay_max: PositiveSeconds = 6 * 3600.0
+    max_switches_per_hour: int = Field(default=6, ge=1)
+    command_timeout: PositiveSeconds = 5.0
+    link_timeout: PositiveSeconds = 60.0
+
+
+class ConsentRule(_Model):
+    match: str = Field(min_length=1)
+    category: str = Field(min_length=1)
+
+
+class ConsentConfig(_Model):
+    """Owner's consent; enforced in the data path (issue: activation)."""
+
+    granted: list[str] = Field(default_factory=lambda: list(CONSENT_CATEGORIES))
+    rules: list[ConsentRule] = Field(default_factory=list)
+    # When only "coarse_location" is granted, positions are snapped to this grid (degrees).
+    coarse_grid: float = Field(default=0.01, gt=0)
+
+
+class StatusConfig(_Model):
+    path: Path | None = None
+    interval: PositiveSeconds = 5.0
+
+    @field_validator("path", mode="after")
+    @classmethod
+    def _path(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return _resolve(v, info)
+
+
+class Config(_Model):
+    vehicle: VehicleConfig
+    bus: list[BusConfig] = Field(min_length=1)
+    signal: list[SignalConfig] = Field(default_factory=list)
+    updates: UpdatesConfig = Field(default_factory=UpdatesConfig)
+    mqtt: MqttConfig | None = None
+    outbox: OutboxConfig | None = None
+    modem: list[ModemConfig] = Field(default_factory=list, max_length=3)
+    modems: ModemPolicyConfig = Field(default_factory=ModemPolicyConfig)
+    consent: ConsentConfig | None = None
+    status: StatusConfig = Field(default_factory=StatusConfig)
+
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Config:
+        names = [b.name for b in self.bus]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"bus names must be unique: {', '.join(dup)}")
+        for i, s in enumerate(self.signal):
+            if s.bus is not None and s.bus not in names:
+                raise ValueError(f"signal[{i}].bus: no [[bus]] named {s.bus!r}")
+        wire = [s.name for s in self.signal if s.name]
+        dup = sorted({n for n in wire if wire.count(n) > 1})
+        if dup:
+            raise ValueError(f"signal wire names must be unique: {', '.join(dup)}")
+        mnames = [m.name for m in self.modem]
+        if len(set(mnames)) != len(mnames):
+            raise ValueError("modem names must be unique")
+        return self
+
+    @property
+    def all_replay(self) -> bool:
+        return all(b.is_replay for b in self.bus)
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(source: str, err: ValidationError) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = _loc(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see README, Configuration)"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        lines.append(f"{source}: {loc}: {msg}")
+    return lines
+
+
+def parse_config(data: dict[str, Any], *, base: Path, source: str) -> Config:
+    try:
+        return Config.model_validate(data, context={"base": base})
+    except ValidationError as err:
+        raise ConfigError(*format_validation_error(source, err)) from None
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file; raise ConfigError with one line per problem."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config: {err.strerror or err}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path}: TOML syntax error: {err}") from None
+    cfg = parse_config(data, base=path.resolve().parent, source=str(path))
+    return cfg.model_copy(update={"source": path})
