@@ -1,0 +1,258 @@
+"""Binary spime updates: encode a batch of samples, decode it back, read its header.
+
+The byte layout is documented in README.md ("Wire format"). An update is self-contained: with
+the schema its header names, it decodes on its own (no state carried between updates). This
+module is pure (standard library only: struct, zlib); it does not batch, sample or send.
+
+A sample is a tuple ``(t_ms, signal_id, raw)``: Unix time in milliseconds, the schema id of the
+signal, and its raw value (an int for integer-coded signals, a float for IEEE float signals).
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from agent.errors import WireFormatError
+from agent.spime.schema import Schema
+
+VERSION = 1
+FLAG_SNAPSHOT = 0x01
+FLAG_DEFLATE = 0x02
+FLAG_EVENT = 0x04
+_KNOWN_FLAGS = FLAG_SNAPSHOT | FLAG_DEFLATE | FLAG_EVENT
+_FIXED = struct.Struct("<BB8s8s")  # version, flags, schema id, boot id
+# Deflate pays off only above a few dozen bytes; below, its own framing costs more than it saves.
+_DEFLATE_MIN = 48
+
+Sample = tuple[int, int, int | float]
+_F32 = struct.Struct("<f")
+_F64 = struct.Struct("<d")
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    version: int
+    snapshot: bool
+    event: bool
+    schema_id: str
+    boot: str
+    seq: int
+    vin: str
+
+
+def _uvarint(out: bytearray, n: int) -> None:
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+
+
+def _svarint(out: bytearray, n: int) -> None:
+    # Zigzag: small magnitudes of either sign become small unsigned numbers.
+    _uvarint(out, (n << 1) if n >= 0 else ((-n) << 1) - 1)
+
+
+class _Reader:
+    __slots__ = ("buf", "pos")
+
+    def __init__(self, buf: bytes, pos: int = 0) -> None:
+        self.buf = buf
+        self.pos = pos
+
+    def uvarint(self) -> int:
+        buf, pos, shift, n = self.buf, self.pos, 0, 0
+        while True:
+            if pos >= len(buf):
+                raise WireFormatError("update truncated inside a number")
+            b = buf[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            if not b & 0x80:
+                self.pos = pos
+                return n
+            shift += 7
+            if shift > 640:
+                raise WireFormatError("update has an over-long number")
+
+    def svarint(self) -> int:
+        n = self.uvarint()
+        return (n >> 1) if not n & 1 else -((n + 1) >> 1)
+
+    def take(self, size: int) -> bytes:
+        end = self.pos + size
+        if end > len(self.buf):
+            raise WireFormatError("update truncated")
+        chunk = self.buf[self.pos : end]
+        self.pos = end
+        return chunk
+
+
+def _kinds(schema: Schema) -> dict[int, str]:
+    return {s.id: s.kind for s in schema.signals}
+
+
+def encode_update(
+    schema: Schema,
+    *,
+    boot: bytes,
+    seq: int,
+    vin: str,
+    samples: Sequence[Sample],
+    snapshot: bool = False,
+    event: bool = False,
+    compress: bool = True,
+    kinds: dict[int, str] | None = None,
+) -> bytes:
+    """Encode samples (in time order, or any order: groups are formed by equal consecutive
+    timestamps) into one update. ``kinds`` may pass ``{id: kind}`` precomputed for speed."""
+    if len(boot) != 8:
+        raise ValueError("boot id must be 8 bytes")
+    kinds = kinds if kinds is not None else _kinds(schema)
+    body = bytearray()
+    t0 = samples[0][0] if samples else 0
+    _uvarint(body, t0)
+    # Count groups first: consecutive samples with the same millisecond share one time stamp.
+    groups: list[tuple[int, list[tuple[int, int | float]]]] = []
+    last_t = None
+    for t, sid, raw in samples:
+        if t != last_t:
+            groups.append((t, []))
+            last_t = t
+        groups[-1][1].append((sid, raw))
+    _uvarint(body, len(groups))
+    prev_t = t0
+    prev_raw: dict[int, int] = {}
+    pack_f32, pack_f64 = _F32.pack, _F64.pack
+    for t, entries in groups:
+        _svarint(body, t - prev_t)
+        prev_t = t
+        _uvarint(body, len(entries))
+        entries.sort(key=lambda e: e[0])
+        prev_sid = 0
+        for sid, raw in entries:
+            _uvarint(body, sid - prev_sid)
+            prev_sid = sid
+            kind = kinds[sid]
+            if kind == "int":
+                # Delta to the same signal's previous value in this update: slowly changing
+                # signals cost one byte.
+                _svarint(body, raw - prev_raw.get(sid, 0))  # type: ignore[operator]
+                prev_raw[sid] = raw  # type: ignore[assignment]
+            elif kind == "f32":
+                body += pack_f32(raw)
+            else:
+                body += pack_f64(raw)
+    flags = (FLAG_SNAPSHOT if snapshot else 0) | (FLAG_EVENT if event else 0)
+    payload = bytes(body)
+    if compress and len(payload) >= _DEFLATE_MIN:
+        co = zlib.compressobj(6, zlib.DEFLATED, -15)
+        packed = co.compress(payload) + co.flush()
+        if len(packed) < len(payload):
+            payload = packed
+            flags |= FLAG_DEFLATE
+    head = bytearray(_FIXED.pack(VERSION, flags, bytes.fromhex(schema.id), boot))
+    _uvarint(head, seq)
+    vin_b = vin.encode("ascii")
+    _uvarint(head, len(vin_b))
+    head += vin_b
+    return bytes(head) + payload
+
+
+def _read_header(payload: bytes) -> tuple[Header, int, int]:
+    if len(payload) < _FIXED.size:
+        raise WireFormatError(f"update too short ({len(payload)} bytes)")
+    version, flags, sid, boot = _FIXED.unpack_from(payload)
+    if version != VERSION:
+        raise WireFormatError(f"unknown update version {version} (this decoder reads {VERSION})")
+    if flags & ~_KNOWN_FLAGS:
+        raise WireFormatError(f"unknown flags 0x{flags:02x}")
+    r = _Reader(payload, _FIXED.size)
+    seq = r.uvarint()
+    try:
+        vin = r.take(r.uvarint()).decode("ascii")
+    except UnicodeDecodeError:
+        raise WireFormatError("VIN is not ASCII") from None
+    head = Header(
+        version=version,
+        snapshot=bool(flags & FLAG_SNAPSHOT),
+        event=bool(flags & FLAG_EVENT),
+        schema_id=sid.hex(),
+        boot=boot.hex(),
+        seq=seq,
+        vin=vin,
+    )
+    return head, flags, r.pos
+
+
+def peek_header(payload: bytes) -> Header:
+    """Read only the header (no schema needed): routing, de-duplication, schema lookup."""
+    return _read_header(payload)[0]
+
+
+def peek_schema_id(payload: bytes) -> str:
+    if len(payload) < _FIXED.size:
+        raise WireFormatError(f"update too short ({len(payload)} bytes)")
+    return payload[2:10].hex()
+
+
+def decode_samples(payload: bytes, schema: Schema) -> tuple[Header, list[Sample]]:
+    """Decode an update to its header and raw samples; raise WireFormatError if it is damaged
+    or written with another schema."""
+    head, flags, pos = _read_header(payload)
+    if head.schema_id != schema.id:
+        raise WireFormatError(f"update uses schema {head.schema_id}, not {schema.id}")
+    body = payload[pos:]
+    if flags & FLAG_DEFLATE:
+        try:
+            d = zlib.decompressobj(-15)
+            body = d.decompress(body, 64 * 1024 * 1024)
+            if d.unconsumed_tail or not d.eof:
+                raise WireFormatError("compressed body is truncated or too large")
+        except zlib.error as err:
+            raise WireFormatError(f"compressed body is corrupt ({err})") from None
+    r = _Reader(body)
+    t = r.uvarint()
+    samples: list[Sample] = []
+    prev_raw: dict[int, int] = {}
+    by_id = schema.by_id
+    for _ in range(r.uvarint()):
+        t += r.svarint()
+        sid = 0
+        for _ in range(r.uvarint()):
+            sid += r.uvarint()
+            sig = by_id.get(sid)
+            if sig is None:
+                raise WireFormatError(f"update names signal id {sid}, absent from the schema")
+            raw: int | float
+            if sig.kind == "int":
+                raw = prev_raw.get(sid, 0) + r.svarint()
+                prev_raw[sid] = raw
+            elif sig.kind == "f32":
+                raw = _F32.unpack(r.take(4))[0]
+            else:
+                raw = _F64.unpack(r.take(8))[0]
+            samples.append((t, sid, raw))
+    if r.pos != len(body):
+        raise WireFormatError(f"{len(body) - r.pos} unexpected bytes after the samples")
+    return head, samples
+
+
+def decode_update(payload: bytes, schema: Schema) -> dict[str, Any]:
+    """Decode an update to the JSON object the agent documents (and prints in --dry-run)."""
+    head, samples = decode_samples(payload, schema)
+    by_id = schema.by_id
+    return {
+        "vin": head.vin,
+        "boot": head.boot,
+        "seq": head.seq,
+        "schema": head.schema_id,
+        "snapshot": head.snapshot,
+        "samples": [
+            {"t": t / 1000, "signal": by_id[sid].name, "value": by_id[sid].physical(raw)}
+            for t, sid, raw in samples
+        ],
+    }
