@@ -1,0 +1,241 @@
+"""The catalog: which signals of which buses are transmitted, under which ids and policies.
+
+Joins the configuration with the loaded DBC files: applies the ``[[signal]]`` globs (first
+matching entry wins), assigns schema ids and wire names, builds the spime schema, the frame
+lookup keys and the kernel CAN filters for each bus. It reads cantools objects but does not
+decode frames (agent.decode) nor hold runtime state (agent.pipeline).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.config import BusConfig, Config, SignalConfig
+from agent.decode import DbcFile, Message, load_dbc
+from agent.errors import ConfigError, DbcError
+from agent.spime import Schema, SignalDef
+
+EXTENDED = 1 << 31
+# SocketCAN takes at most this many filters per socket (CAN_RAW_FILTER_MAX).
+MAX_KERNEL_FILTERS = 512
+
+
+def frame_key(arbitration_id: int, is_extended: bool, mask: int | None) -> int:
+    """Lookup key of a frame: its (masked) id, with bit 31 set for 29-bit ids, because an
+    11-bit and a 29-bit frame may carry the same number."""
+    if mask is not None:
+        arbitration_id &= mask
+    return arbitration_id | EXTENDED if is_extended else arbitration_id
+
+
+@dataclass(frozen=True)
+class Policy:
+    deadband: float = 0.0
+    min_interval: float = 0.0
+    max_interval: float = 0.0
+    event: bool = False
+
+    @classmethod
+    def of(cls, entry: SignalConfig | None) -> Policy:
+        if entry is None:
+            return cls()
+        return cls(
+            deadband=entry.deadband,
+            min_interval=entry.min_interval,
+            max_interval=entry.max_interval,
+            event=entry.priority == "event",
+        )
+
+
+@dataclass(frozen=True)
+class Selected:
+    """One transmitted signal."""
+
+    sid: int
+    bus: str
+    message: str
+    signal: str
+    wire: str
+    policy: Policy
+    category: str | None
+    definition: SignalDef
+
+
+@dataclass(frozen=True)
+class MessagePlan:
+    message: Message
+    signals: tuple[Selected, ...]
+
+
+@dataclass(frozen=True)
+class BusPlan:
+    config: BusConfig
+    messages: dict[int, MessagePlan]
+    can_filters: list[dict[str, Any]] | None
+
+
+@dataclass(frozen=True)
+class Catalog:
+    schema: Schema
+    selected: tuple[Selected, ...]
+    buses: tuple[BusPlan, ...]
+    dbc_files: tuple[DbcFile, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def message_count(self) -> int:
+        return sum(len(f.messages) for f in self.dbc_files)
+
+
+def _definition(sid: int, wire: str, source: str, sig: Any, event: bool) -> SignalDef:
+    kind = "int"
+    if sig.is_float:
+        kind = "f32" if sig.length == 32 else "f64"
+    return SignalDef(
+        id=sid,
+        name=wire,
+        kind=kind,  # type: ignore[arg-type]
+        scale=sig.scale,
+        offset=sig.offset,
+        unit=sig.unit or "",
+        choices={int(k): str(v) for k, v in (sig.choices or {}).items()},
+        priority="event" if event else "telemetry",
+        source=source,
+    )
+
+
+def _category(cfg: Config, qualified: str) -> str | None:
+    if cfg.consent is None:
+        return None
+    for rule in cfg.consent.rules:
+        if fnmatch.fnmatchcase(qualified, rule.match):
+            return rule.category
+    return None
+
+
+def _kernel_filters(bus: BusConfig, messages: Iterable[Message]) -> list[dict[str, Any]] | None:
+    mask = bus.id_mask
+    filters = []
+    for msg in messages:
+        full = 0x1FFFFFFF if msg.is_extended_frame else 0x7FF
+        filters.append(
+            {
+                "can_id": msg.frame_id & (mask if mask is not None else full),
+                "can_mask": mask if mask is not None else full,
+                "extended": msg.is_extended_frame,
+            }
+        )
+    # Beyond the kernel's limit the software lookup alone filters; correct, only slower.
+    return filters if len(filters) <= MAX_KERNEL_FILTERS else None
+
+
+def load_dbcs(cfg: Config) -> dict[str, list[DbcFile]]:
+    """Load every bus's DBC files once (files shared by buses are loaded once per mode)."""
+    cache: dict[tuple[str, bool], DbcFile] = {}
+    problems: list[str] = []
+    out: dict[str, list[DbcFile]] = {}
+    for bus in cfg.bus:
+        files = []
+        for path in bus.dbc:
+            key = (str(path), bus.lenient_dbc)
+            if key not in cache:
+                try:
+                    cache[key] = load_dbc(path, lenient=bus.lenient_dbc)
+                except DbcError as err:
+                    problems.extend(err.problems)
+                    continue
+            files.append(cache[key])
+        out[bus.name] = files
+    if problems:
+        raise DbcError(*dict.fromkeys(problems))
+    return out
+
+
+def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> Catalog:
+    """Select the signals the config asks for; raise ConfigError naming every problem."""
+    dbcs = dbcs if dbcs is not None else load_dbcs(cfg)
+    src = str(cfg.source or "config")
+    problems: list[str] = []
+    candidates: list[tuple[BusConfig, Message, Any, SignalConfig | None]] = []
+    used_entries: set[int] = set()
+    for bus in cfg.bus:
+        seen: dict[int, str] = {}
+        for dbc in dbcs[bus.name]:
+            for msg in dbc.messages:
+                key = frame_key(msg.frame_id, msg.is_extended_frame, bus.id_mask)
+                if key in seen and seen[key] != str(dbc.path):
+                    problems.append(
+                        f"{src}: bus {bus.name!r}: message {msg.name} (0x{msg.frame_id:x}) of "
+                        f"{dbc.path} is also defined in {seen[key]}; fix: keep one definition"
+                    )
+                    continue
+                seen[key] = str(dbc.path)
+                for sig in msg.signals:
+                    qualified = f"{msg.name}.{sig.name}"
+                    if not cfg.signal:
+                        candidates.append((bus, msg, sig, None))
+                        continue
+                    for i, entry in enumerate(cfg.signal):
+                        if entry.matches(bus.name, qualified):
+                            used_entries.add(i)
+                            candidates.append((bus, msg, sig, entry))
+                            break
+    for i, entry in enumerate(cfg.signal):
+        if i not in used_entries:
+            where = f" on bus {entry.bus!r}" if entry.bus else ""
+            problems.append(
+                f"{src}: signal[{i}].match {entry.match!r} matches no signal{where} "
+                "(patterns are Message.Signal as in the DBC, case-sensitive)"
+            )
+    # Default wire names are Message.Signal; only when buses share one, the bus prefixes it.
+    qual_count: dict[str, int] = {}
+    for _, msg, sig, _ in candidates:
+        qual_count[f"{msg.name}.{sig.name}"] = qual_count.get(f"{msg.name}.{sig.name}", 0) + 1
+    selected: list[Selected] = []
+    names: set[str] = set()
+    for sid, (bus, msg, sig, entry) in enumerate(candidates):
+        qualified = f"{msg.name}.{sig.name}"
+        wire = entry.name if entry is not None and entry.name else qualified
+        if (entry is None or not entry.name) and qual_count[qualified] > 1:
+            wire = f"{bus.name}/{qualified}"
+        if wire in names:
+            problems.append(f"{src}: wire name {wire!r} is given to two signals")
+        names.add(wire)
+        policy = Policy.of(entry)
+        selected.append(
+            Selected(
+                sid=sid,
+                bus=bus.name,
+                message=msg.name,
+                signal=sig.name,
+                wire=wire,
+                policy=policy,
+                category=_category(cfg, qualified),
+                definition=_definition(sid, wire, f"{bus.name}:{qualified}", sig, policy.event),
+            )
+        )
+    if problems:
+        raise ConfigError(*problems)
+    plans = []
+    for bus in cfg.bus:
+        by_msg: dict[int, list[Selected]] = {}
+        msgs: dict[int, Message] = {}
+        for s, (b, msg, _, _) in zip(selected, candidates, strict=True):
+            if b is bus:
+                key = frame_key(msg.frame_id, msg.is_extended_frame, bus.id_mask)
+                by_msg.setdefault(key, []).append(s)
+                msgs[key] = msg
+        messages = {k: MessagePlan(msgs[k], tuple(v)) for k, v in by_msg.items()}
+        plans.append(BusPlan(bus, messages, _kernel_filters(bus, msgs.values())))
+    files = {id(f): f for fs in dbcs.values() for f in fs}
+    warnings = tuple(w for f in files.values() for w in f.warnings)
+    return Catalog(
+        schema=Schema.build(s.definition for s in selected),
+        selected=tuple(selected),
+        buses=tuple(plans),
+        dbc_files=tuple(files.values()),
+        warnings=warnings,
+    )
