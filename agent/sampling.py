@@ -1,0 +1,168 @@
+"""Per-signal sampling policies: which decoded values become transmitted samples, and when.
+
+Pure: no I/O and no clock of its own. Callers pass ``now`` (seconds on a monotonic scheduling
+clock) and the data time of each value (Unix milliseconds from the frame). Policies:
+
+* on change, optionally with an absolute deadband (in physical units);
+* ``min_interval``: at most one sample per interval; a change inside the interval is held and
+  its LATEST value sent when the interval ends, so the final state is never dropped;
+* ``max_interval``: a heartbeat re-sends the current value when nothing was sent for that long,
+  but only if a frame confirmed the value since the last sample: a silent bus sends nothing
+  rather than pretending its last value still holds.
+
+It does not decode frames (agent.pipeline) or batch samples into updates (agent.updates).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from dataclasses import dataclass
+
+from agent.catalog import Policy
+
+Sample = tuple[int, int, int | float]
+
+
+class Group:
+    """Shared by the signals of one CAN message: when a frame of it was last seen."""
+
+    __slots__ = ("last_t",)
+
+    def __init__(self) -> None:
+        self.last_t = 0
+
+
+class SignalState:
+    """Runtime state of one transmitted signal."""
+
+    __slots__ = (
+        "sid",
+        "raw_deadband",
+        "min_interval",
+        "max_interval",
+        "event",
+        "group",
+        "has_sent",
+        "sent",
+        "sent_at",
+        "sent_t",
+        "pending",
+        "pending_t",
+        "cur",
+        "cur_t",
+    )
+
+    def __init__(self, sid: int, policy: Policy, scale: float, group: Group) -> None:
+        self.sid = sid
+        # The deadband is compared on raw values: |raw delta| * |scale| >= deadband.
+        self.raw_deadband = policy.deadband / abs(scale) if policy.deadband and scale else 0.0
+        self.min_interval = policy.min_interval
+        self.max_interval = policy.max_interval
+        self.event = policy.event
+        self.group = group
+        self.has_sent = False
+        self.sent: int | float = 0
+        self.sent_at = 0.0
+        self.sent_t = 0
+        self.pending: int | float | None = None
+        self.pending_t = 0
+        self.cur: int | float | None = None
+        self.cur_t = 0
+
+
+@dataclass
+class SamplerStats:
+    offered: int = 0
+    emitted: int = 0
+    held: int = 0
+    heartbeats: int = 0
+
+
+class Sampler:
+    """Applies the policies; emitted samples accumulate in ``out`` for the caller to take."""
+
+    def __init__(self) -> None:
+        self.out: list[Sample] = []
+        self.event = False
+        self.stats = SamplerStats()
+        self._heap: list[tuple[float, int, SignalState]] = []
+        self._tie = itertools.count()
+
+    def offer(self, st: SignalState, raw: int | float, t_ms: int, now: float) -> None:
+        """A decoded value of ``st`` at data time ``t_ms``, seen at scheduling time ``now``."""
+        st.cur = raw
+        st.cur_t = t_ms
+        if st.has_sent:
+            if st.raw_deadband:
+                if abs(raw - st.sent) < st.raw_deadband:
+                    st.pending = None
+                    return
+            elif raw == st.sent:
+                st.pending = None
+                return
+            if st.min_interval and now - st.sent_at < st.min_interval:
+                if st.pending is None:
+                    heapq.heappush(self._heap, (st.sent_at + st.min_interval, next(self._tie), st))
+                    self.stats.held += 1
+                st.pending = raw
+                st.pending_t = t_ms
+                return
+        self._emit(st, raw, t_ms, now)
+
+    def _emit(self, st: SignalState, raw: int | float, t_ms: int, now: float) -> None:
+        st.has_sent = True
+        st.sent = raw
+        st.sent_at = now
+        st.sent_t = t_ms
+        st.pending = None
+        self.out.append((t_ms, st.sid, raw))
+        self.stats.emitted += 1
+        if st.event:
+            self.event = True
+        if st.max_interval:
+            heapq.heappush(self._heap, (now + st.max_interval, next(self._tie), st))
+
+    def next_due(self) -> float | None:
+        return self._heap[0][0] if self._heap else None
+
+    def tick(self, now: float) -> None:
+        """Send held values whose interval ended and heartbeats that are due."""
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, st = heapq.heappop(heap)
+            if st.pending is not None:
+                if now - st.sent_at >= st.min_interval:
+                    self._emit(st, st.pending, st.pending_t, now)
+                continue
+            if not st.max_interval or now - st.sent_at < st.max_interval:
+                continue  # superseded by a later sample: its own entry is in the heap
+            confirmed = st.group.last_t
+            if confirmed > st.sent_t and st.cur is not None:
+                self.stats.heartbeats += 1
+                self._emit(st, st.cur, confirmed, now)
+            else:
+                # Nothing heard since: stay quiet, look again one interval later.
+                heapq.heappush(heap, (now + st.max_interval, next(self._tie), st))
+
+    def flush_held(self, now: float) -> None:
+        """Send every held value now (end of a replay, shutdown): the final state is kept."""
+        for _, _, st in list(self._heap):
+            if st.pending is not None:
+                self._emit(st, st.pending, st.pending_t, now)
+
+    def take(self) -> tuple[list[Sample], bool]:
+        out, event = self.out, self.event
+        self.out = []
+        self.event = False
+        return out, event
+
+    @staticmethod
+    def snapshot(states: list[SignalState]) -> list[Sample]:
+        """The current value of every signal seen so far, stamped with its message's latest
+        frame time, in time order."""
+        snap = [
+            (max(st.cur_t, st.group.last_t), st.sid, st.cur) for st in states if st.cur is not None
+        ]
+        snap.sort(key=lambda s: s[0])
+        return snap  # type: ignore[return-value]
