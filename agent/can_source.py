@@ -1,0 +1,274 @@
+"""CAN input: python-can buses and recorded-log replay, each on its own thread.
+
+A source reads frames and hands them, in batches, to one bounded queue shared with the
+pipeline. A live bus never blocks on that queue: when it is full the batch is dropped and
+counted. A replay blocks instead (a recording has no deadline, and losing part of it would
+falsify it). A live bus that fails is closed, reported "down" and reopened with exponential
+backoff and jitter; one that delivers nothing for ``silent_after`` seconds is reported "silent",
+so a dead bus never looks like a quiet one. The only module that imports python-can; it does
+not decode frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import can
+
+from agent.config import BusConfig, Config
+from agent.errors import ConfigError, SourceError
+
+log = logging.getLogger(__name__)
+
+END = "end"  # queue item payload: this source has no more frames
+BATCH = 256
+# A live batch is handed over after this long even if not full, bounding added latency.
+BATCH_SECONDS = 0.005
+LOG_SUFFIXES = (".log", ".asc", ".asc.gz", ".blf", ".trc", ".csv", ".mf4", ".db")
+
+Item = tuple[int, Any]
+
+
+def interface_names() -> list[str]:
+    return sorted(can.interfaces.VALID_INTERFACES)
+
+
+def validate_sources(cfg: Config) -> None:
+    """Problems visible before opening anything: unknown interfaces, unreadable logs."""
+    known = set(can.interfaces.VALID_INTERFACES)
+    src = str(cfg.source or "config")
+    problems = []
+    for i, bus in enumerate(cfg.bus):
+        if bus.is_replay:
+            assert bus.log is not None
+            if not bus.log.is_file():
+                problems.append(f"{src}: bus[{i}].log: no such file: {bus.log}")
+            elif not str(bus.log).lower().endswith(LOG_SUFFIXES):
+                problems.append(
+                    f"{src}: bus[{i}].log: {bus.log.name}: not a log format python-can reads "
+                    f"({', '.join(LOG_SUFFIXES)})"
+                )
+        elif bus.interface not in known:
+            problems.append(
+                f"{src}: bus[{i}].interface: unknown python-can interface {bus.interface!r} "
+                f'(use "replay" or one of: {", ".join(sorted(known))})'
+            )
+    if problems:
+        raise ConfigError(*problems)
+
+
+@dataclass
+class SourceStatus:
+    name: str
+    kind: str
+    state: str = "starting"  # starting, up, silent, down, finished, failed
+    frames: int = 0
+    dropped_frames: int = 0
+    reopens: int = 0
+    last_error: str = ""
+
+
+class Source:
+    """One bus or log, read on its own thread into the shared queue."""
+
+    def __init__(
+        self,
+        index: int,
+        cfg: BusConfig,
+        out: queue.Queue[Item],
+        stop: threading.Event,
+        *,
+        can_filters: list[dict[str, Any]] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.index = index
+        self.cfg = cfg
+        self.out = out
+        self.stop = stop
+        self.can_filters = can_filters
+        self.clock = clock
+        self.status = SourceStatus(cfg.name, "replay" if cfg.is_replay else cfg.interface)
+        self._last_frame = clock()
+        self._thread = threading.Thread(target=self._main, name=f"source-{cfg.name}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def state(self) -> str:
+        """The state, with "silent" derived from the time since the last frame."""
+        st = self.status.state
+        if st == "up" and self.clock() - self._last_frame > self.cfg.silent_after:
+            return "silent"
+        return st
+
+    def _set_state(self, state: str, why: str = "") -> None:
+        if state == self.status.state:
+            return
+        self.status.state = state
+        if state == "down":
+            self.status.last_error = why
+            log.warning("bus %s is down: %s (reopening with backoff)", self.cfg.name, why)
+        elif state == "up":
+            log.info(
+                "bus %s is up (%s)",
+                self.cfg.name,
+                self.cfg.log if self.cfg.is_replay else f"{self.cfg.interface} {self.cfg.channel}",
+            )
+        elif state == "failed":
+            self.status.last_error = why
+            log.error("bus %s failed: %s", self.cfg.name, why)
+
+    def _main(self) -> None:
+        try:
+            if self.cfg.is_replay:
+                self._replay()
+            else:
+                self._live()
+        except Exception as err:  # a source must end visibly, never by a silent thread death
+            self._set_state("failed", f"{type(err).__name__}: {err}")
+            self._put_blocking(SourceError(f"bus {self.cfg.name}: {err}"))
+        finally:
+            self._put_blocking(END)
+
+    def _put_blocking(self, payload: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.out.put((self.index, payload), timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        # Stopping: the end marker still matters to a pipeline draining the queue.
+        try:
+            self.out.put_nowait((self.index, payload))
+            return True
+        except queue.Full:
+            return False
+
+    # -- replay ------------------------------------------------------------------------
+    def _replay(self) -> None:
+        path = self.cfg.log
+        assert path is not None
+        try:
+            reader = can.LogReader(str(path))
+        except Exception as err:
+            raise SourceError(f"{path}: cannot read log: {err}") from None
+        self._set_state("up")
+        speed, shift = self.cfg.speed, self.cfg.time == "now"
+        offset = None
+        t0_mono = t0_ts = 0.0
+        batch: list[Any] = []
+        count = 0
+        try:
+            for msg in reader:
+                if self.stop.is_set():
+                    return
+                if offset is None:
+                    offset = time.time() - msg.timestamp if shift else 0.0
+                    t0_mono, t0_ts = self.clock(), msg.timestamp
+                if offset:
+                    msg.timestamp += offset
+                if speed > 0:
+                    delay = t0_mono + (msg.timestamp - offset - t0_ts) / speed - self.clock()
+                    if delay > 0.002:
+                        if batch:
+                            self._put_blocking(batch)
+                            batch = []
+                        if self.stop.wait(delay):
+                            return
+                batch.append(msg)
+                count += 1
+                if len(batch) >= BATCH:
+                    self.status.frames = count
+                    self._put_blocking(batch)
+                    batch = []
+        except Exception as err:
+            raise SourceError(f"{path}: unreadable after frame {count}: {err}") from None
+        finally:
+            stop = getattr(reader, "stop", None)
+            if stop is not None:
+                stop()
+        if batch:
+            self._put_blocking(batch)
+        self.status.frames = count
+        self._set_state("finished")
+
+    # -- live --------------------------------------------------------------------------
+    def _open(self) -> Any:
+        kwargs: dict[str, Any] = dict(self.cfg.options)
+        if self.cfg.bitrate:
+            kwargs["bitrate"] = self.cfg.bitrate
+        if self.cfg.data_bitrate:
+            kwargs["data_bitrate"] = self.cfg.data_bitrate
+        if self.cfg.fd:
+            kwargs["fd"] = True
+        return can.Bus(
+            interface=self.cfg.interface,
+            channel=self.cfg.channel,
+            can_filters=self.can_filters,
+            ignore_config=True,
+            **kwargs,
+        )
+
+    def _live(self) -> None:
+        delay = self.cfg.reopen_min
+        while not self.stop.is_set():
+            try:
+                bus = self._open()
+            except (can.CanError, OSError, ValueError) as err:
+                self._set_state("down", f"cannot open: {err}")
+                self.status.reopens += 1
+                # Full jitter: a fleet of boxes must not retry in lock-step.
+                if self.stop.wait(random.uniform(0, delay)):
+                    return
+                delay = min(delay * 2, self.cfg.reopen_max)
+                continue
+            delay = self.cfg.reopen_min
+            self._last_frame = self.clock()
+            self._set_state("up")
+            try:
+                self._read(bus)
+            except (can.CanError, OSError, ValueError) as err:
+                self._set_state("down", str(err) or type(err).__name__)
+                self.status.reopens += 1
+                if self.stop.wait(random.uniform(0, delay)):
+                    return
+            finally:
+                try:
+                    bus.shutdown()
+                except Exception as err:  # closing a broken bus may fail again; nothing to do
+                    log.debug("bus %s shutdown: %s", self.cfg.name, err)
+
+    def _read(self, bus: Any) -> None:
+        batch: list[Any] = []
+        started = 0.0
+        clock, recv, stop = self.clock, bus.recv, self.stop
+        status = self.status
+        now = clock()
+        while not stop.is_set():
+            # Block long when idle; with a batch open, only until it is due.
+            msg = recv(max(0.0, started + BATCH_SECONDS - now) if batch else 0.05)
+            now = clock()
+            if msg is not None:
+                if not batch:
+                    started = now
+                batch.append(msg)
+                self._last_frame = now
+                status.frames += 1
+                if len(batch) < BATCH and now - started < BATCH_SECONDS:
+                    continue
+            if batch and (msg is None or len(batch) >= BATCH or now - started >= BATCH_SECONDS):
+                try:
+                    self.out.put_nowait((self.index, batch))
+                except queue.Full:
+                    status.dropped_frames += len(batch)
+                batch = []

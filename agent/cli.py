@@ -1,0 +1,198 @@
+"""The ``spime-agent`` command: argument parsing, logging set-up, output and exit codes.
+
+The only module that prints and the only one that configures logging. Exit codes: 0 success,
+1 internal error, 2 bad input (config, DBC, schema, update, log file), 3 drain timeout (updates
+kept in the outbox for the next run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import __version__
+from agent.errors import AgentError
+
+log = logging.getLogger("agent")
+
+
+def _setup_logging(level: str) -> None:
+    # Under systemd the journal stamps each line itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=getattr(logging, level.upper()), format=fmt, stream=sys.stderr)
+
+
+def _emit_json(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")) + "\n")
+    sys.stdout.flush()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.daemon import prepare
+
+    cfg = load_config(args.config)
+    catalog = prepare(cfg)
+    for w in catalog.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"config {args.config}: OK (vin {cfg.vehicle.vin})")
+    for bp in catalog.buses:
+        b = bp.config
+        where = (
+            f"replay {b.log} (speed {b.speed or 'max'})"
+            if b.is_replay
+            else (f"{b.interface} {b.channel}")
+        )
+        nf = "no kernel filter" if bp.can_filters is None else f"{len(bp.can_filters)} filters"
+        sigs = sum(len(m.signals) for m in bp.messages.values())
+        print(
+            f"  bus {b.name}: {where}; {len(bp.messages)} messages, {sigs} signals selected; {nf}"
+        )
+    for f in catalog.dbc_files:
+        lenient = f" ({len(f.warnings)} defects loaded leniently)" if f.warnings else ""
+        print(f"  dbc {f.path}: {len(f.messages)} messages{lenient}")
+    events = sum(1 for s in catalog.selected if s.policy.event)
+    print(
+        f"  {catalog.message_count} messages in DBC files, {len(catalog.selected)} signals "
+        f"selected ({events} events), schema {catalog.schema.id}"
+    )
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.daemon import prepare
+
+    catalog = prepare(load_config(args.config))
+    text = catalog.schema.dumps(indent=2) + "\n"
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from agent.errors import SchemaError
+    from agent.spime import Schema, decode_update
+
+    try:
+        schema = Schema.from_json(Path(args.schema).read_bytes(), where=args.schema)
+    except OSError as err:
+        raise SchemaError(f"{args.schema}: cannot read schema: {err.strerror or err}") from None
+    if args.file in (None, "-"):
+        payload, where = sys.stdin.buffer.read(), "stdin"
+    else:
+        try:
+            payload, where = Path(args.file).read_bytes(), args.file
+        except OSError as err:
+            raise AgentError(f"{args.file}: cannot read: {err.strerror or err}") from None
+    try:
+        _emit_json(decode_update(payload, schema))
+    except AgentError as err:
+        raise type(err)(*(f"{where}: {p}" for p in err.problems)) from None
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.daemon import Agent, prepare
+
+    cfg = load_config(args.config)
+    catalog = prepare(cfg)
+    for w in catalog.warnings:
+        log.warning("%s", w)
+    if not args.dry_run and (cfg.mqtt is None or cfg.outbox is None):
+        raise AgentError(
+            f"{args.config}: publishing needs [mqtt] and [outbox] sections "
+            "(or use --dry-run to print updates instead)"
+        )
+    agent = Agent(cfg, catalog, dry_run=args.dry_run, on_json=_emit_json if args.dry_run else None)
+
+    def _stop(signum: int, _frame: Any) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        agent.request_stop()
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        result = agent.run()
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    for p in result.problems:
+        print(p, file=sys.stderr)
+    return result.exit_code
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="spime-agent",
+        description="MQTT edge agent: CAN frames -> DBC signals -> compact spime updates",
+    )
+    p.add_argument("--version", action="version", version=f"spime-agent {__version__}")
+    p.add_argument(
+        "--log-level",
+        default=os.environ.get("SPIME_LOG_LEVEL", "info"),
+        choices=["debug", "info", "warning", "error"],
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("check", help="validate a config and its DBC files, print a summary")
+    c.add_argument("--config", required=True, type=Path)
+    c.set_defaults(func=cmd_check)
+
+    r = sub.add_parser("run", help="run the agent")
+    r.add_argument("--config", required=True, type=Path)
+    r.add_argument(
+        "--dry-run", action="store_true", help="print updates as JSON lines instead of publishing"
+    )
+    r.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="with finite replays: give up waiting for broker acknowledgements after S seconds "
+        "(exit 3; the rest stays in the outbox)",
+    )
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("schema", help="print the spime schema a config produces")
+    s.add_argument("--config", required=True, type=Path)
+    s.add_argument("--out", help="write to this file instead of stdout")
+    s.set_defaults(func=cmd_schema)
+
+    d = sub.add_parser("decode", help="decode a binary spime update to JSON")
+    d.add_argument("--schema", required=True, help="schema JSON file (spime-agent schema)")
+    d.add_argument("file", nargs="?", help="update file (default: stdin)")
+    d.set_defaults(func=cmd_decode)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        return int(args.func(args))
+    except AgentError as err:
+        for line in err.problems:
+            print(line, file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # A closed pipe (e.g. `| head`) is the reader's choice, not our failure.
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

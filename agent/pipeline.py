@@ -1,0 +1,238 @@
+"""The data path: frames from the sources -> decoded values -> samples -> updates.
+
+Runs in the calling thread. Each frame is looked up by its (masked) id; frames of unselected
+messages are counted and skipped; a frame whose payload equals the previous payload of the same
+id is not decoded again; everything else is decoded once (raw values, no scaling), and each
+selected signal's value goes through its sampling policy. Problems of single frames (payloads
+cantools cannot decode, short frames, error frames) become counters and rate-limited log lines.
+
+Scheduling (rate limits, heartbeats, batch age, snapshots) runs on a monotonic clock: the
+system's for live buses, and the recording's own time when every bus is a replay, so a replay
+at any speed yields the same updates as the drive did. Samples are always stamped with the
+frames' own timestamps. It does not store or send updates: a sink receives them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.can_source import END, Source
+from agent.catalog import EXTENDED, Catalog
+from agent.config import Config
+from agent.decode import DecodeError, raw_decoder
+from agent.errors import SourceError
+from agent.ratelimit import RateLimitedLog
+from agent.sampling import Group, Sampler, SignalState
+from agent.updates import Sink, UpdateBuilder
+
+log = logging.getLogger(__name__)
+rlog = RateLimitedLog(log)
+
+# SocketCAN error frame class bit for bus-off (linux/can/error.h CAN_ERR_BUSOFF).
+_CAN_ERR_BUSOFF = 0x40
+QUEUE_BATCHES = 1024
+
+
+@dataclass
+class PipelineStats:
+    frames: int = 0
+    unselected: int = 0
+    unchanged: int = 0
+    decoded: int = 0
+    decode_errors: int = 0
+    short_frames: int = 0
+    error_frames: int = 0
+    bus_off: int = 0
+    remote_frames: int = 0
+    source_errors: list[str] = field(default_factory=list)
+
+
+class _Plan:
+    """Runtime state of one selected CAN message."""
+
+    __slots__ = ("name", "length", "decode", "signals", "group", "last")
+
+    def __init__(self, name: str, length: int, decode: Callable[[bytes], dict[str, Any]]) -> None:
+        self.name = name
+        self.length = length
+        self.decode = decode
+        self.signals: list[tuple[str, SignalState]] = []
+        self.group = Group()
+        self.last: bytes | None = None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        cfg: Config,
+        catalog: Catalog,
+        *,
+        boot: bytes,
+        sink: Sink,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.catalog = catalog
+        self.clock = clock
+        self.stats = PipelineStats()
+        self.sampler = Sampler()
+        self.builder = UpdateBuilder(
+            catalog.schema, vin=cfg.vehicle.vin, boot=boot, cfg=cfg.updates, sink=sink
+        )
+        self.frame_clock = cfg.all_replay
+        self.stop_event = threading.Event()
+        self.queue: queue.Queue[tuple[int, Any]] = queue.Queue(QUEUE_BATCHES)
+        self.states: list[SignalState] = []
+        self._plans: list[dict[int, _Plan]] = []
+        self._masks: list[int | None] = []
+        for bp in catalog.buses:
+            plans: dict[int, _Plan] = {}
+            for key, mp in bp.messages.items():
+                plan = _Plan(mp.message.name, mp.message.length, raw_decoder(mp.message))
+                for sel in mp.signals:
+                    st = SignalState(sel.sid, sel.policy, sel.definition.scale, plan.group)
+                    plan.signals.append((sel.signal, st))
+                    self.states.append(st)
+                plans[key] = plan
+            self._plans.append(plans)
+            self._masks.append(bp.config.id_mask)
+        self.states.sort(key=lambda s: s.sid)
+        self.sources = [
+            Source(i, bp.config, self.queue, self.stop_event, can_filters=bp.can_filters)
+            for i, bp in enumerate(catalog.buses)
+        ]
+        self.now = 0.0
+        self._due = 0.0
+
+    def stop(self) -> None:
+        """Ask the pipeline to finish: sources stop, held values are flushed."""
+        self.stop_event.set()
+
+    def run(self) -> None:
+        """Process frames until every source ended (replays) or stop() was called."""
+        for src in self.sources:
+            src.start()
+        active = len(self.sources)
+        get = self.queue.get
+        self.now = 0.0 if self.frame_clock else self.clock()
+        self._reschedule()
+        while active:
+            if self.stop_event.is_set() and self.queue.empty():
+                break
+            timeout = 0.1 if self.frame_clock else max(0.0, min(0.1, self._due - self.clock()))
+            try:
+                index, payload = get(timeout=timeout)
+            except queue.Empty:
+                index, payload = -1, None
+            if not self.frame_clock:
+                self.now = self.clock()
+            if payload is END:
+                active -= 1
+            elif isinstance(payload, SourceError):
+                self.stats.source_errors.extend(payload.problems)
+            elif payload is not None:
+                self._process(index, payload)
+            if self.now >= self._due:
+                self._tick()
+        for src in self.sources:
+            src.join(timeout=2.0)
+        self.finish()
+
+    def finish(self) -> None:
+        """Send what is held and close the open update (end of input or shutdown)."""
+        self.sampler.flush_held(self.now)
+        self._collect()
+        self.builder.flush()
+
+    def _collect(self) -> None:
+        samples, event = self.sampler.take()
+        if samples:
+            self.builder.add(samples, event, self.now)
+
+    def _tick(self) -> None:
+        self.sampler.tick(self.now)
+        self._collect()
+        self.builder.tick(self.now, lambda: Sampler.snapshot(self.states))
+        self._reschedule()
+
+    def _reschedule(self) -> None:
+        dues = [d for d in (self.sampler.next_due(), self.builder.due()) if d is not None]
+        # With nothing scheduled, look again soon: the snapshot timer arms on the first tick.
+        self._due = min(dues) if dues else self.now + 0.5
+
+    def _process(self, index: int, msgs: list[Any]) -> None:
+        plans = self._plans[index]
+        mask = self._masks[index]
+        stats = self.stats
+        offer = self.sampler.offer
+        frame_clock = self.frame_clock
+        now = self.now
+        stats.frames += len(msgs)
+        for msg in msgs:
+            if msg.is_error_frame:
+                self._error_frame(index, msg)
+                continue
+            if msg.is_remote_frame:
+                stats.remote_frames += 1
+                continue
+            key = msg.arbitration_id if mask is None else msg.arbitration_id & mask
+            if msg.is_extended_id:
+                key |= EXTENDED
+            plan = plans.get(key)
+            if plan is None:
+                stats.unselected += 1
+                continue
+            ts = msg.timestamp
+            t_ms = int(ts * 1000)
+            if frame_clock and ts > now:
+                now = self.now = ts
+                if now >= self._due:
+                    self._tick()
+            plan.group.last_t = t_ms
+            data = bytes(msg.data)
+            if data == plan.last:
+                stats.unchanged += 1
+                continue
+            plan.last = data
+            try:
+                values = plan.decode(data)
+            except DecodeError as err:
+                stats.decode_errors += 1
+                rlog.warning(
+                    ("decode", index, key),
+                    "bus %s: cannot decode %s (id 0x%x, %d bytes): %s",
+                    self.sources[index].cfg.name,
+                    plan.name,
+                    msg.arbitration_id,
+                    len(data),
+                    err,
+                )
+                continue
+            stats.decoded += 1
+            if len(data) < plan.length:
+                stats.short_frames += 1
+            for name, st in plan.signals:
+                raw = values.get(name)
+                if raw is not None:
+                    offer(st, raw, t_ms, now)
+        self._collect()
+
+    def _error_frame(self, index: int, msg: Any) -> None:
+        self.stats.error_frames += 1
+        name = self.sources[index].cfg.name
+        if msg.arbitration_id & _CAN_ERR_BUSOFF:
+            self.stats.bus_off += 1
+            rlog.warning(("busoff", index), "bus %s: controller reports bus-off", name)
+        else:
+            rlog.warning(
+                ("errframe", index), "bus %s: error frame (class 0x%x)", name, msg.arbitration_id
+            )
+
+    def source_states(self) -> dict[str, str]:
+        return {s.cfg.name: s.state() for s in self.sources}
