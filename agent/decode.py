@@ -41,7 +41,7 @@ _FIRST_ID = re.compile(
     r"SG_MUL_VAL_|BO_TX_BU_|SIG_GROUP_)\s+)(\d+)\b"
 )
 _MAX_LINES = 50
-_SYNTAX = re.compile(r"Invalid syntax at line (\d+), column (\d+): \"(.*)\"", re.DOTALL)
+_SYNTAX = re.compile(r"Invalid syntax at line (\d+), column (\d+): \"?(.*?)\"?\s*$", re.DOTALL)
 
 
 @dataclass

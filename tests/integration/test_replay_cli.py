@@ -1,0 +1,165 @@
+"""The real CLI on recorded logs: J1939 id masks, short frames, bad input, decode/schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from tests.support.agentrun import cli, json_lines, write_config
+
+J1939_DBC = "dbc/css-electronics/CSS-Electronics-SAE-J1939-DEMO.dbc"
+
+
+def _candump(path: Path, frames: list[tuple[float, str, str]]) -> Path:
+    path.write_text("".join(f"({t:.6f}) can0 {i}#{d}\n" for t, i, d in frames))
+    return path
+
+
+def test_j1939_matches_by_pgn_whatever_the_source_address(
+    corpus: Path, tmp_path: Path, capsys
+) -> None:
+    # EEC1 from source address 0x00 (the DBC says 0xFE), priority 3; engine speed 0x1F40 * 0.125.
+    log = _candump(
+        tmp_path / "j.log",
+        [
+            (1.0, "0CF00400", "000000401F000000"),
+            (1.1, "0CF00400", "000000801F000000"),
+            (1.2, "18FEF111", "0000320000000000"),
+        ],
+    )
+    bus = {
+        "name": "truck",
+        "interface": "replay",
+        "log": str(log),
+        "dbc": [str(corpus / J1939_DBC)],
+    }
+    cfg = write_config(tmp_path / "a.toml", [{**bus, "j1939": True}])
+    assert main(["run", "--config", str(cfg), "--dry-run"]) == 0
+    samples = [s for u in json_lines(capsys.readouterr().out) for s in u["samples"]]
+    assert [(s["signal"], s["value"]) for s in samples] == [
+        ("EEC1.EngineSpeed", 1000.0),
+        ("EEC1.EngineSpeed", 1008.0),
+        ("CCVS1.WheelBasedVehicleSpeed", 50.0),
+    ]
+    cfg = write_config(tmp_path / "b.toml", [bus])
+    assert main(["run", "--config", str(cfg), "--dry-run"]) == 0
+    assert json_lines(capsys.readouterr().out) == []  # exact ids: nothing matches
+
+
+DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 256 Engine: 8 ECU
+ SG_ Speed : 0|16@1+ (0.01,0) [0|655.35] "km/h" Vector__XXX
+ SG_ Temp : 56|8@1- (1,-40) [-40|200] "degC" Vector__XXX
+BO_ 512 Doors: 1 ECU
+ SG_ Driver : 0|1@1+ (1,0) [0|1] "" Vector__XXX
+VAL_ 512 Driver 0 "closed" 1 "open" ;
+"""
+
+
+@pytest.fixture()
+def small(tmp_path: Path) -> Path:
+    (tmp_path / "car.dbc").write_text(DBC)
+    _candump(
+        tmp_path / "drive.log",
+        [
+            (10.0, "100", "1027000000000032"),
+            (10.01, "100", "1027000000000032"),
+            (10.02, "100", "1127"),  # short frame: Speed still fits, Temp does not
+            (10.03, "200", "01"),
+            (10.04, "300", "00"),
+            (10.05, "200", "00"),
+        ],
+    )
+    return write_config(
+        tmp_path / "agent.toml",
+        [{"name": "car", "interface": "replay", "log": "drive.log", "dbc": ["car.dbc"]}],
+        extra='[[signal]]\nmatch = "Engine.*"\n\n[[signal]]\nmatch = "Doors.Driver"\n'
+        'name = "Cabin.Door.Row1.DriverSide.IsOpen"\npriority = "event"\n',
+    )
+
+
+def test_run_dry_run_prints_the_decoded_updates(small: Path) -> None:
+    r = cli("run", "--config", str(small), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    updates = json_lines(r.stdout)
+    assert {u["vin"] for u in updates} == {"WVWZZZ1JZXW000001"}
+    samples = [(s["t"], s["signal"], s["value"]) for u in updates for s in u["samples"]]
+    assert samples == [
+        (10.0, "Engine.Speed", 100.0),
+        (10.0, "Engine.Temp", 10),
+        (10.02, "Engine.Speed", 100.01),
+        (10.03, "Cabin.Door.Row1.DriverSide.IsOpen", "open"),
+        (10.05, "Cabin.Door.Row1.DriverSide.IsOpen", "closed"),
+    ]
+
+
+def test_check_summarises_and_schema_decode_round_trip(small: Path, tmp_path: Path) -> None:
+    r = cli("check", "--config", str(small))
+    assert r.returncode == 0, r.stderr
+    assert "bus car" in r.stdout and "3 signals selected (1 events)" in r.stdout
+    r = cli("schema", "--config", str(small), "--out", str(tmp_path / "schema.json"))
+    assert r.returncode == 0, r.stderr
+    from agent.spime import Schema, encode_update
+
+    schema = Schema.from_json((tmp_path / "schema.json").read_bytes())
+    assert [s.name for s in schema.signals] == [
+        "Engine.Speed",
+        "Engine.Temp",
+        "Cabin.Door.Row1.DriverSide.IsOpen",
+    ]
+    payload = encode_update(
+        schema,
+        boot=bytes(8),
+        seq=9,
+        vin="WVWZZZ1JZXW000001",
+        samples=[(5000, 2, 1), (5000, 0, 12345)],
+    )
+    (tmp_path / "u.bin").write_bytes(payload)
+    r = cli("decode", "--schema", str(tmp_path / "schema.json"), str(tmp_path / "u.bin"))
+    assert r.returncode == 0, r.stderr
+    (doc,) = json_lines(r.stdout)
+    assert doc["seq"] == 9 and doc["samples"] == [
+        {"t": 5.0, "signal": "Engine.Speed", "value": 123.45},
+        {"t": 5.0, "signal": "Cabin.Door.Row1.DriverSide.IsOpen", "value": "open"},
+    ]
+    r = cli("decode", "--schema", str(tmp_path / "schema.json"), stdin=payload[:-3])
+    err = r.stderr.decode()
+    assert r.returncode == 2 and err.startswith("stdin: ") and "Traceback" not in err
+
+
+def test_bad_inputs_exit_2_with_one_line_each_and_no_traceback(tmp_path: Path) -> None:
+    cfg = write_config(
+        tmp_path / "bad.toml",
+        [
+            {"name": "a", "interface": "nosuchbus", "channel": "x", "dbc": ["missing.dbc"]},
+            {"name": "b", "interface": "replay", "log": "absent.log", "dbc": ["missing.dbc"]},
+        ],
+        extra='[[signal]]\nmatch = "Nothing.*"\n',
+    )
+    r = cli("check", "--config", str(cfg))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert any("bus[0].interface: unknown python-can interface 'nosuchbus'" in x for x in lines)
+    assert any("bus[1].log: no such file" in x for x in lines)
+    (tmp_path / "absent.log").write_text("")
+    cfg.write_text(cfg.read_text().replace('"nosuchbus"', '"virtual"'))
+    r = cli("run", "--config", str(cfg), "--dry-run")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "missing.dbc: cannot read DBC file" in r.stderr
+
+
+def test_unmatched_signal_glob_is_named(small: Path) -> None:
+    small.write_text(small.read_text() + '\n[[signal]]\nmatch = "Engin.Spd"\n')
+    r = cli("check", "--config", str(small))
+    assert r.returncode == 2
+    assert "signal[2].match 'Engin.Spd' matches no signal" in r.stderr
+
+
+def test_publishing_without_mqtt_section_is_refused(small: Path) -> None:
+    r = cli("run", "--config", str(small))
+    assert r.returncode != 0 and "needs [mqtt] and [outbox]" in r.stderr
