@@ -1,0 +1,160 @@
+"""The agent on live python-can `virtual` buses (same process: the virtual bus is in-process)."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import can
+import pytest
+
+from agent.config import load_config
+from agent.daemon import Agent, prepare
+from tests.support.agentrun import write_config
+
+DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 256 Engine: 8 ECU
+ SG_ Speed : 0|16@1+ (0.01,0) [0|655.35] "km/h" Vector__XXX
+BO_ 2566844926 Fd: 16 ECU
+ SG_ Wide : 96|32@1+ (1,0) [0|4294967295] "" Vector__XXX
+"""
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+class Running:
+    """An Agent running in a thread, collecting the JSON of each update."""
+
+    def __init__(self, cfg_path: Path) -> None:
+        cfg = load_config(cfg_path)
+        self.updates: list[dict[str, Any]] = []
+        self.agent = Agent(cfg, prepare(cfg), dry_run=True, on_json=self.updates.append)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.result: Any = None
+
+    def _run(self) -> None:
+        self.result = self.agent.run()
+
+    def samples(self) -> list[tuple[float, str, Any]]:
+        return [(s["t"], s["signal"], s["value"]) for u in list(self.updates) for s in u["samples"]]
+
+    def __enter__(self) -> Running:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.agent.request_stop()
+        self.thread.join(10)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture()
+def channel() -> str:
+    return f"spime-test-{uuid.uuid4().hex[:8]}"
+
+
+def _config(tmp_path: Path, buses: list[dict[str, Any]]) -> Path:
+    (tmp_path / "car.dbc").write_text(DBC)
+    return write_config(
+        tmp_path / "agent.toml",
+        buses,
+        extra="[updates]\nmax_age = 0.05\n",
+    )
+
+
+def test_frames_on_a_virtual_bus_become_updates_with_frame_timestamps(
+    tmp_path: Path, channel: str
+) -> None:
+    cfg = _config(
+        tmp_path,
+        [
+            {
+                "name": "pt",
+                "interface": "virtual",
+                "channel": channel,
+                "dbc": ["car.dbc"],
+                "fd": True,
+            }
+        ],
+    )
+    # preserve_timestamps: the virtual bus then passes on the sender's time, as a kernel would.
+    with (
+        Running(cfg) as run,
+        can.Bus(
+            interface="virtual", channel=channel, ignore_config=True, preserve_timestamps=True
+        ) as car,
+    ):
+        wait_for(lambda: run.agent.pipeline.source_states()["pt"] == "up", what="bus up")
+        car.send(
+            can.Message(
+                timestamp=1767225600.5,
+                arbitration_id=0x100,
+                data=bytes([0x10, 0x27, 0, 0, 0, 0, 0, 0]),
+                is_extended_id=False,
+            )
+        )
+        car.send(can.Message(arbitration_id=0x123, data=b"\x01", is_extended_id=False))
+        car.send(can.Message(arbitration_id=0x100, is_error_frame=True, is_extended_id=False))
+        car.send(
+            can.Message(
+                timestamp=1767225601.0,
+                arbitration_id=0x18FEF1FE,
+                is_fd=True,
+                data=bytes(12) + (7).to_bytes(4, "little"),
+                is_extended_id=True,
+            )
+        )
+        wait_for(lambda: len(run.samples()) >= 2, what="two samples")
+        stats = run.agent.pipeline.stats
+        wait_for(lambda: stats.error_frames == 1, what="error frame counted")
+    assert run.samples() == [(1767225600.5, "Engine.Speed", 100.0), (1767225601.0, "Fd.Wide", 7)]
+    assert stats.unselected == 0  # 0x123 never reached the pipeline: filtered at the bus
+    assert run.result.exit_code == 0
+
+
+def test_dead_bus_is_reported_down_while_a_quiet_one_is_silent(
+    tmp_path: Path, channel: str
+) -> None:
+    cfg = _config(
+        tmp_path,
+        [
+            {
+                "name": "quiet",
+                "interface": "virtual",
+                "channel": channel,
+                "dbc": ["car.dbc"],
+                "silent_after": 0.2,
+            },
+            # No SocketCAN interface of that name exists here: opening fails every time.
+            {
+                "name": "dead",
+                "interface": "socketcan",
+                "channel": "spimenone0",
+                "dbc": ["car.dbc"],
+                "reopen_min": 0.05,
+                "reopen_max": 0.1,
+            },
+        ],
+    )
+    with Running(cfg) as run:
+        src = {s.cfg.name: s for s in run.agent.pipeline.sources}
+        wait_for(lambda: src["dead"].status.reopens >= 3, what="reopen attempts")
+        assert run.agent.pipeline.source_states()["dead"] == "down"
+        assert src["dead"].status.last_error
+        wait_for(lambda: run.agent.pipeline.source_states()["quiet"] == "silent", what="silent")
+        with can.Bus(interface="virtual", channel=channel, ignore_config=True) as car:
+            car.send(can.Message(arbitration_id=0x100, data=bytes(8), is_extended_id=False))
+            wait_for(lambda: run.agent.pipeline.source_states()["quiet"] == "up", what="up again")
