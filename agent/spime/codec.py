@@ -10,6 +10,7 @@ signal, and its raw value (an int for integer-coded signals, a float for IEEE fl
 
 from __future__ import annotations
 
+import operator
 import struct
 import zlib
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ _DEFLATE_MIN = 48
 Sample = tuple[int, int, int | float]
 _F32 = struct.Struct("<f")
 _F64 = struct.Struct("<d")
+_BY_SID = operator.itemgetter(1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,33 +117,58 @@ def encode_update(
     body = bytearray()
     t0 = samples[0][0] if samples else 0
     _uvarint(body, t0)
-    # Count groups first: consecutive samples with the same millisecond share one time stamp.
-    groups: list[tuple[int, list[tuple[int, int | float]]]] = []
+    # Consecutive samples with the same millisecond share one time stamp (a group).
+    groups: list[list[tuple[int, int, int | float]]] = []
     last_t = None
-    for t, sid, raw in samples:
-        if t != last_t:
-            groups.append((t, []))
-            last_t = t
-        groups[-1][1].append((sid, raw))
+    for s in samples:
+        if s[0] != last_t:
+            groups.append([s])
+            last_t = s[0]
+        else:
+            groups[-1].append(s)
     _uvarint(body, len(groups))
     prev_t = t0
     prev_raw: dict[int, int] = {}
     pack_f32, pack_f64 = _F32.pack, _F64.pack
-    for t, entries in groups:
-        _svarint(body, t - prev_t)
+    put = body.append
+    by_sid = _BY_SID
+    # Varints are written inline below: this loop runs once per sample, and single-byte
+    # numbers (the common case) then cost one append.
+    for group in groups:
+        t = group[0][0]
+        d = t - prev_t
         prev_t = t
-        _uvarint(body, len(entries))
-        entries.sort(key=lambda e: e[0])
+        z = (d << 1) if d >= 0 else ((-d) << 1) - 1
+        if z < 0x80:
+            put(z)
+        else:
+            _uvarint(body, z)
+        n = len(group)
+        if n < 0x80:
+            put(n)
+        else:
+            _uvarint(body, n)
+        if n > 1:
+            group.sort(key=by_sid)
         prev_sid = 0
-        for sid, raw in entries:
-            _uvarint(body, sid - prev_sid)
+        for _, sid, raw in group:
+            d = sid - prev_sid
             prev_sid = sid
+            if d < 0x80:
+                put(d)
+            else:
+                _uvarint(body, d)
             kind = kinds[sid]
             if kind == "int":
                 # Delta to the same signal's previous value in this update: slowly changing
                 # signals cost one byte.
-                _svarint(body, raw - prev_raw.get(sid, 0))  # type: ignore[operator]
+                d = raw - prev_raw.get(sid, 0)  # type: ignore[operator, assignment]
                 prev_raw[sid] = raw  # type: ignore[assignment]
+                z = (d << 1) if d >= 0 else ((-d) << 1) - 1
+                if z < 0x80:
+                    put(z)
+                else:
+                    _uvarint(body, z)
             elif kind == "f32":
                 body += pack_f32(raw)
             else:
