@@ -116,7 +116,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{args.config}: publishing needs [mqtt] and [outbox] sections "
             "(or use --dry-run to print updates instead)"
         )
-    agent = Agent(cfg, catalog, dry_run=args.dry_run, on_json=_emit_json if args.dry_run else None)
+    agent = Agent(
+        cfg,
+        catalog,
+        dry_run=args.dry_run,
+        on_json=_emit_json if args.dry_run else None,
+        drain_timeout=args.drain_timeout,
+    )
 
     def _stop(signum: int, _frame: Any) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -131,6 +137,39 @@ def cmd_run(args: argparse.Namespace) -> int:
     for p in result.problems:
         print(p, file=sys.stderr)
     return result.exit_code
+
+
+def cmd_listen(args: argparse.Namespace) -> int:
+    from agent.config import TlsConfig
+    from agent.listen import Listener
+
+    tls = None
+    if args.tls or args.ca or args.cert:
+        tls = TlsConfig(ca=args.ca, cert=args.cert, key=args.key)
+    listener = Listener(
+        args.host,
+        args.port,
+        vin=args.vin,
+        prefix=args.prefix,
+        tls=tls,
+        username=args.username,
+        password=os.environ.get("SPIME_MQTT_PASSWORD"),
+        on_update=_emit_json,
+    )
+
+    def _stop(_signum: int, _frame: Any) -> None:
+        listener.stop()
+
+    previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        n = listener.run(count=args.count, timeout=args.timeout)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    if args.count is not None and n < args.count:
+        print(f"listen: {n} of {args.count} updates before the timeout", file=sys.stderr)
+        return 1
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -174,6 +213,19 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--schema", required=True, help="schema JSON file (spime-agent schema)")
     d.add_argument("file", nargs="?", help="update file (default: stdin)")
     d.set_defaults(func=cmd_decode)
+    li = sub.add_parser("listen", help="subscribe, decode and print updates (backend side)")
+    li.add_argument("--host", default="127.0.0.1")
+    li.add_argument("--port", type=int, default=1883)
+    li.add_argument("--vin", help="only this vehicle (default: every vehicle)")
+    li.add_argument("--prefix", default="spime/v1", help="topic prefix")
+    li.add_argument("--count", type=int, help="exit after this many updates")
+    li.add_argument("--timeout", type=float, help="exit after this many seconds")
+    li.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
+    li.add_argument("--ca", type=Path, help="CA file for TLS")
+    li.add_argument("--cert", type=Path, help="client certificate for TLS")
+    li.add_argument("--key", type=Path, help="client key for TLS")
+    li.add_argument("--username", help="password from $SPIME_MQTT_PASSWORD")
+    li.set_defaults(func=cmd_listen)
     return p
 
 

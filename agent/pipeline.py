@@ -110,6 +110,8 @@ class Pipeline:
         ]
         self.now = 0.0
         self._due = 0.0
+        # Called once per loop turn (the daemon pings systemd's watchdog from here).
+        self.on_loop: Callable[[], None] | None = None
 
     def stop(self) -> None:
         """Ask the pipeline to finish: sources stop, held values are flushed."""
@@ -141,6 +143,8 @@ class Pipeline:
                 self._process(index, payload)
             if self.now >= self._due:
                 self._tick()
+            if self.on_loop is not None:
+                self.on_loop()
         for src in self.sources:
             src.join(timeout=2.0)
         self.finish()
