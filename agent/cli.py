@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -139,6 +140,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+def _emit_brief(obj: dict[str, Any]) -> None:
+    """One human line per update: who, which, how many samples, and the first few values."""
+    samples = obj["samples"]
+    head = ", ".join(f"{s['signal']}={s['value']}" for s in samples[:3])
+    more = f", ... (+{len(samples) - 3})" if len(samples) > 3 else ""
+    kind = "snapshot" if obj.get("snapshot") else "update"
+    span = ""
+    if samples:
+        t0, t1 = samples[0]["t"], samples[-1]["t"]
+        span = f" {time.strftime('%H:%M:%S', time.gmtime(t0))}Z +{t1 - t0:.1f}s"
+    sys.stdout.write(
+        f"{obj['vin']} boot {obj['boot'][:8]} seq {obj['seq']:>5} {kind}: "
+        f"{len(samples):>4} samples{span}: {head}{more}\n"
+    )
+    sys.stdout.flush()
+
+
+def cmd_modems(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.modem.command import modems_report, render_json, render_table
+
+    cfg = load_config(args.config)
+    if not cfg.modem:
+        raise AgentError(f"{args.config}: no [[modem]] entries to probe")
+    report = modems_report(cfg)
+    sys.stdout.write((render_json(report) if args.json else render_table(report)) + "\n")
+    return 0
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     from agent.config import TlsConfig
     from agent.listen import Listener
@@ -154,7 +184,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
         tls=tls,
         username=args.username,
         password=os.environ.get("SPIME_MQTT_PASSWORD"),
-        on_update=_emit_json,
+        on_update=_emit_brief if args.brief else _emit_json,
     )
 
     def _stop(_signum: int, _frame: Any) -> None:
@@ -213,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--schema", required=True, help="schema JSON file (spime-agent schema)")
     d.add_argument("file", nargs="?", help="update file (default: stdin)")
     d.set_defaults(func=cmd_decode)
+    m = sub.add_parser("modems", help="probe the SIM modems once and show which one is chosen")
+    m.add_argument("--config", required=True, type=Path)
+    m.add_argument("--json", action="store_true", help="machine-readable output")
+    m.set_defaults(func=cmd_modems)
+
     li = sub.add_parser("listen", help="subscribe, decode and print updates (backend side)")
     li.add_argument("--host", default="127.0.0.1")
     li.add_argument("--port", type=int, default=1883)
@@ -225,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--cert", type=Path, help="client certificate for TLS")
     li.add_argument("--key", type=Path, help="client key for TLS")
     li.add_argument("--username", help="password from $SPIME_MQTT_PASSWORD")
+    li.add_argument("--brief", action="store_true", help="one human line per update, not JSON")
     li.set_defaults(func=cmd_listen)
     return p
 

@@ -271,6 +271,15 @@ class ModemPolicyConfig(_Model):
     max_switches_per_hour: int = Field(default=6, ge=1)
     command_timeout: PositiveSeconds = 5.0
     link_timeout: PositiveSeconds = 60.0
+    # Extra device globs rescanned for a modem that vanished (found again by its ICCID).
+    search: list[str] = Field(default_factory=list)
+    reopen_interval: PositiveSeconds = 30.0
+    reset_after: int = Field(default=3, ge=1)  # failed checks before AT+CFUN=1,1
+    reset_interval: PositiveSeconds = 900.0  # at most one reset per modem per this long
+    rescan_interval: PositiveSeconds = 30.0
+    # On a tmpfs, so "a PIN at most once per boot" survives agent restarts but not reboots.
+    pin_ledger: Path | None = Path("/run/spime-agent/pin-tried")
+    history: int = Field(default=20, ge=1)  # switches kept for the status
 
 
 class ConsentRule(_Model):

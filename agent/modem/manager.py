@@ -1,0 +1,238 @@
+"""The modem manager thread: probe every modem periodically, apply the policy, act on switches.
+
+Every ``check_interval`` it probes all modems in parallel (each probe bounded by command
+timeouts), feeds the reports to the pure ``SelectionPolicy``, and on a switch logs it at WARNING,
+runs ``link_down``/``link_up`` and calls ``on_switch(active, reason_code)``. Its own thread, all
+I/O with timeouts, every exception caught and counted: it can never stall the CAN pipeline or
+the outbox. The uplink reports data-path health with ``report_data_failure``/``report_data_ok``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from agent.config import Config, ModemConfig, ModemPolicyConfig
+from agent.modem.handle import ModemHandle, Recovery, expand
+from agent.modem.link import run_link_command
+from agent.modem.policy import SelectionPolicy
+from agent.modem.probe import PinLedger
+from agent.modem.report import ModemReport, Switch
+
+log = logging.getLogger(__name__)
+
+OnSwitch = Callable[[str | None, str], None]
+_ERROR_LOG_EVERY = 60.0
+
+
+class ModemManager:
+    def __init__(
+        self,
+        modems: Sequence[ModemConfig],
+        policy: ModemPolicyConfig,
+        *,
+        on_switch: OnSwitch | None = None,
+        search: Sequence[str] = (),
+        pin_ledger: Path | None = None,
+        recovery: Recovery | None = None,
+        history: int = 20,
+    ) -> None:
+        self._cfg = policy
+        self._search = tuple(search)
+        self.on_switch = on_switch
+        pins = PinLedger(pin_ledger)
+        self._handles = [
+            ModemHandle(
+                m,
+                command_timeout=policy.command_timeout,
+                home_networks=policy.home_networks,
+                pins=pins,
+                recovery=recovery,
+            )
+            for m in modems
+        ]
+        self._by_name = {h.name: h for h in self._handles}
+        self._policy = SelectionPolicy(
+            [h.name for h in self._handles], policy, time.monotonic, history=history
+        )
+        self._lock = threading.Lock()
+        self._reports: dict[str, ModemReport] = {}
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._checks = 0
+        self._errors = 0
+        self._link_failures = 0
+        self._last_error_log = -float("inf")
+
+    @classmethod
+    def from_config(cls, cfg: Config, **kwargs: Any) -> ModemManager:
+        p = cfg.modems
+        kwargs.setdefault("search", p.search)
+        kwargs.setdefault("pin_ledger", p.pin_ledger)
+        kwargs.setdefault("history", p.history)
+        kwargs.setdefault(
+            "recovery",
+            Recovery(p.reopen_interval, p.reset_after, p.reset_interval, p.rescan_interval),
+        )
+        return cls(cfg.modem, p, **kwargs)
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="modem-manager", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("modem manager did not stop within %g s", timeout)
+            self._thread = None
+        for h in self._handles:
+            h.close()
+
+    # -- the interface for the daemon and the uplink ----------------------------------------
+    def active(self) -> str | None:
+        with self._lock:
+            return self._policy.active
+
+    def report_data_failure(self, reason: str) -> None:
+        with self._lock:
+            self._policy.report_data_failure(reason)
+            due = self._policy.data_failures >= self._cfg.data_failures
+        if due:
+            self._wake.set()
+
+    def report_data_ok(self) -> None:
+        with self._lock:
+            self._policy.report_data_ok()
+
+    def check_now(self) -> None:
+        """Run the next check at once instead of at the end of the interval."""
+        self._wake.set()
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot: active modem and why, per-modem reports, last switches."""
+        now_mono, now_wall = time.monotonic(), time.time()
+        with self._lock:
+            verdicts = self._policy.verdicts
+            reason = self._policy.reason
+            modems = {}
+            for h in self._handles:
+                r = self._reports.get(h.name)
+                v = verdicts.get(h.name)
+                modems[h.name] = {
+                    "report": r.to_dict() if r else None,
+                    "usable": r is not None and v is None,
+                    "problem": {"code": v.code, "text": v.text} if v else None,
+                    "port": h.port,
+                    "counters": h.counters(),
+                }
+            switches = [
+                {**s.to_dict(), "time": round(now_wall - (now_mono - s.at), 3)}
+                for s in self._policy.switches
+            ]
+            due = self._policy.return_due
+            return {
+                "active": self._policy.active,
+                "reason": {"code": reason.code, "text": reason.text},
+                "primary": self._policy.primary(),
+                "modems": modems,
+                "switches": switches,
+                "return_in_s": None if due is None else max(0.0, round(due - now_mono, 3)),
+                "return_delay_s": self._policy.return_delay,
+                "data_failures": self._policy.data_failures,
+                "counters": {
+                    "checks": self._checks,
+                    "errors": self._errors,
+                    "link_failures": self._link_failures,
+                    "switches_suppressed": self._policy.suppressed,
+                },
+            }
+
+    # -- the thread --------------------------------------------------------------------------
+    def _run(self) -> None:
+        with ThreadPoolExecutor(
+            max_workers=max(1, len(self._handles)), thread_name_prefix="modem-probe"
+        ) as pool:
+            while not self._stop.is_set():
+                try:
+                    self._round(pool)
+                except Exception:  # the manager must outlive any bug in one round
+                    self._count_error("modem check failed")
+                self._wake.wait(self._cfg.check_interval)
+                self._wake.clear()
+
+    def _round(self, pool: ThreadPoolExecutor) -> None:
+        futures = {h.name: pool.submit(self._check, h) for h in self._handles}
+        reports = {name: fut.result() for name, fut in futures.items()}
+        with self._lock:
+            self._checks += 1
+            self._reports = reports
+            switch = self._policy.update(reports)
+        if switch is not None:
+            self._apply(switch)
+
+    def _check(self, h: ModemHandle) -> ModemReport:
+        try:
+            return h.check(lambda: self._candidates(h))
+        except Exception:
+            self._count_error(f"modem {h.name}: probe failed")
+            h.close()
+            return ModemReport(
+                h.name, h.port or h.cfg.port, responding=False, error="internal error while probing"
+            )
+
+    def _candidates(self, h: ModemHandle) -> list[str]:
+        held = {p for o in self._handles if o is not h and (p := o.real_port())}
+        patterns = [o.cfg.port for o in self._handles] + list(self._search)
+        return [p for p in expand(patterns) if os.path.realpath(p) not in held]
+
+    def _apply(self, sw: Switch) -> None:
+        log.warning("modem switch %s -> %s [%s]: %s", sw.from_name, sw.to_name, sw.code, sw.text)
+        if sw.from_name is not None:
+            self._link(self._by_name[sw.from_name], up=False)
+        if sw.to_name is not None and not self._link(self._by_name[sw.to_name], up=True):
+            with self._lock:
+                self._policy.report_data_failure("link_up command failed")
+        if self.on_switch is not None:
+            try:
+                self.on_switch(sw.to_name, sw.code)
+            except Exception:
+                self._count_error("on_switch callback failed")
+
+    def _link(self, h: ModemHandle, *, up: bool) -> bool:
+        argv = h.cfg.link_up if up else h.cfg.link_down
+        if not argv:
+            return True
+        env = {
+            "SPIME_MODEM_NAME": h.name,
+            "SPIME_MODEM_PORT": h.port or h.cfg.port,
+            "SPIME_MODEM_APN": h.cfg.apn or "",
+            "SPIME_MODEM_ICCID": h.iccid or "",
+        }
+        result = run_link_command(argv, timeout=self._cfg.link_timeout, env=env)
+        if not result.ok:
+            self._link_failures += 1
+            log.warning(
+                "modem %s: link_%s failed: %s", h.name, "up" if up else "down", result.detail
+            )
+        return result.ok
+
+    def _count_error(self, what: str) -> None:
+        self._errors += 1
+        now = time.monotonic()
+        if now - self._last_error_log >= _ERROR_LOG_EVERY:
+            self._last_error_log = now
+            log.exception("%s (%d errors so far)", what, self._errors)

@@ -1,0 +1,226 @@
+"""Probe one modem over an open AT transport and summarise it as a ``ModemReport``.
+
+Runs the fixed sequence (AT, ATE0, AT+CMEE=1, SIM state, ICCID, IMSI, operator, signal,
+registration, attach) with the transport's per-command timeouts, and enters a configured PIN at
+most once per boot per SIM (never a PUK). It leaves opening, reopening and resetting ports to the
+modem handle, and deciding between modems to the policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.config import ModemConfig
+from agent.modem import fields as f
+from agent.modem.report import AtTimeout, ModemReport
+from agent.modem.transport import AtResponse, AtTransport
+
+log = logging.getLogger(__name__)
+
+ICCID_COMMANDS: tuple[str, ...] = ("AT+QCCID", "AT+CCID", "AT+ICCID", "AT+CRSM=176,12258,0,0,10")
+AT_TRIES = 3
+
+
+class PinLedger:
+    """Which SIMs had their PIN entered this boot.
+
+    With a ``path`` (on a tmpfs such as /run, emptied at boot) the record survives restarts of
+    the agent, so a wrong PIN is never retried by a restart loop until the SIM locks.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        self._tried: set[str] = set()
+        if path is not None:
+            try:
+                self._tried.update(path.read_text().split())
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                log.warning("%s: cannot read PIN ledger: %s", path, err)
+
+    def tried(self, key: str) -> bool:
+        with self._lock:
+            return key in self._tried
+
+    def mark(self, key: str) -> None:
+        with self._lock:
+            self._tried.add(key)
+            if self._path is None:
+                return
+            try:
+                self._path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self._path.with_suffix(".tmp")
+                tmp.write_text("\n".join(sorted(self._tried)) + "\n")
+                os.replace(tmp, self._path)
+            except OSError as err:
+                log.warning("%s: cannot write PIN ledger: %s", self._path, err)
+
+
+@dataclass
+class ProbeMemory:
+    """What a probe remembers about one modem between runs (owned by one modem handle)."""
+
+    iccid_command: str | None = None
+    pin_entries: int = 0
+    warned: set[str] = field(default_factory=set)  # one warning per SIM problem, not per check
+
+    def warn_once(self, key: str, msg: str, *args: object) -> None:
+        if key not in self.warned:
+            self.warned.add(key)
+            log.warning(msg, *args)
+
+
+def _ask(t: AtTransport, cmd: str) -> AtResponse | None:
+    """A command whose failure to answer is not fatal for the probe."""
+    try:
+        return t.command(cmd)
+    except AtTimeout as err:
+        log.debug("%s", err)
+        return None
+
+
+def read_iccid(t: AtTransport, memory: ProbeMemory) -> str | None:
+    """Try the vendor variants (the one that worked last time first)."""
+    order: Iterable[str] = ICCID_COMMANDS
+    if memory.iccid_command:
+        order = (memory.iccid_command, *[c for c in ICCID_COMMANDS if c != memory.iccid_command])
+    for cmd in order:
+        r = _ask(t, cmd)
+        if r is None or not r.ok:
+            if r is not None and r.code == f.CME_NO_SIM:
+                return None
+            continue
+        iccid = f.parse_iccid(r.lines)
+        if iccid:
+            memory.iccid_command = cmd
+            return iccid
+    return None
+
+
+def responds(t: AtTransport, tries: int = AT_TRIES) -> bool:
+    for _ in range(tries):
+        r = _ask(t, "AT")
+        if r is not None:
+            return True
+    return False
+
+
+def _sim_state(t: AtTransport) -> str:
+    r = _ask(t, "AT+CPIN?")
+    if r is None:
+        return f.SIM_UNKNOWN
+    if r.ok:
+        return f.sim_state_from_cpin(r.lines)
+    return f.sim_state_from_cme(r.code, r.final)
+
+
+def _roaming(operator: str | None, registration: str, home: Sequence[str]) -> bool | None:
+    if registration not in (f.REG_HOME, f.REG_ROAMING):
+        return None
+    if home:
+        # IoT SIMs often register as roaming in their own country: the list decides.
+        return operator not in home if operator else registration == f.REG_ROAMING
+    return registration == f.REG_ROAMING
+
+
+def probe(
+    t: AtTransport,
+    cfg: ModemConfig,
+    *,
+    home_networks: Sequence[str] = (),
+    memory: ProbeMemory | None = None,
+    pins: PinLedger | None = None,
+) -> ModemReport:
+    """Ask everything once. ``pins`` None: never enter a PIN (observe only).
+
+    Raises PortGone when the port fails; every other problem ends up in the report.
+    """
+    mem = memory if memory is not None else ProbeMemory()
+    name, port = cfg.name, t.url
+    if not responds(t):
+        return ModemReport(name, port, responding=False, error="no answer to AT")
+    for setup in ("ATE0", "AT+CMEE=1"):
+        _ask(t, setup)
+
+    sim = _sim_state(t)
+    iccid = read_iccid(t, mem) if sim != f.SIM_ABSENT else None
+    if sim == f.SIM_PIN and cfg.pin and pins is not None:
+        key = iccid or f"modem:{name}"
+        if pins.tried(key):
+            mem.warn_once(
+                f"pin-again:{key}",
+                "modem %s: SIM %s still asks for its PIN; not retrying this boot",
+                name,
+                key,
+            )
+        else:
+            # Marked before sending: a crash mid-command must not lead to a second attempt.
+            pins.mark(key)
+            mem.pin_entries += 1
+            log.warning(
+                "modem %s: entering the configured PIN for SIM %s (once per boot)", name, key
+            )
+            r = _ask(t, f'AT+CPIN="{cfg.pin}"')
+            if r is None or not r.ok:
+                log.warning("modem %s: PIN refused (%s)", name, r.final if r else "no answer")
+            sim = _sim_state(t)
+            if sim == f.SIM_READY and iccid is None:
+                iccid = read_iccid(t, mem)
+    if sim == f.SIM_PUK:
+        mem.warn_once(
+            f"puk:{iccid}", "modem %s: SIM %s is PUK-locked; it needs a person", name, iccid or "?"
+        )
+
+    if sim != f.SIM_READY:
+        return ModemReport(
+            name, port, True, sim=sim, iccid=iccid, registration=f.REG_NONE, error=f"SIM {sim}"
+        )
+
+    imsi_r = _ask(t, "AT+CIMI")
+    imsi = f.parse_imsi(imsi_r.lines) if imsi_r is not None and imsi_r.ok else None
+    _ask(t, "AT+COPS=3,2")
+    cops = _ask(t, "AT+COPS?")
+    operator = f.parse_cops_numeric(cops.lines) if cops is not None and cops.ok else None
+
+    regs: dict[str, str | None] = {}
+    for prefix, cmd in (("+CEREG:", "AT+CEREG?"), ("+CGREG:", "AT+CGREG?"), ("+CREG:", "AT+CREG?")):
+        r = _ask(t, cmd)
+        regs[prefix] = f.parse_reg(r.lines, prefix) if r is not None and r.ok else None
+    registration = f.best_registration(list(regs.values()))
+
+    csq = _ask(t, "AT+CSQ")
+    csq_dbm = f.parse_csq_dbm(csq.lines) if csq is not None and csq.ok else None
+    cesq = _ask(t, "AT+CESQ")
+    rsrp = f.parse_cesq_rsrp(cesq.lines) if cesq is not None and cesq.ok else None
+    lte = regs["+CEREG:"] in (f.REG_HOME, f.REG_ROAMING)
+    signal: float | None
+    source: str | None
+    if rsrp is not None and (lte or csq_dbm is None):
+        signal, source = rsrp, "rsrp"
+    else:
+        signal, source = csq_dbm, ("csq" if csq_dbm is not None else None)
+
+    cgatt = _ask(t, "AT+CGATT?")
+    attached = f.parse_cgatt(cgatt.lines) if cgatt is not None and cgatt.ok else None
+
+    return ModemReport(
+        name,
+        port,
+        True,
+        sim=sim,
+        iccid=iccid,
+        imsi=imsi,
+        operator=operator,
+        registration=registration,
+        roaming=_roaming(operator, registration, home_networks),
+        signal_dbm=signal,
+        signal_source=source,
+        attached=attached,
+    )

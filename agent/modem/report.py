@@ -1,0 +1,66 @@
+"""Values shared by the modem probe, the selection policy and the status: frozen dataclasses.
+
+``ModemReport`` is what one probe learnt about one modem; ``Switch`` is one change of the active
+modem with its reason. Both are plain values, safe to pass between threads and to render as JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from agent.errors import AgentError
+
+
+class ModemError(AgentError):
+    """A modem port cannot be used: it is gone, cannot be opened, or stopped answering."""
+
+
+class PortGone(ModemError):
+    """The port cannot be opened or failed under us (unplugged, re-enumerated)."""
+
+
+class AtTimeout(ModemError):
+    """A command got no final result within its timeout."""
+
+
+@dataclass(frozen=True)
+class ModemReport:
+    name: str
+    port: str
+    responding: bool
+    sim: str = "unknown"
+    iccid: str | None = None
+    imsi: str | None = None
+    operator: str | None = None  # numeric MCCMNC
+    registration: str = "unknown"
+    roaming: bool | None = None  # by the allowed home networks list when there is one
+    signal_dbm: float | None = None
+    signal_source: str | None = None  # "rsrp" (LTE) or "csq"
+    attached: bool | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Reason:
+    """Why the policy did something: a short stable code and a sentence for humans."""
+
+    code: str
+    text: str
+
+
+@dataclass(frozen=True)
+class Switch:
+    """One change of the active modem. ``at`` is on the policy's (monotonic) clock."""
+
+    at: float
+    from_name: str | None
+    to_name: str | None
+    code: str
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"from": self.from_name, "to": self.to_name, "code": self.code, "text": self.text}
