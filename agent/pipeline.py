@@ -159,6 +159,10 @@ class Pipeline:
         samples, event = self.sampler.take()
         if samples:
             self.builder.add(samples, event, self.now)
+            # The samples may have opened an update: its age limit is a new deadline.
+            due = self.builder.due()
+            if due is not None and due < self._due:
+                self._due = due
 
     def _tick(self) -> None:
         self.sampler.tick(self.now)
@@ -175,7 +179,8 @@ class Pipeline:
         plans = self._plans[index]
         mask = self._masks[index]
         stats = self.stats
-        offer = self.sampler.offer
+        sampler, builder = self.sampler, self.builder
+        offer = sampler.offer
         frame_clock = self.frame_clock
         now = self.now
         stats.frames += len(msgs)
@@ -232,6 +237,10 @@ class Pipeline:
                 st = signals.get(name)
                 if st is not None:
                     offer(st, raw, t_ms, now)
+            # On the recording's clock a batch spans seconds: the first sample of a new update
+            # must open it at its own frame, or the update's age limit would start too late.
+            if frame_clock and builder.opened_at is None and sampler.out:
+                self._collect()
         self._collect()
 
     def _error_frame(self, index: int, msg: Any) -> None:

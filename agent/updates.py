@@ -53,15 +53,16 @@ class UpdateBuilder:
         self._kinds = {s.id: s.kind for s in schema.signals}
         self._buf: list[Sample] = []
         self._event = False
-        self._opened_at: float | None = None
+        # Scheduling time the open update received its first sample (None: no open update).
+        self.opened_at: float | None = None
         self._limit = max(1, min(cfg.max_samples, (cfg.max_bytes - _WORST_HEADER) // _WORST_SAMPLE))
         self._next_snapshot: float | None = None
 
     def add(self, samples: list[Sample], event: bool, now: float) -> None:
         if not samples:
             return
-        if self._opened_at is None:
-            self._opened_at = now
+        if self.opened_at is None:
+            self.opened_at = now
         buf, limit = self._buf, self._limit
         start = 0
         while len(buf) + len(samples) - start > limit:
@@ -69,7 +70,7 @@ class UpdateBuilder:
             buf.extend(samples[start : start + room])
             start += room
             self._close(snapshot=False)
-            self._opened_at = now
+            self.opened_at = now
             buf = self._buf
         buf.extend(samples[start:] if start else samples)
         if event:
@@ -82,7 +83,7 @@ class UpdateBuilder:
         return min(times) if times else None
 
     def _age_due(self) -> float | None:
-        return None if self._opened_at is None else self._opened_at + self.cfg.max_age
+        return None if self.opened_at is None else self.opened_at + self.cfg.max_age
 
     def tick(self, now: float, snapshot: Callable[[], list[Sample]]) -> None:
         due = self._age_due()
@@ -107,7 +108,7 @@ class UpdateBuilder:
 
     def _close(self, *, snapshot: bool) -> None:
         buf, event = self._buf, self._event
-        self._buf, self._event, self._opened_at = [], False, None
+        self._buf, self._event, self.opened_at = [], False, None
         if buf:
             self._emit(buf, snapshot=snapshot, event=event)
 

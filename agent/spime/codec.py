@@ -176,7 +176,7 @@ def encode_update(
     flags = (FLAG_SNAPSHOT if snapshot else 0) | (FLAG_EVENT if event else 0)
     payload = bytes(body)
     if compress and len(payload) >= _DEFLATE_MIN:
-        co = zlib.compressobj(6, zlib.DEFLATED, -15)
+        co = zlib.compressobj(1, zlib.DEFLATED, -15)
         packed = co.compress(payload) + co.flush()
         if len(packed) < len(payload):
             payload = packed

@@ -163,3 +163,23 @@ def test_unmatched_signal_glob_is_named(small: Path) -> None:
 def test_publishing_without_mqtt_section_is_refused(small: Path) -> None:
     r = cli("run", "--config", str(small))
     assert r.returncode != 0 and "needs [mqtt] and [outbox]" in r.stderr
+
+
+def test_updates_close_at_max_age_of_data_time_in_a_replay(tmp_path: Path) -> None:
+    # 10 s of a changing signal at 100 Hz; updates must each span less than max_age + a frame.
+    frames = [
+        (100 + i / 100, "100", f"{i & 0xFF:02X}{i >> 8:02X}000000000000") for i in range(1000)
+    ]
+    _candump(tmp_path / "drive.log", frames)
+    (tmp_path / "car.dbc").write_text(DBC)
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        [{"name": "car", "interface": "replay", "log": "drive.log", "dbc": ["car.dbc"]}],
+        extra='[[signal]]\nmatch = "Engine.Speed"\n[updates]\nmax_age = 0.5\n',
+    )
+    r = cli("run", "--config", str(cfg), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    updates = json_lines(r.stdout)
+    assert sum(len(u["samples"]) for u in updates) == 1000
+    spans = [u["samples"][-1]["t"] - u["samples"][0]["t"] for u in updates]
+    assert len(updates) >= 18 and max(spans) <= 0.5 + 1e-9
