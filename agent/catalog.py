@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.config import BusConfig, Config, SignalConfig
+from agent.config import COARSE_LOCATION, BusConfig, Config, SignalConfig
 from agent.decode import DbcFile, Message, load_dbc
 from agent.errors import ConfigError, DbcError
 from agent.spime import Schema, SignalDef
@@ -61,6 +61,7 @@ class Selected:
     wire: str
     policy: Policy
     category: str | None
+    coarse: bool  # location sent only at the reduced precision the owner consented to
     definition: SignalDef
 
 
@@ -84,13 +85,17 @@ class Catalog:
     buses: tuple[BusPlan, ...]
     dbc_files: tuple[DbcFile, ...]
     warnings: tuple[str, ...] = field(default=())
+    # Signals left out for lack of consent, counted by reason.
+    excluded: dict[str, int] = field(default_factory=dict)
 
     @property
     def message_count(self) -> int:
         return sum(len(f.messages) for f in self.dbc_files)
 
 
-def _definition(sid: int, wire: str, source: str, sig: Any, event: bool) -> SignalDef:
+def _definition(
+    sid: int, wire: str, source: str, sig: Any, event: bool, category: str | None
+) -> SignalDef:
     kind = "int"
     if sig.is_float:
         kind = "f32" if sig.length == 32 else "f64"
@@ -104,15 +109,30 @@ def _definition(sid: int, wire: str, source: str, sig: Any, event: bool) -> Sign
         choices={int(k): str(v) for k, v in (sig.choices or {}).items()},
         priority="event" if event else "telemetry",
         source=source,
+        category=category or "",
     )
 
 
-def _category(cfg: Config, qualified: str) -> str | None:
+def _category(cfg: Config, qualified: str, entry: SignalConfig | None) -> str | None:
+    if entry is not None and entry.consent:
+        return entry.consent
     if cfg.consent is None:
         return None
     for rule in cfg.consent.rules:
         if fnmatch.fnmatchcase(qualified, rule.match):
             return rule.category
+    return cfg.consent.default_category
+
+
+def _consent(cfg: Config, category: str | None) -> str | None:
+    """ "exact", "coarse", or None when the owner's consent does not cover the category."""
+    if cfg.consent is None:
+        return "exact"  # not activated: no consent configured, nothing to enforce
+    granted = cfg.consent.granted
+    if category is not None and category in granted:
+        return "exact"
+    if category == "location" and COARSE_LOCATION in granted:
+        return "coarse"
     return None
 
 
@@ -190,13 +210,25 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
                 f"{src}: signal[{i}].match {entry.match!r} matches no signal{where} "
                 "(patterns are Message.Signal as in the DBC, case-sensitive)"
             )
+    # Consent: signals of categories the owner did not grant are not selected at all, so
+    # their frames are never decoded and their values never stored or sent.
+    consented = []
+    excluded: dict[str, int] = {}
+    for cand in candidates:
+        category = _category(cfg, f"{cand[1].name}.{cand[2].name}", cand[3])
+        mode = _consent(cfg, category)
+        if mode is None:
+            why = f"no consent for {category}" if category else "no consent category"
+            excluded[why] = excluded.get(why, 0) + 1
+            continue
+        consented.append((*cand, category, mode == "coarse"))
     # Default wire names are Message.Signal; only when buses share one, the bus prefixes it.
     qual_count: dict[str, int] = {}
-    for _, msg, sig, _ in candidates:
+    for _, msg, sig, *_ in consented:
         qual_count[f"{msg.name}.{sig.name}"] = qual_count.get(f"{msg.name}.{sig.name}", 0) + 1
     selected: list[Selected] = []
     names: set[str] = set()
-    for sid, (bus, msg, sig, entry) in enumerate(candidates):
+    for sid, (bus, msg, sig, entry, category, coarse) in enumerate(consented):
         qualified = f"{msg.name}.{sig.name}"
         wire = entry.name if entry is not None and entry.name else qualified
         if (entry is None or not entry.name) and qual_count[qualified] > 1:
@@ -213,8 +245,11 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
                 signal=sig.name,
                 wire=wire,
                 policy=policy,
-                category=_category(cfg, qualified),
-                definition=_definition(sid, wire, f"{bus.name}:{qualified}", sig, policy.event),
+                category=category,
+                coarse=coarse,
+                definition=_definition(
+                    sid, wire, f"{bus.name}:{qualified}", sig, policy.event, category
+                ),
             )
         )
     if problems:
@@ -223,7 +258,7 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
     for bus in cfg.bus:
         by_msg: dict[int, list[Selected]] = {}
         msgs: dict[int, Message] = {}
-        for s, (b, msg, _, _) in zip(selected, candidates, strict=True):
+        for s, (b, msg, *_) in zip(selected, consented, strict=True):
             if b is bus:
                 key = frame_key(msg.frame_id, msg.is_extended_frame, bus.id_mask)
                 by_msg.setdefault(key, []).append(s)
@@ -238,4 +273,5 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
         buses=tuple(plans),
         dbc_files=tuple(files.values()),
         warnings=warnings,
+        excluded=excluded,
     )

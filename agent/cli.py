@@ -61,6 +61,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     for f in catalog.dbc_files:
         lenient = f" ({len(f.warnings)} defects loaded leniently)" if f.warnings else ""
         print(f"  dbc {f.path}: {len(f.messages)} messages{lenient}")
+    if catalog.excluded:
+        why = ", ".join(f"{reason} ({n})" for reason, n in sorted(catalog.excluded.items()))
+        print(f"  left out by the owner's consent: {why}")
+    if cfg.consent is not None:
+        print(f"  consent granted: {', '.join(cfg.consent.granted) or 'nothing'}")
     events = sum(1 for s in catalog.selected if s.policy.event)
     print(
         f"  {catalog.message_count} messages in DBC files, {len(catalog.selected)} signals "

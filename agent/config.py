@@ -32,6 +32,7 @@ REPLAY = "replay"
 Priority = Literal["telemetry", "event"]
 PRIORITIES: tuple[Priority, ...] = ("telemetry", "event")
 CONSENT_CATEGORIES = ("location", "driving", "vehicle_health", "diagnostics")
+COARSE_LOCATION = "coarse_location"
 
 _VIN_CHARS = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
 
@@ -288,12 +289,24 @@ class ConsentRule(_Model):
 
 
 class ConsentConfig(_Model):
-    """Owner's consent; enforced in the data path (issue: activation)."""
+    """The owner's consent, enforced in the data path: a signal whose category is not granted
+    is never decoded, stored or sent."""
 
-    granted: list[str] = Field(default_factory=lambda: list(CONSENT_CATEGORIES))
+    granted: list[str] = Field(default_factory=list)
     rules: list[ConsentRule] = Field(default_factory=list)
-    # When only "coarse_location" is granted, positions are snapped to this grid (degrees).
+    # Category of signals no rule matches; None: such signals are never sent (privacy first).
+    default_category: str | None = None
+    # With "coarse_location" granted but not "location", positions snap to this grid (degrees).
     coarse_grid: float = Field(default=0.01, gt=0)
+
+    @field_validator("granted")
+    @classmethod
+    def _known(cls, v: list[str]) -> list[str]:
+        known = (*CONSENT_CATEGORIES, COARSE_LOCATION)
+        bad = [c for c in v if c not in known]
+        if bad:
+            raise ValueError(f"unknown categories {bad}; known: {', '.join(known)}")
+        return v
 
 
 class StatusConfig(_Model):

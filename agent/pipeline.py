@@ -28,7 +28,7 @@ from agent.config import Config
 from agent.decode import DecodeError, raw_decoder
 from agent.errors import SourceError
 from agent.ratelimit import RateLimitedLog
-from agent.sampling import Group, Sampler, SignalState
+from agent.sampling import Group, Sampler, SignalState, grid_snapper
 from agent.updates import Sink, UpdateBuilder
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,13 @@ class Pipeline:
             for key, mp in bp.messages.items():
                 plan = _Plan(mp.message.name, mp.message.length, raw_decoder(mp.message))
                 for sel in mp.signals:
-                    st = SignalState(sel.sid, sel.policy, sel.definition.scale, plan.group)
+                    d = sel.definition
+                    snap = None
+                    if sel.coarse and cfg.consent is not None:
+                        snap = grid_snapper(
+                            d.scale, d.offset, cfg.consent.coarse_grid, d.kind == "int"
+                        )
+                    st = SignalState(sel.sid, sel.policy, d.scale, plan.group, snap)
                     plan.signals[sel.signal] = st
                     self.states.append(st)
                 plans[key] = plan

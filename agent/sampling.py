@@ -17,11 +17,27 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from agent.catalog import Policy
 
 Sample = tuple[int, int, int | float]
+
+
+def grid_snapper(
+    scale: float, offset: float, grid: float, integer: bool
+) -> Callable[[int | float], int | float]:
+    """Snap a raw value so that its physical value lies on a grid (e.g. 0.01 degrees: about
+    1 km of latitude), and return the raw value of that grid point."""
+
+    def snap(raw: int | float) -> int | float:
+        physical = raw * scale + offset
+        on_grid = round(physical / grid) * grid
+        back = (on_grid - offset) / scale
+        return round(back) if integer else back
+
+    return snap
 
 
 class Group:
@@ -51,10 +67,20 @@ class SignalState:
         "pending_t",
         "cur",
         "cur_t",
+        "snap",
     )
 
-    def __init__(self, sid: int, policy: Policy, scale: float, group: Group) -> None:
+    def __init__(
+        self,
+        sid: int,
+        policy: Policy,
+        scale: float,
+        group: Group,
+        snap: Callable[[int | float], int | float] | None = None,
+    ) -> None:
         self.sid = sid
+        # Applied to every value before any policy: the reduced precision the owner consented to.
+        self.snap = snap
         # The deadband is compared on raw values: |raw delta| * |scale| >= deadband.
         self.raw_deadband = policy.deadband / abs(scale) if policy.deadband and scale else 0.0
         self.min_interval = policy.min_interval
@@ -91,6 +117,8 @@ class Sampler:
 
     def offer(self, st: SignalState, raw: int | float, t_ms: int, now: float) -> None:
         """A decoded value of ``st`` at data time ``t_ms``, seen at scheduling time ``now``."""
+        if st.snap is not None:
+            raw = st.snap(raw)
         st.cur = raw
         st.cur_t = t_ms
         if st.has_sent:

@@ -40,6 +40,8 @@ class SignalDef:
     choices: Mapping[int, str] = field(default_factory=dict)
     priority: str = "telemetry"
     source: str = ""
+    # Consent category (location, driving, ...): shown so a backend knows what it may hold.
+    category: str = ""
 
     def physical(self, raw: int | float) -> Value:
         """The value cantools reports for this raw value (label, int or float), bit for bit.
@@ -73,6 +75,8 @@ class SignalDef:
             doc["priority"] = self.priority
         if self.source:
             doc["source"] = self.source
+        if self.category:
+            doc["category"] = self.category
         return doc
 
     @classmethod
@@ -95,6 +99,7 @@ class SignalDef:
                 choices={int(k): str(v) for k, v in doc.get("choices", {}).items()},
                 priority=str(doc.get("priority", "telemetry")),
                 source=str(doc.get("source", "")),
+                category=str(doc.get("category", "")),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise SchemaError(f"{where}: malformed signal entry ({err})") from None
