@@ -96,6 +96,7 @@ class Source:
         self.clock = clock
         self.status = SourceStatus(cfg.name, "replay" if cfg.is_replay else cfg.interface)
         self._last_frame = clock()
+        self._bus: Any = None
         self._thread = threading.Thread(target=self._main, name=f"source-{cfg.name}", daemon=True)
 
     def start(self) -> None:
@@ -103,6 +104,16 @@ class Source:
 
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
+
+    def set_filters(self, can_filters: list[dict[str, Any]] | None) -> None:
+        """New kernel filters, applied to the open bus at once and kept for reopening."""
+        self.can_filters = can_filters
+        bus = self._bus
+        if bus is not None:
+            try:
+                bus.set_filters(can_filters)
+            except (can.CanError, OSError) as err:
+                log.warning("bus %s: cannot set filters: %s", self.cfg.name, err)
 
     def state(self) -> str:
         """The state, with "silent" derived from the time since the last frame."""
@@ -235,6 +246,7 @@ class Source:
             delay = self.cfg.reopen_min
             self._last_frame = self.clock()
             self._set_state("up")
+            self._bus = bus
             try:
                 self._read(bus)
             except (can.CanError, OSError, ValueError) as err:
@@ -243,6 +255,7 @@ class Source:
                 if self.stop.wait(random.uniform(0, delay)):
                     return
             finally:
+                self._bus = None
                 try:
                     bus.shutdown()
                 except Exception as err:  # closing a broken bus may fail again; nothing to do

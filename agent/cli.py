@@ -134,7 +134,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.info("received %s: stopping", signal.Signals(signum).name)
         agent.request_stop()
 
+    def _reload(_signum: int, _frame: Any) -> None:
+        log.info("received SIGHUP: reloading %s", args.config)
+        agent.request_reload()
+
     previous = {s: signal.signal(s, _stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _reload)
     try:
         result = agent.run()
     finally:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from agent import __version__
@@ -25,8 +26,9 @@ from agent.can_source import validate_sources
 from agent.catalog import Catalog, build_catalog
 from agent.config import Config
 from agent.pipeline import Pipeline
+from agent.schemastore import SchemaStore
 from agent.sdnotify import Notifier
-from agent.spime import decode_update
+from agent.spime import decode_samples, decode_update, encode_update, peek_schema_id
 from agent.updates import Update
 
 log = logging.getLogger(__name__)
@@ -74,7 +76,10 @@ class Agent:
         self.pipeline.on_loop = self._on_loop
         self.outbox: Any = None
         self.uplink: Any = None
+        self.modems: Any = None
+        self.schemas: SchemaStore | None = None
         self._stop = threading.Event()
+        self._reload_lock = threading.Lock()
         self._next_ping = 0.0
 
     @property
@@ -123,6 +128,13 @@ class Agent:
                 "bytes": p.builder.bytes_out,
             },
         }
+        if self.cfg.consent is not None:
+            doc["consent"] = {
+                "granted": list(self.cfg.consent.granted),
+                "left_out": dict(self.catalog.excluded),
+            }
+        if self.modems is not None:
+            doc["modem"] = self.modems.status()
         if self.outbox is not None:
             o = self.outbox.stats()
             doc["outbox"] = {
@@ -189,6 +201,13 @@ class Agent:
         self.outbox = Outbox(self.cfg.outbox)
         self.outbox.open()
         try:
+            self.schemas = SchemaStore(Path(f"{self.cfg.outbox.path}.schemas"))
+            self.schemas.save(self.catalog.schema)
+            if self.cfg.modem:
+                from agent.modem.manager import ModemManager
+
+                self.modems = ModemManager.from_config(self.cfg, on_switch=self._on_modem_switch)
+                self.modems.start()
             self.uplink = Uplink(
                 self.cfg.mqtt,
                 vin=self.cfg.vehicle.vin,
@@ -197,7 +216,9 @@ class Agent:
                 schema_id=self.catalog.schema.id,
                 schema_json=self.catalog.schema.dumps().encode(),
                 status=self.status,
+                on_link=self._on_link,
             )
+            self._publish_stored_schemas()
             self.uplink.start()
             self.notifier.ready(f"publishing to {self.cfg.mqtt.host}:{self.cfg.mqtt.port}")
             self.pipeline.run()
@@ -225,7 +246,153 @@ class Agent:
             log.info("every update was acknowledged by the broker")
             return result
         finally:
+            if self.modems is not None:
+                self.modems.stop(5.0)
             self.outbox.close()
+
+    def _on_link(self, up: bool, reason: str) -> None:
+        # The modem manager counts data-path failures to decide whether the SIM is the problem.
+        if self.modems is not None:
+            if up:
+                self.modems.report_data_ok()
+            else:
+                self.modems.report_data_failure(reason)
+
+    def _on_modem_switch(self, active: str, reason: str) -> None:
+        log.warning("data now through modem %s (%s): reconnecting MQTT", active, reason)
+        if self.uplink is not None:
+            self.uplink.reconnect(f"modem switched to {active}")
+            self.uplink.publish_status()
+
+    def _publish_stored_schemas(self) -> None:
+        """Rows of an earlier config may wait in the outbox: publish their schemas too."""
+        assert self.outbox is not None and self.schemas is not None
+        ids = {peek_schema_id(row.payload) for row in self.outbox.iter_rows()}
+        ids.discard(self.catalog.schema.id)
+        for sid in sorted(ids):
+            schema = self.schemas.load(sid)
+            if schema is None:
+                log.error(
+                    "outbox rows use schema %s, which is not stored: a backend cannot decode them",
+                    sid,
+                )
+            else:
+                self.uplink.add_schema(sid, schema.dumps().encode())
+
+    # -- reload (SIGHUP) ---------------------------------------------------------------------
+
+    def request_reload(self) -> None:
+        """Signal-safe: re-read the config file in the background and apply what changed."""
+        threading.Thread(target=self.reload, name="reload", daemon=True).start()
+
+    def reload(self) -> bool:
+        """Apply a changed signal selection, update settings or consent without a restart.
+
+        Changes to buses, broker, outbox, vehicle or modems need a restart and are refused
+        (the running config stays in force). Samples of categories whose consent was revoked
+        are purged from the outbox before they are sent.
+        """
+        from agent.config import load_config
+        from agent.errors import AgentError
+
+        with self._reload_lock:
+            if self.cfg.source is None:
+                log.error("reload: the running config has no file to re-read")
+                return False
+            try:
+                cfg = load_config(self.cfg.source)
+                catalog = prepare(cfg)
+            except AgentError as err:
+                for line in err.problems:
+                    log.error("reload refused: %s", line)
+                return False
+            fixed = ("vehicle", "bus", "mqtt", "outbox", "modem", "modems", "status")
+            changed = [k for k in fixed if getattr(cfg, k) != getattr(self.cfg, k)]
+            if changed:
+                log.error(
+                    "reload refused: changes to %s need a restart (systemctl restart spime-agent)",
+                    ", ".join(changed),
+                )
+                return False
+            revoked = _revoked(self.cfg, cfg)
+            self.pipeline.request_reload(cfg, catalog)
+            old = self.catalog
+            self.cfg, self.catalog = cfg, catalog
+            if self.schemas is not None:
+                self.schemas.save(catalog.schema)
+            if self.uplink is not None:
+                self.uplink.add_schema(catalog.schema.id, catalog.schema.dumps().encode())
+                self.uplink.publish_status()
+            log.info(
+                "reload accepted: schema %s -> %s%s",
+                old.schema.id,
+                catalog.schema.id,
+                f"; consent revoked for {', '.join(sorted(revoked))}" if revoked else "",
+            )
+            if revoked and self.outbox is not None:
+                self._purge_revoked(revoked)
+            return True
+
+    def _purge_revoked(self, revoked: set[str]) -> None:
+        """Remove samples of revoked categories from every update not yet sent."""
+        assert self.outbox is not None and self.schemas is not None
+        # Updates the old selection produced are still being closed by the pipeline thread:
+        # wait until it has switched, then commit them so they are visible here.
+        self.pipeline.wait_reloaded(10.0)
+        self.outbox.flush()
+        purged = rewritten = 0
+        for row in list(self.outbox.iter_rows()):
+            schema = self.schemas.load(peek_schema_id(row.payload))
+            if schema is None:
+                continue
+            drop = {s.id for s in schema.signals if s.category in revoked}
+            if not drop:
+                continue
+            head, samples = decode_samples(row.payload, schema)
+            kept = [x for x in samples if x[1] not in drop]
+            if len(kept) == len(samples):
+                continue
+            self.outbox.purge_ids([row.id])
+            if kept:
+                self.outbox.put(
+                    encode_update(
+                        schema,
+                        boot=bytes.fromhex(head.boot),
+                        seq=head.seq,
+                        vin=head.vin,
+                        samples=kept,
+                        snapshot=head.snapshot,
+                        event=head.event,
+                    ),
+                    row.priority,
+                    created=row.created,
+                )
+                rewritten += 1
+            else:
+                purged += 1
+        self.outbox.flush()
+        log.warning(
+            "consent revoked for %s: %d stored updates deleted, %d rewritten without those samples",
+            ", ".join(sorted(revoked)),
+            purged,
+            rewritten,
+        )
+
+
+def _revoked(old: Config, new: Config) -> set[str]:
+    """Categories granted before and not now (no [consent] section means everything)."""
+    from agent.config import COARSE_LOCATION, CONSENT_CATEGORIES
+
+    every = {*CONSENT_CATEGORIES, COARSE_LOCATION}
+    before = every if old.consent is None else set(old.consent.granted)
+    after = every if new.consent is None else set(new.consent.granted)
+    gone = before - after
+    if "location" in gone and COARSE_LOCATION in after:
+        gone.discard("location")  # still sent, coarsely; exact values already stored may stay
+    if COARSE_LOCATION in gone and "location" not in after:
+        gone.add("location")
+    gone.discard(COARSE_LOCATION)
+    return gone
 
     def _drain(self) -> bool:
         """Wait until the broker acknowledged everything, the drain timeout passed, or a stop

@@ -78,17 +78,35 @@ class Pipeline:
         sink: Sink,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.cfg = cfg
-        self.catalog = catalog
+        self.boot = boot
+        self.sink = sink
         self.clock = clock
         self.stats = PipelineStats()
-        self.sampler = Sampler()
-        self.builder = UpdateBuilder(
-            catalog.schema, vin=cfg.vehicle.vin, boot=boot, cfg=cfg.updates, sink=sink
-        )
         self.frame_clock = cfg.all_replay
         self.stop_event = threading.Event()
         self.queue: queue.Queue[tuple[int, Any]] = queue.Queue(QUEUE_BATCHES)
+        self._load(cfg, catalog, seq=0)
+        self.sources = [
+            Source(i, bp.config, self.queue, self.stop_event, can_filters=bp.can_filters)
+            for i, bp in enumerate(catalog.buses)
+        ]
+        self.now = 0.0
+        self._due = 0.0
+        self._reload: tuple[Config, Catalog] | None = None
+        self._reloaded = threading.Event()
+        self._reload_lock = threading.Lock()
+        # Called once per loop turn (the daemon pings systemd's watchdog from here).
+        self.on_loop: Callable[[], None] | None = None
+
+    def _load(self, cfg: Config, catalog: Catalog, *, seq: int) -> None:
+        """Build the runtime state for a catalog; update numbering continues at ``seq``."""
+        self.cfg = cfg
+        self.catalog = catalog
+        self.sampler = Sampler()
+        self.builder = UpdateBuilder(
+            catalog.schema, vin=cfg.vehicle.vin, boot=self.boot, cfg=cfg.updates, sink=self.sink
+        )
+        self.builder.seq = seq
         self.states: list[SignalState] = []
         self._plans: list[dict[int, _Plan]] = []
         self._masks: list[int | None] = []
@@ -110,14 +128,41 @@ class Pipeline:
             self._plans.append(plans)
             self._masks.append(bp.config.id_mask)
         self.states.sort(key=lambda s: s.sid)
-        self.sources = [
-            Source(i, bp.config, self.queue, self.stop_event, can_filters=bp.can_filters)
-            for i, bp in enumerate(catalog.buses)
-        ]
-        self.now = 0.0
-        self._due = 0.0
-        # Called once per loop turn (the daemon pings systemd's watchdog from here).
-        self.on_loop: Callable[[], None] | None = None
+
+    def request_reload(self, cfg: Config, catalog: Catalog) -> None:
+        """Thread-safe: switch to a new signal selection (same buses) between two batches.
+
+        What was sampled under the old selection is sent first, as updates of the old schema;
+        sources stay open (only their kernel filters change), so no frame is missed.
+        """
+        if [b.config.name for b in catalog.buses] != [s.cfg.name for s in self.sources]:
+            raise ValueError("a reload cannot add, remove or reorder buses")
+        with self._reload_lock:
+            self._reload = (cfg, catalog)
+
+    def wait_reloaded(self, timeout: float) -> bool:
+        """Wait until a requested reload has been applied (True) or ``timeout`` passed."""
+        deadline = time.monotonic() + timeout
+        while self._reload is not None and time.monotonic() < deadline:
+            if self._reloaded.wait(0.05):
+                self._reloaded.clear()
+        return self._reload is None
+
+    def _apply_reload(self) -> None:
+        with self._reload_lock:
+            pending, self._reload = self._reload, None
+        if pending is None:
+            return
+        cfg, catalog = pending
+        self.finish()
+        self._load(cfg, catalog, seq=self.builder.seq)
+        for src, bp in zip(self.sources, catalog.buses, strict=True):
+            src.set_filters(bp.can_filters)
+        self._reschedule()
+        self._reloaded.set()
+        log.info(
+            "reloaded: %d signals selected (schema %s)", len(catalog.selected), catalog.schema.id
+        )
 
     def stop(self) -> None:
         """Ask the pipeline to finish: sources stop, held values are flushed."""
@@ -149,6 +194,8 @@ class Pipeline:
                 self._process(index, payload)
             if self.now >= self._due:
                 self._tick()
+            if self._reload is not None:
+                self._apply_reload()
             if self.on_loop is not None:
                 self.on_loop()
         for src in self.sources:

@@ -191,6 +191,9 @@ class Uplink:
         self._outbox = outbox
         self._schema_id = schema_id
         self._schema_json = bytes(schema_json)
+        # Every schema published on each connection (guarded by _cond); new ones queued too.
+        self._schemas: dict[str, bytes] = {schema_id: self._schema_json}
+        self._new_schemas: deque[str] = deque()
         self._status_fn = status
         self._on_link = on_link
         self._v5 = cfg.protocol == "5"
@@ -269,6 +272,18 @@ class Uplink:
 
     def publish_status(self) -> None:
         self._status_requested.set()
+
+    def add_schema(self, schema_id: str, schema_json: bytes) -> None:
+        """Publish another schema (retained, on its own topic), now if connected and after every
+        reconnect: rows written under an earlier schema stay decodable after a reload."""
+        with self._cond:
+            if schema_id not in self._schemas:
+                self._schemas[schema_id] = bytes(schema_json)
+                self._new_schemas.append(schema_id)
+
+    def reconnect(self, reason: str) -> None:
+        """Drop the connection and connect again (e.g. another modem now carries the data)."""
+        self._lost = self._lost or reason
 
     def stats(self) -> UplinkStats:
         with self._cond:
@@ -473,7 +488,11 @@ class Uplink:
         self._prefetch.clear()
         self._paused_until = 0.0
         self._link_is_up()
-        self._ctrl_queue.append((self.schema_topic, self._schema_json))
+        with self._cond:
+            schemas = list(self._schemas.items())
+            self._new_schemas.clear()
+        for sid, doc in schemas:
+            self._ctrl_queue.append((self._schema_topic_of(sid), doc))
         self._ctrl_queue.append((self.status_topic, self._status_doc("online")))
         next_status = time.monotonic() + self.cfg.status_interval
         try:
@@ -485,6 +504,12 @@ class Uplink:
                 if self._stop.is_set() and (self._stopping_done() or self._outbox_empty()):
                     self._close(client)
                     return
+                if self._new_schemas:
+                    with self._cond:
+                        fresh = [(i, self._schemas[i]) for i in self._new_schemas]
+                        self._new_schemas.clear()
+                    for sid, doc in fresh:
+                        self._ctrl_queue.append((self._schema_topic_of(sid), doc))
                 now = time.monotonic()
                 if self._status_requested.is_set() or now >= next_status:
                     self._status_requested.clear()
@@ -517,6 +542,9 @@ class Uplink:
             self._ctrl_in_flight.clear()
         self._close_socket(client)
         self._link_down(f"{self.cfg.host}:{self.cfg.port}: {self._lost or 'connection lost'}")
+
+    def _schema_topic_of(self, schema_id: str) -> str:
+        return f"{self.cfg.topic_prefix}/{self.vin}/schema/{schema_id}"
 
     def _free(self) -> int:
         return self._window - len(self._in_flight) - len(self._ctrl_in_flight)
