@@ -47,3 +47,9 @@ class SourceError(AgentError):
     """A CAN source cannot be opened or read (interface missing, log unreadable)."""
 
     exit_code = 2
+
+
+class OutboxError(AgentError):
+    """The outbox file cannot be opened or created (corruption is recovered, not raised)."""
+
+    exit_code = 2
