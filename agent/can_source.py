@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import can
@@ -62,6 +63,16 @@ def validate_sources(cfg: Config) -> None:
             )
     if problems:
         raise ConfigError(*problems)
+
+
+def _link_up(name: str | None) -> bool:
+    """Whether a network interface exists and is administratively and operationally up."""
+    try:
+        flags = int(Path(f"/sys/class/net/{name}/flags").read_text(), 16)
+    except (OSError, ValueError):
+        return False
+    # IFF_UP (0x1) and IFF_RUNNING (0x40); vcan reports operstate "unknown", so flags decide.
+    return bool(flags & 0x1) and bool(flags & 0x40)
 
 
 @dataclass
@@ -116,9 +127,16 @@ class Source:
                 log.warning("bus %s: cannot set filters: %s", self.cfg.name, err)
 
     def state(self) -> str:
-        """The state, with "silent" derived from the time since the last frame."""
+        """The state, with "silent" derived from the time since the last frame.
+
+        A SocketCAN socket on an interface that went down raises once and then only times
+        out, like a quiet bus: so a silent socketcan bus is checked against the interface's
+        own state, and reported "down" when the kernel says so.
+        """
         st = self.status.state
         if st == "up" and self.clock() - self._last_frame > self.cfg.silent_after:
+            if self.cfg.interface == "socketcan" and not _link_up(self.cfg.channel):
+                return "down"
             return "silent"
         return st
 

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures every test folder may use by name.
+from tests.support.broker import mosquitto  # noqa: F401
+
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO.parent / "shared" / "corpus"
 DEMO_DBC = REPO / "dbc" / "demo_vehicle.dbc"

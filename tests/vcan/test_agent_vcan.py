@@ -1,0 +1,214 @@
+"""The agent on real SocketCAN (vcan): kernel filters, CAN FD, a link going down and up,
+canplayer replaying a recorded drive, and the daemon's whole path to a broker and listen."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import can
+import cantools
+
+from tests.conftest import DEMO_DBC, REPO
+from tests.integration.test_live_virtual import Running, wait_for
+from tests.support.agentrun import VIN, json_lines, write_config
+
+DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 256 Engine: 8 ECU
+ SG_ Speed : 0|16@1+ (0.01,0) [0|655.35] "km/h" Vector__XXX
+BO_ 2566844926 Fd: 16 ECU
+ SG_ Wide : 96|32@1+ (1,0) [0|4294967295] "" Vector__XXX
+"""
+
+
+def _config(tmp_path: Path, channel: str, **bus: object) -> Path:
+    (tmp_path / "car.dbc").write_text(DBC)
+    return write_config(
+        tmp_path / "agent.toml",
+        [
+            {
+                "name": "pt",
+                "interface": "socketcan",
+                "channel": channel,
+                "dbc": ["car.dbc"],
+                "fd": True,
+                **bus,
+            }
+        ],
+        extra="[updates]\nmax_age = 0.05\n",
+    )
+
+
+def test_kernel_filters_and_can_fd_on_vcan(tmp_path: Path, canfd_link: str, open_bus) -> None:
+    with Running(_config(tmp_path, canfd_link)) as run:
+        wait_for(lambda: run.agent.pipeline.source_states()["pt"] == "up", what="bus up")
+        car = open_bus()
+        car.send(can.Message(arbitration_id=0x123, data=b"\x01", is_extended_id=False))
+        car.send(
+            can.Message(
+                arbitration_id=0x100, data=bytes([0x10, 0x27]) + bytes(6), is_extended_id=False
+            )
+        )
+        car.send(
+            can.Message(
+                arbitration_id=0x18FEF1FE,
+                is_fd=True,
+                bitrate_switch=True,
+                data=bytes(12) + (7).to_bytes(4, "little"),
+                is_extended_id=True,
+            )
+        )
+        wait_for(lambda: len(run.samples()) >= 2, what="two samples")
+        stats = run.agent.pipeline.stats
+    assert [(s, v) for _, s, v in run.samples()] == [("Engine.Speed", 100.0), ("Fd.Wide", 7)]
+    # 0x123 was dropped by the kernel filter: the agent never saw it.
+    assert stats.frames == 2 and stats.unselected == 0
+
+
+def test_link_down_is_reported_and_recovery_is_automatic(
+    tmp_path: Path, scratch_vcan, open_bus
+) -> None:
+    from tests.vcan.conftest import run_ip
+
+    name = scratch_vcan.name
+    cfg = _config(tmp_path, name, fd=False, silent_after=0.3, reopen_min=0.1, reopen_max=0.2)
+    with Running(cfg) as run:
+        states = run.agent.pipeline.source_states
+        wait_for(lambda: states()["pt"] == "up", what="bus up")
+        run_ip("link", "set", "dev", name, "down")
+        wait_for(lambda: states()["pt"] == "down", what="reported down")
+        run_ip("link", "set", "dev", name, "up")
+        car = open_bus(channel=name)
+        wait_for(lambda: states()["pt"] in ("up", "silent"), what="back after link up")
+        car.send(
+            can.Message(arbitration_id=0x100, data=bytes([1, 0]) + bytes(6), is_extended_id=False)
+        )
+        wait_for(lambda: run.samples() != [], what="frames flow again")
+        assert states()["pt"] == "up"
+
+
+def _cantools_changes(log: Path) -> dict[str, list[object]]:
+    db = cantools.database.load_file(str(DEMO_DBC))
+    by_id = {m.frame_id: m for m in db.messages}
+    last: dict[str, object] = {}
+    out: dict[str, list[object]] = {}
+    for frame in can.LogReader(str(log)):
+        msg = by_id.get(frame.arbitration_id)
+        if msg is None:
+            continue
+        raw = msg.decode(bytes(frame.data), decode_choices=False, scaling=False)
+        phys = msg.decode(bytes(frame.data))
+        for name, value in raw.items():
+            key = f"{msg.name}.{name}"
+            if last.get(key, object()) != value:
+                last[key] = value
+                v = phys[name]
+                out.setdefault(key, []).append(str(v) if hasattr(v, "name") else v)
+    return out
+
+
+def test_canplayer_recording_arrives_with_cantools_values(
+    tmp_path: Path, canfd_link: str, canplayer: str
+) -> None:
+    log = tmp_path / "drive.log"
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "gen-demo-drive"),
+            "--out",
+            str(log),
+            "--duration",
+            "4",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        [
+            {
+                "name": "car",
+                "interface": "socketcan",
+                "channel": canfd_link,
+                "dbc": [str(DEMO_DBC)],
+                "fd": True,
+            }
+        ],
+        extra="[updates]\nmax_age = 0.1\nsnapshot_interval = 0\n",
+    )
+    with Running(cfg) as run:
+        wait_for(lambda: run.agent.pipeline.source_states()["car"] == "up", what="bus up")
+        subprocess.run([canplayer, "-I", str(log), f"{canfd_link}=can0"], check=True, timeout=120)
+        expected = _cantools_changes(log)
+        total = sum(len(v) for v in expected.values())
+        wait_for(lambda: len(run.samples()) >= total, timeout=60, what="every change")
+    got: dict[str, list[object]] = {}
+    for _, name, value in run.samples():
+        got.setdefault(name, []).append(value)
+    assert got == expected
+    assert sum(s.status.dropped_frames for s in run.agent.pipeline.sources) == 0
+
+
+def test_daemon_path_vcan_to_broker_to_listen(
+    tmp_path: Path, vcan0: str, open_bus, mosquitto
+) -> None:
+    cfg = _config(tmp_path, vcan0)
+    cfg.write_text(
+        cfg.read_text() + f'[mqtt]\nhost = "127.0.0.1"\nport = {mosquitto.port}\n'
+        '[outbox]\npath = "outbox.db"\ncommit_interval = 0.05\n'
+    )
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "agent.cli", "run", "--config", str(cfg)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    listen = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "listen",
+            "--port",
+            str(mosquitto.port),
+            "--vin",
+            VIN,
+            "--count",
+            "1",
+            "--timeout",
+            "120",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        car = open_bus()
+        # Send until the agent is up and the listener got the update (both start in parallel).
+        deadline = time.monotonic() + 120
+        speed = 1000
+        while listen.poll() is None and time.monotonic() < deadline:
+            speed += 1
+            car.send(
+                can.Message(
+                    arbitration_id=0x100,
+                    data=speed.to_bytes(2, "little") + bytes(6),
+                    is_extended_id=False,
+                )
+            )
+            time.sleep(0.2)
+        out, err = listen.communicate(timeout=30)
+        assert listen.returncode == 0, err
+        (update,) = json_lines(out)
+        assert update["vin"] == VIN
+        assert update["samples"][0]["signal"] == "Engine.Speed"
+        assert 10.0 < update["samples"][0]["value"] < 20.0
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, agent_err = agent.communicate(timeout=60)
+    assert agent.returncode == 0, agent_err
