@@ -171,6 +171,8 @@ class Agent:
             self.catalog.schema.id,
             "dry run" if self.dry_run else "publishing",
         )
+        reporter = threading.Thread(target=self._report_loop, name="status", daemon=True)
+        reporter.start()
         if self.dry_run:
             self.notifier.ready("dry run")
             self.pipeline.run()
@@ -249,6 +251,36 @@ class Agent:
             if self.modems is not None:
                 self.modems.stop(5.0)
             self.outbox.close()
+
+    def _drain(self) -> bool:
+        """Wait until the broker acknowledged everything, the drain timeout passed, or a stop
+        was requested."""
+        deadline = None if self.drain_timeout is None else time.monotonic() + self.drain_timeout
+        self.notifier.status("replay finished; waiting for the broker to acknowledge")
+        while not self._stop.is_set():
+            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            if left <= 0:
+                return False
+            self._on_loop()
+            if self.uplink.wait_drained(left) and self.outbox.stats().memory_rows == 0:
+                return True
+        return False
+
+    def _report_loop(self) -> None:
+        """Keep the status file and systemd's STATUS= line current until the agent stops."""
+        from agent.statusfile import write_status
+
+        interval = self.cfg.status.interval
+        while not self._stop.wait(interval):
+            try:
+                doc = self.status()
+                if self.cfg.status.path is not None:
+                    write_status(self.cfg.status.path, doc, interval=interval)
+                self.notifier.status(_one_line(doc))
+            except Exception as err:  # reporting must never take the agent down
+                log.warning("status report failed: %s", err)
+            if self.pipeline.stop_event.is_set():
+                return
 
     def _on_link(self, up: bool, reason: str) -> None:
         # The modem manager counts data-path failures to decide whether the SIM is the problem.
@@ -379,6 +411,19 @@ class Agent:
         )
 
 
+def _one_line(doc: dict[str, Any]) -> str:
+    """The status in one line, for `systemctl status`."""
+    parts = [" ".join(f"{k}:{v}" for k, v in doc.get("buses", {}).items())]
+    if "uplink" in doc:
+        parts.append(f"mqtt {doc['uplink']['state']}")
+    if "outbox" in doc:
+        parts.append(f"outbox {doc['outbox']['rows']} rows")
+    if "modem" in doc and isinstance(doc["modem"], dict):
+        parts.append(f"modem {doc['modem'].get('active')}")
+    parts.append(f"{doc.get('pipeline', {}).get('updates', 0)} updates")
+    return "; ".join(parts)
+
+
 def _revoked(old: Config, new: Config) -> set[str]:
     """Categories granted before and not now (no [consent] section means everything)."""
     from agent.config import COARSE_LOCATION, CONSENT_CATEGORIES
@@ -393,17 +438,3 @@ def _revoked(old: Config, new: Config) -> set[str]:
         gone.add("location")
     gone.discard(COARSE_LOCATION)
     return gone
-
-    def _drain(self) -> bool:
-        """Wait until the broker acknowledged everything, the drain timeout passed, or a stop
-        was requested."""
-        deadline = None if self.drain_timeout is None else time.monotonic() + self.drain_timeout
-        self.notifier.status("replay finished; waiting for the broker to acknowledge")
-        while not self._stop.is_set():
-            left = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
-            if left <= 0:
-                return False
-            self._on_loop()
-            if self.uplink.wait_drained(left) and self.outbox.stats().memory_rows == 0:
-                return True
-        return False
