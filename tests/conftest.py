@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,26 @@ def corpus() -> Path:
     if not (CORPUS / "MANIFEST.md").is_file():
         pytest.skip(f"corpus not present at {CORPUS}")
     return CORPUS
+
+
+def make_demo_drive(out: Path, seconds: float) -> Path:
+    """Write a demo drive (candump log of the demo vehicle) of ``seconds`` to ``out``."""
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "scripts" / "gen-demo-drive"),
+            "--out",
+            str(out),
+            "--duration",
+            str(seconds),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def demo_drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 60 s demo drive, written once per test session."""
+    return make_demo_drive(tmp_path_factory.mktemp("drive") / "drive.log", 60)

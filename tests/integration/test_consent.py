@@ -3,13 +3,9 @@ coarse location is snapped to the configured grid."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
-import pytest
-
-from tests.conftest import DEMO_DBC, REPO
+from tests.conftest import DEMO_DBC
 from tests.support.agentrun import cli, json_lines, write_config
 
 CONSENT = """
@@ -25,28 +21,10 @@ rules = [
 """
 
 
-@pytest.fixture(scope="module")
-def drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("drive") / "drive.log"
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "gen-demo-drive"),
-            "--out",
-            str(out),
-            "--duration",
-            "40",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
-def _run(tmp_path: Path, drive: Path, granted: str) -> list[dict]:
+def _run(tmp_path: Path, demo_drive: Path, granted: str) -> list[dict]:
     cfg = write_config(
         tmp_path / "agent.toml",
-        [{"name": "car", "interface": "replay", "log": str(drive), "dbc": [str(DEMO_DBC)]}],
+        [{"name": "car", "interface": "replay", "log": str(demo_drive), "dbc": [str(DEMO_DBC)]}],
         extra=CONSENT.format(granted=granted),
     )
     r = cli("run", "--config", str(cfg), "--dry-run")
@@ -54,20 +32,20 @@ def _run(tmp_path: Path, drive: Path, granted: str) -> list[dict]:
     return [s for u in json_lines(r.stdout) for s in u["samples"]]
 
 
-def test_only_granted_categories_are_sent(tmp_path: Path, drive: Path) -> None:
-    samples = _run(tmp_path, drive, '"vehicle_health"')
+def test_only_granted_categories_are_sent(tmp_path: Path, demo_drive: Path) -> None:
+    samples = _run(tmp_path, demo_drive, '"vehicle_health"')
     names = {s["signal"] for s in samples}
     assert names, "vehicle health signals must still flow"
     assert not any(n.startswith(("GNSS_", "ESP_", "ECM_Engine1.")) for n in names)
-    samples = _run(tmp_path, drive, '"vehicle_health", "driving", "location"')
+    samples = _run(tmp_path, demo_drive, '"vehicle_health", "driving", "location"')
     names = {s["signal"] for s in samples}
     assert {"GNSS_Position.Latitude", "ESP_VehicleDynamics.VehicleSpeed"} <= names
 
 
-def test_check_reports_what_consent_leaves_out(tmp_path: Path, drive: Path) -> None:
+def test_check_reports_what_consent_leaves_out(tmp_path: Path, demo_drive: Path) -> None:
     cfg = write_config(
         tmp_path / "agent.toml",
-        [{"name": "car", "interface": "replay", "log": str(drive), "dbc": [str(DEMO_DBC)]}],
+        [{"name": "car", "interface": "replay", "log": str(demo_drive), "dbc": [str(DEMO_DBC)]}],
         extra=CONSENT.format(granted='"vehicle_health"'),
     )
     r = cli("check", "--config", str(cfg))
@@ -75,9 +53,9 @@ def test_check_reports_what_consent_leaves_out(tmp_path: Path, drive: Path) -> N
     assert "no consent for location" in r.stdout and "no consent for driving" in r.stdout
 
 
-def test_coarse_location_is_snapped_to_the_grid(tmp_path: Path, drive: Path) -> None:
-    exact = _run(tmp_path, drive, '"location"')
-    coarse = _run(tmp_path, drive, '"coarse_location"')
+def test_coarse_location_is_snapped_to_the_grid(tmp_path: Path, demo_drive: Path) -> None:
+    exact = _run(tmp_path, demo_drive, '"location"')
+    coarse = _run(tmp_path, demo_drive, '"coarse_location"')
     lat_exact = [s["value"] for s in exact if s["signal"] == "GNSS_Position.Latitude"]
     lat_coarse = [s["value"] for s in coarse if s["signal"] == "GNSS_Position.Latitude"]
     assert len(set(lat_exact)) > 10  # the route moves

@@ -8,36 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from agent.decode import load_dbc
 from tests.conftest import DEMO_DBC, REPO
 from tests.integration.test_corpus import _expected
 from tests.support.agentrun import cli, json_lines, write_config
 
 
-@pytest.fixture(scope="module")
-def drive(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("drive") / "drive.log"
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "gen-demo-drive"),
-            "--out",
-            str(out),
-            "--duration",
-            "60",
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
-
-
-def _run(tmp_path: Path, drive: Path, updates: str) -> list[dict]:
+def _run(tmp_path: Path, demo_drive: Path, updates: str) -> list[dict]:
     cfg = write_config(
         tmp_path / "agent.toml",
-        [{"name": "car", "interface": "replay", "log": str(drive), "dbc": [str(DEMO_DBC)]}],
+        [{"name": "car", "interface": "replay", "log": str(demo_drive), "dbc": [str(DEMO_DBC)]}],
         extra=f"[updates]\n{updates}\n",
     )
     r = cli("run", "--config", str(cfg), "--dry-run")
@@ -45,13 +25,13 @@ def _run(tmp_path: Path, drive: Path, updates: str) -> list[dict]:
     return json_lines(r.stdout)
 
 
-def test_demo_drive_values_equal_cantools(tmp_path: Path, drive: Path) -> None:
-    updates = _run(tmp_path, drive, "snapshot_interval = 0")
+def test_demo_drive_values_equal_cantools(tmp_path: Path, demo_drive: Path) -> None:
+    updates = _run(tmp_path, demo_drive, "snapshot_interval = 0")
     got: dict[str, list[tuple[int, object]]] = {}
     for u in updates:
         for s in u["samples"]:
             got.setdefault(s["signal"], []).append((round(s["t"] * 1000), s["value"]))
-    expected = _expected(drive, load_dbc(DEMO_DBC).db)
+    expected = _expected(demo_drive, load_dbc(DEMO_DBC).db)
     for series in (*got.values(), *expected.values()):
         series.sort(key=lambda x: x[0])
     assert got == expected
@@ -67,8 +47,8 @@ def test_demo_drive_values_equal_cantools(tmp_path: Path, drive: Path) -> None:
         assert any(k.startswith(name.split(".")[0]) for k in got), name
 
 
-def test_snapshots_carry_every_signal_seen(tmp_path: Path, drive: Path) -> None:
-    updates = _run(tmp_path, drive, "snapshot_interval = 20")
+def test_snapshots_carry_every_signal_seen(tmp_path: Path, demo_drive: Path) -> None:
+    updates = _run(tmp_path, demo_drive, "snapshot_interval = 20")
     snaps = [u for u in updates if u["snapshot"]]
     assert len(snaps) >= 2
     seen_before: set[str] = set()

@@ -12,19 +12,9 @@ from pathlib import Path
 import can
 import cantools
 
-from tests.conftest import DEMO_DBC, REPO
-from tests.integration.test_live_virtual import Running, wait_for
+from tests.conftest import DEMO_DBC, make_demo_drive
+from tests.integration.test_live_virtual import DBC, Running, wait_for
 from tests.support.agentrun import VIN, json_lines, write_config
-
-DBC = """VERSION ""
-NS_ :
-BS_:
-BU_: ECU
-BO_ 256 Engine: 8 ECU
- SG_ Speed : 0|16@1+ (0.01,0) [0|655.35] "km/h" Vector__XXX
-BO_ 2566844926 Fd: 16 ECU
- SG_ Wide : 96|32@1+ (1,0) [0|4294967295] "" Vector__XXX
-"""
 
 
 def _config(tmp_path: Path, channel: str, **bus: object) -> Path:
@@ -116,19 +106,7 @@ def _cantools_changes(log: Path) -> dict[str, list[object]]:
 def test_canplayer_recording_arrives_with_cantools_values(
     tmp_path: Path, canfd_link: str, canplayer: str
 ) -> None:
-    log = tmp_path / "drive.log"
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "gen-demo-drive"),
-            "--out",
-            str(log),
-            "--duration",
-            "4",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    log = make_demo_drive(tmp_path / "drive.log", 4)
     cfg = write_config(
         tmp_path / "agent.toml",
         [
