@@ -179,6 +179,18 @@ def cmd_modems(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_activate(args: argparse.Namespace) -> int:
+    from agent.activation import run_activate
+
+    return run_activate(args, sys.stdout, sys.stderr, sys.stdin.isatty())
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.statusfile import run_status
+
+    return run_status(args.file, sys.stdout, args.json)
+
+
 def cmd_listen(args: argparse.Namespace) -> int:
     from agent.config import TlsConfig
     from agent.listen import Listener
@@ -257,6 +269,17 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--config", required=True, type=Path)
     m.add_argument("--json", action="store_true", help="machine-readable output")
     m.set_defaults(func=cmd_modems)
+
+    from agent.activation import add_arguments
+
+    a = sub.add_parser("activate", help="dealer activation: write the car's config from the base")
+    add_arguments(a)
+    a.set_defaults(func=cmd_activate)
+
+    st = sub.add_parser("status", help="summarise the running agent's status file")
+    st.add_argument("--file", type=Path, default=Path("/run/spime-agent/status.json"))
+    st.add_argument("--json", action="store_true", help="print the status document")
+    st.set_defaults(func=cmd_status)
 
     li = sub.add_parser("listen", help="subscribe, decode and print updates (backend side)")
     li.add_argument("--host", default="127.0.0.1")

@@ -134,7 +134,7 @@ class Agent:
                 "left_out": dict(self.catalog.excluded),
             }
         if self.modems is not None:
-            doc["modem"] = self.modems.status()
+            doc["modems"] = self.modems.status()
         if self.outbox is not None:
             o = self.outbox.stats()
             doc["outbox"] = {
@@ -418,8 +418,8 @@ def _one_line(doc: dict[str, Any]) -> str:
         parts.append(f"mqtt {doc['uplink']['state']}")
     if "outbox" in doc:
         parts.append(f"outbox {doc['outbox']['rows']} rows")
-    if "modem" in doc and isinstance(doc["modem"], dict):
-        parts.append(f"modem {doc['modem'].get('active')}")
+    if isinstance(doc.get("modems"), dict):
+        parts.append(f"modem {doc['modems'].get('active')}")
     parts.append(f"{doc.get('pipeline', {}).get('updates', 0)} updates")
     return "; ".join(parts)
 

@@ -1,0 +1,485 @@
+"""`spime-agent activate` end to end through ``run_activate``: real TLS files made with the
+openssl CLI, real modem simulators on pseudo-terminals, a real mosquitto with TLS, real files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import stat
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.activation import add_arguments, backup_path, dumps_toml, run_activate
+from agent.config import load_config
+from agent.daemon import prepare
+from agent.modem.simulator import ModemSimulator, identity
+from tests.conftest import DEMO_DBC
+from tests.support.broker import Mosquitto, TlsFiles, free_port, make_tls_material
+
+VIN = "1M8GDM9AXKP042788"
+
+BASE = f"""
+[[bus]]
+name = "powertrain"
+interface = "virtual"
+channel = "activation-test"
+dbc = ["{DEMO_DBC}"]
+
+[[signal]]
+match = "*.*"
+
+[mqtt]
+topic_prefix = "spime/v1"
+
+[outbox]
+path = "outbox.db"
+
+[consent]
+coarse_grid = 0.05
+
+[[consent.rules]]
+match = "GNSS_*.*"
+category = "location"
+
+[[consent.rules]]
+match = "ESP_*.*"
+category = "driving"
+
+[[consent.rules]]
+match = "*.*"
+category = "vehicle_health"
+"""
+
+
+def _openssl(*args: str | Path, cwd: Path) -> None:
+    subprocess.run(
+        ["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True, timeout=60
+    )
+
+
+def _signed(d: Path, name: str, ca_crt: Path, ca_key: Path, dates: tuple[str, str]) -> Path:
+    """A client certificate signed with ``openssl ca``, which can set any validity period."""
+    (d / "index.txt").write_text("")
+    (d / "serial").write_text("1000\n")
+    (d / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = ca_default\n[ca_default]\ndatabase = index.txt\n"
+        "new_certs_dir = .\nserial = serial\ndefault_md = sha256\npolicy = any\n"
+        "unique_subject = no\n[any]\ncommonName = supplied\n"
+    )
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+             f"{name}.csr", "-subj", f"/CN={name}", cwd=d)  # fmt: skip
+    _openssl("ca", "-batch", "-config", "ca.cnf", "-cert", ca_crt, "-keyfile", ca_key, "-in",
+             f"{name}.csr", "-out", f"{name}.crt", "-startdate", dates[0], "-enddate", dates[1],
+             "-notext", cwd=d)  # fmt: skip
+    return d / f"{name}.crt"
+
+
+@dataclass(frozen=True)
+class Material:
+    tls: TlsFiles
+    expired_cert: Path
+    expired_key: Path
+    rogue_cert: Path  # valid dates, signed by a CA the broker does not know
+    rogue_key: Path
+    garbage: Path
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory: pytest.TempPathFactory) -> Material:
+    root = tmp_path_factory.mktemp("tls")
+    tls = make_tls_material(root / "good")
+    exp = root / "expired"
+    exp.mkdir()
+    expired = _signed(
+        exp, "old", tls.ca, tls.ca.with_suffix(".key"), ("20190101000000Z", "20200101000000Z")
+    )
+    rogue_dir = root / "rogue"
+    rogue_dir.mkdir()
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rca.key", "-out",
+             "rca.crt", "-days", "2", "-subj", "/CN=rogue-ca", cwd=rogue_dir)  # fmt: skip
+    rogue = _signed(rogue_dir, "rogue", rogue_dir / "rca.crt", rogue_dir / "rca.key",
+                    ("20240101000000Z", "20990101000000Z"))  # fmt: skip
+    garbage = root / "garbage.pem"
+    garbage.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
+    return Material(tls, expired, exp / "old.key", rogue, rogue_dir / "rogue.key", garbage)
+
+
+@dataclass
+class Setup:
+    base: Path
+    etc: Path
+    material: Material
+
+    @property
+    def config(self) -> Path:
+        return self.etc / "agent.toml"
+
+    def args(self, *extra: str, **override: Any) -> list[str]:
+        t = self.material.tls
+        values = {
+            "vin": VIN,
+            "host": "127.0.0.1",
+            "port": str(free_port()),  # nothing listens: the broker check only notes it
+            "ca": str(t.ca),
+            "cert": str(t.client_cert),
+            "key": str(t.client_key),
+            "consent": "driving,vehicle_health",
+            "base": str(self.base),
+            "config": str(self.config),
+        }
+        values.update({k: str(v) for k, v in override.items()})
+        argv = [f"--{k}={v}" for k, v in values.items() if v != "None"]
+        return argv + list(extra)
+
+    def run(self, argv: list[str], tty: bool = False) -> Result:
+        p = argparse.ArgumentParser()
+        add_arguments(p)
+        out, err = io.StringIO(), io.StringIO()
+        code = run_activate(p.parse_args(argv), out, err, tty)
+        return Result(code, out.getvalue(), err.getvalue())
+
+    def files(self) -> list[str]:
+        return sorted(p.name for p in self.etc.iterdir())
+
+
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def setup(tmp_path: Path, material: Material) -> Setup:
+    base = tmp_path / "integrator" / "base.toml"
+    base.parent.mkdir()
+    base.write_text(BASE)
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    return Setup(base, etc, material)
+
+
+# -- the happy path and the file handling ---------------------------------------------------
+def test_activation_writes_a_config_that_loads_and_prepares(setup: Setup) -> None:
+    r = setup.run(setup.args("--coarse-location"))
+    assert r.code == 0, r.err
+    assert setup.files() == ["agent.toml"]  # no temporary file left, no backup on first write
+    assert stat.S_IMODE(setup.config.stat().st_mode) == 0o600
+    cfg = load_config(setup.config)
+    assert cfg.vehicle.vin == VIN
+    assert cfg.mqtt is not None and cfg.mqtt.host == "127.0.0.1"
+    tls = cfg.mqtt.tls_config
+    assert tls is not None and tls.cert == setup.material.tls.client_cert
+    assert cfg.consent is not None
+    assert cfg.consent.granted == ["driving", "vehicle_health", "coarse_location"]
+    assert cfg.consent.coarse_grid == 0.05 and len(cfg.consent.rules) == 3  # base kept
+    # The base lives in another folder: its relative outbox path now points there.
+    assert cfg.outbox is not None and cfg.outbox.path == setup.base.parent / "outbox.db"
+    catalog = prepare(cfg)
+    assert catalog.selected
+    assert "not reachable now" in r.out
+    assert "the car will send" in r.out and "coarse" in r.out
+    assert "activated: wrote" in r.out
+
+
+def test_same_settings_again_change_nothing(setup: Setup) -> None:
+    argv = setup.args("--offline", port=8883)
+    assert setup.run(argv).code == 0
+    before = setup.config.stat()
+    r = setup.run(argv)
+    assert r.code == 0, r.err
+    assert "already activated with these settings" in r.out
+    after = setup.config.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert setup.files() == ["agent.toml"]
+
+
+def test_changing_an_activated_car_needs_force_and_keeps_a_backup(setup: Setup) -> None:
+    first = setup.args("--offline", port=8883)
+    assert setup.run(first).code == 0
+    old = setup.config.read_bytes()
+    changed = setup.args("--offline", port=8883, consent="none")
+    r = setup.run(changed)
+    assert r.code == 2
+    assert "already activated" in r.err and "--force" in r.err
+    assert setup.config.read_bytes() == old and setup.files() == ["agent.toml"]
+
+    r = setup.run([*changed, "--force"])
+    assert r.code == 0, r.err
+    assert backup_path(setup.config).read_bytes() == old
+    assert stat.S_IMODE(backup_path(setup.config).stat().st_mode) == 0o600
+    cfg = load_config(setup.config)
+    assert cfg.consent is not None and cfg.consent.granted == []
+    assert "consent granted: nothing" in r.out and "not sent" in r.out
+
+
+def test_a_config_without_vehicle_is_replaced_with_a_backup(setup: Setup) -> None:
+    setup.config.write_text("# placeholder from the image\n")
+    r = setup.run(setup.args("--offline"))
+    assert r.code == 0, r.err
+    assert backup_path(setup.config).read_text() == "# placeholder from the image\n"
+
+
+def test_dry_run_prints_the_config_and_writes_nothing(setup: Setup) -> None:
+    r = setup.run(setup.args("--dry-run", "--offline"))
+    assert r.code == 0, r.err
+    assert setup.files() == []
+    toml_text = r.out.split("\nvehicle ")[0]
+    data = tomllib.loads(toml_text)
+    assert data["vehicle"]["vin"] == VIN and data["mqtt"]["port"] > 0
+    assert "dry run" in r.out and "not written" in r.out
+
+
+# -- refusals: one line per problem, nothing written ----------------------------------------
+def _refused(setup: Setup, argv: list[str], *expected: str) -> list[str]:
+    r = setup.run(argv)
+    assert r.code == 2, r.out
+    lines = r.err.splitlines()
+    assert lines[-1] == "activation: nothing written"
+    for fragment in expected:
+        assert any(fragment in line for line in lines), (fragment, lines)
+    assert setup.files() == []
+    return lines[:-1]
+
+
+@pytest.mark.parametrize(
+    ("override", "extra", "expected"),
+    [
+        ({"vin": "1M8GDM9AXKP042789"}, (), "check digit"),
+        ({"vin": "WVWZZZ1JZXWQ00001"}, (), "'Q'"),
+        ({"consent": "location,telemetry"}, (), "unknown categories telemetry"),
+        ({"consent": "location"}, ("--coarse-location",), "either location or coarse"),
+        ({"consent": "none,driving"}, (), "none cannot be combined"),
+        ({"host": "mqtts://broker"}, (), "no scheme"),
+        ({"port": "70000"}, (), "not a port number"),
+        ({"vin": None}, (), "missing --vin (stdin is not a terminal)"),
+        ({"consent": None}, (), "missing --consent"),
+    ],
+)
+def test_bad_input_is_refused(
+    setup: Setup, override: dict[str, Any], extra: tuple[str, ...], expected: str
+) -> None:
+    assert len(_refused(setup, setup.args(*extra, **override), expected)) == 1
+
+
+def test_expired_certificate(setup: Setup) -> None:
+    m = setup.material
+    (line,) = _refused(setup, setup.args(cert=m.expired_cert, key=m.expired_key), "expired on")
+    assert "2020-01-01" in line and str(m.expired_cert) in line
+
+
+def test_key_of_another_certificate(setup: Setup) -> None:
+    (line,) = _refused(setup, setup.args(key=setup.material.tls.server_key), "does not match")
+    assert str(setup.material.tls.server_key) in line
+
+
+@pytest.mark.parametrize("which", ["ca", "cert"])
+def test_unparsable_certificates(setup: Setup, which: str) -> None:
+    (line,) = _refused(setup, setup.args(**{which: setup.material.garbage}), "cannot parse")
+    assert line.startswith(f"--{which} ")
+
+
+def test_missing_files_and_not_pem(setup: Setup, tmp_path: Path) -> None:
+    (tmp_path / "empty.pem").write_text("hello\n")
+    lines = _refused(
+        setup,
+        setup.args(ca=tmp_path / "nope.pem", key=tmp_path / "empty.pem"),
+        "--ca",
+        "cannot read",
+        "no PEM private key",
+    )
+    assert len(lines) == 2
+
+
+def test_every_problem_is_reported_at_once(setup: Setup) -> None:
+    lines = _refused(
+        setup,
+        setup.args(vin="1M8GDM9AXKP042789", key=setup.material.tls.server_key, host=None),
+        "check digit",
+        "does not match",
+        "missing --host",
+    )
+    assert len(lines) == 3
+
+
+def test_base_that_does_not_prepare(setup: Setup) -> None:
+    setup.base.write_text(BASE.replace('match = "*.*"\n', 'match = "Nothing.*"\n', 1))
+    (line,) = _refused(setup, setup.args("--offline"), "matches no signal")
+    assert line.startswith(str(setup.base))
+
+
+def test_missing_base(setup: Setup, tmp_path: Path) -> None:
+    _refused(setup, setup.args(base=tmp_path / "none.toml"), "no such file")
+
+
+# -- prompts ---------------------------------------------------------------------------------
+def test_prompts_on_a_terminal(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = setup.material.tls
+    # VIN, host, port (default), CA, cert, key, consent
+    answers = [VIN.lower(), "127.0.0.1", "", str(t.ca), str(t.client_cert), str(t.client_key),
+               "driving"]  # fmt: skip
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(answers) + "\n"))
+    argv = [f"--base={setup.base}", f"--config={setup.config}", "--offline"]
+    r = setup.run(argv, tty=True)
+    assert r.code == 0, r.err
+    assert "Vehicle VIN" in r.out and "[8883]" in r.out
+    cfg = load_config(setup.config)
+    assert cfg.vehicle.vin == VIN and cfg.mqtt is not None and cfg.mqtt.port == 8883
+
+
+# -- the SIM check ---------------------------------------------------------------------------
+@pytest.fixture
+def modems(setup: Setup) -> Iterator[list[ModemSimulator]]:
+    sims = [
+        ModemSimulator("healthy", ident=1),
+        ModemSimulator("healthy", ident=2),
+        ModemSimulator("no_sim", ident=3),
+    ]
+    for s in sims:
+        s.start()
+    try:
+        text = BASE + "\n[modems]\ncommand_timeout = 3.0\n"
+        for i, s in enumerate(sims, 1):
+            text += f'\n[[modem]]\nname = "sim{i}"\nport = "{s.port}"\n'
+        setup.base.write_text(text)
+        yield sims
+    finally:
+        for s in sims:
+            s.close()
+
+
+def test_primary_by_iccid_is_checked_and_written(
+    setup: Setup, modems: list[ModemSimulator]
+) -> None:
+    iccid = identity(2)[0]
+    r = setup.run(setup.args("--offline", primary=iccid))
+    assert r.code == 0, r.err
+    assert f"primary SIM sim2 (ICCID {iccid}" in r.out and "SIM ready" in r.out
+    cfg = load_config(setup.config)
+    assert cfg.modems.primary == iccid and len(cfg.modem) == 3
+
+
+def test_primary_by_slot_name(setup: Setup, modems: list[ModemSimulator]) -> None:
+    r = setup.run(setup.args("--offline", primary="sim1"))
+    assert r.code == 0, r.err
+    assert load_config(setup.config).modems.primary == "sim1"
+
+
+@pytest.mark.parametrize(
+    ("primary", "expected"),
+    [
+        ("sim3", "not ready: absent"),
+        ("8949020000999999999", "no SIM with that ICCID"),
+    ],
+)
+def test_primary_absent_or_not_ready(
+    setup: Setup, modems: list[ModemSimulator], primary: str, expected: str
+) -> None:
+    (line,) = _refused(setup, setup.args("--offline", primary=primary), expected)
+    assert line.startswith(f"--primary {primary}")
+
+
+def test_primary_is_required_when_the_base_has_modems(
+    setup: Setup, modems: list[ModemSimulator]
+) -> None:
+    _refused(setup, setup.args("--offline"), "missing --primary")
+
+
+# -- the broker check ------------------------------------------------------------------------
+@pytest.fixture
+def tls_broker(tmp_path: Path, material: Material) -> Iterator[Mosquitto]:
+    broker = Mosquitto(tmp_path / "broker", tls=material.tls, require_certificate=True)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def test_broker_handshake_ok(setup: Setup, tls_broker: Mosquitto) -> None:
+    r = setup.run(setup.args(host="localhost", port=tls_broker.port))
+    assert r.code == 0, r.err
+    assert "TLS handshake and MQTT connection OK" in r.out
+
+
+def test_broker_not_trusted_with_the_given_ca(setup: Setup, tls_broker: Mosquitto) -> None:
+    argv = setup.args(host="localhost", port=tls_broker.port, ca=setup.material.tls.other_ca)
+    (line,) = _refused(setup, argv, "not trusted")
+    assert f"localhost:{tls_broker.port}" in line
+
+
+def test_broker_refuses_our_client_certificate(setup: Setup, tls_broker: Mosquitto) -> None:
+    m = setup.material
+    argv = setup.args(host="localhost", port=tls_broker.port, cert=m.rogue_cert, key=m.rogue_key)
+    (line,) = _refused(setup, argv, "does not accept the client certificate")
+    assert str(m.rogue_cert) in line and f"localhost:{tls_broker.port}" in line
+
+
+def test_broker_name_must_match_its_certificate(
+    setup: Setup, tmp_path: Path, material: Material
+) -> None:
+    # The test certificate names localhost and 127.0.0.1; Linux answers on all of 127/8.
+    broker = Mosquitto(tmp_path / "other", tls=material.tls, host="127.0.0.2")
+    broker.start()
+    try:
+        (line,) = _refused(setup, setup.args(host="127.0.0.2", port=broker.port), "not trusted")
+    finally:
+        broker.stop()
+    assert "127.0.0.2" in line
+
+
+# -- the TOML writer -------------------------------------------------------------------------
+def test_toml_escapes_round_trip() -> None:
+    data = {
+        "a b": {'quote"back\\slash': "tab\there\nnew\x00nul\x7fdel é 漢"},
+        "list": [1, -2.5, True, "s", [1, 2], {"inline": "table"}],
+        "empty": [],
+        "floats": [1e-07, 1e300, float("inf"), -0.0],
+        "tables": [{"x": 1, "sub": {"y": 2}, "deeper": [{"z": 3}]}, {"x": 2}],
+    }
+    assert tomllib.loads(dumps_toml(data)) == data
+
+
+scalars = (
+    st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20)
+)
+keys = st.text(max_size=8)
+
+
+def _documents() -> st.SearchStrategy[dict[str, Any]]:
+    values = st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
+        max_leaves=12,
+    )
+    return st.dictionaries(keys, values, max_size=5)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_documents())
+def test_toml_round_trip(data: dict[str, Any]) -> None:
+    assert tomllib.loads(dumps_toml(data)) == data
+
+
+def test_config_folder_must_exist(setup: Setup, tmp_path: Path) -> None:
+    r = setup.run(setup.args("--offline", config=tmp_path / "nowhere" / "agent.toml"))
+    assert r.code == 2 and "does not exist" in r.err
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_toml_keys_with_a_trailing_newline_are_quoted() -> None:
+    data = {"0\n": {}, "key\n": [], "k": {"x\n": [{"y\n": 1}]}}
+    assert tomllib.loads(dumps_toml(data)) == data
