@@ -19,10 +19,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.activation import add_arguments, backup_path, dumps_toml, run_activate
+from agent.activation import add_arguments, backup_path, run_activate
 from agent.config import load_config
 from agent.daemon import prepare
 from agent.modem.simulator import ModemSimulator, identity
+from agent.tomlwrite import dumps_toml
 from tests.conftest import DEMO_DBC
 from tests.support.broker import Mosquitto, TlsFiles, free_port, make_tls_material
 
