@@ -318,13 +318,16 @@ def load_dbc(path: Path, *, lenient: bool = False) -> DbcFile:
     return DbcFile(path=path, db=db, warnings=warnings)
 
 
-def _compiled(msg: Message) -> Callable[[bytes], dict[str, Any]] | None:
+def _compiled(
+    msg: Message, slow: Callable[[bytes], dict[str, Any]]
+) -> Callable[[bytes], dict[str, Any]] | None:
     """A direct call of cantools' own compiled bit layout for a plain message, or None.
 
     ``Message.decode`` spends most of its time in Python layers around the same C unpacking
     (bitstruct); for a full-length frame of a message without multiplexing those layers add
-    nothing. The result is checked against ``Message.decode`` on probe payloads and discarded
-    on any difference, or if this cantools version lays its helpers out differently.
+    nothing. Frames of another length go to ``slow``. The result is checked against
+    ``Message.decode`` on probe payloads and discarded on any difference, or if this cantools
+    version lays its helpers out differently.
     """
     if msg.is_multiplexed() or msg.length == 0 or getattr(msg, "is_container", False):
         return None
@@ -337,14 +340,28 @@ def _compiled(msg: Message) -> Callable[[bytes], dict[str, Any]] | None:
         return None
     has_big = any(s.byte_order == "big_endian" for s in msg.signals)
     has_little = any(s.byte_order == "little_endian" for s in msg.signals)
-
-    def run(data: bytes) -> dict[str, Any]:
-        out: dict[str, Any] = big(data) if has_big else {}
-        if has_little:
-            out.update(little(data[::-1]))
-        return out
-
     length = msg.length
+    # One closure per layout: this runs for every changed frame.
+    run: Callable[[bytes], dict[str, Any]]
+    if has_big and has_little:
+
+        def run(data: bytes) -> dict[str, Any]:
+            if len(data) != length:
+                return slow(data)
+            out: dict[str, Any] = big(data)
+            out.update(little(data[::-1]))
+            return out
+
+    elif has_little:
+
+        def run(data: bytes) -> dict[str, Any]:
+            return little(data[::-1]) if len(data) == length else slow(data)  # type: ignore[no-any-return]
+
+    else:
+
+        def run(data: bytes) -> dict[str, Any]:
+            return big(data) if len(data) == length else slow(data)  # type: ignore[no-any-return]
+
     probes = [bytes(length), b"\xff" * length, bytes((i * 37 + 11) & 0xFF for i in range(length))]
     for probe in probes:
         try:
@@ -363,18 +380,10 @@ def raw_decoder(msg: Message, *, truncated: bool = True) -> Callable[[bytes], di
     message length, as cantools does. Raises DecodeError for what cannot be decoded at all.
     """
     decode = msg.decode
-    fast = _compiled(msg)
-    length = msg.length
 
     def slow(data: bytes) -> dict[str, Any]:
         return decode(  # type: ignore[return-value]
             data, decode_choices=False, scaling=False, allow_truncated=truncated
         )
 
-    if fast is None:
-        return slow
-
-    def run(data: bytes) -> dict[str, Any]:
-        return fast(data) if len(data) == length else slow(data)
-
-    return run
+    return _compiled(msg, slow) or slow

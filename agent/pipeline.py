@@ -258,11 +258,12 @@ class Pipeline:
                 if now >= self._due:
                     self._tick()
             plan.group.last_t = t_ms
-            data = bytes(msg.data)
+            data = msg.data
             if data == plan.last:
                 stats.unchanged += 1
                 continue
-            plan.last = data
+            # A copy: the frame's bytearray belongs to python-can.
+            data = plan.last = bytes(data)
             try:
                 values = plan.decode(data)
             except DecodeError as err:

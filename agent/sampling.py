@@ -145,7 +145,6 @@ class Sampler:
         st.sent_t = t_ms
         st.pending = None
         self.out.append((t_ms, st.sid, raw))
-        self.stats.emitted += 1
         if st.event:
             self.event = True
         if st.max_interval:
@@ -181,6 +180,7 @@ class Sampler:
 
     def take(self) -> tuple[list[Sample], bool]:
         out, event = self.out, self.event
+        self.stats.emitted += len(out)  # counted here, not per sample: the hot path is per sample
         self.out = []
         self.event = False
         return out, event

@@ -9,6 +9,7 @@ send (agent.outbox, agent.uplink).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ Sample = tuple[int, int, int | float]
 # max_bytes whatever the data.
 _WORST_SAMPLE = 16
 _WORST_HEADER = 64
+_TIME = operator.itemgetter(0)
 
 
 @dataclass(frozen=True)
@@ -129,5 +131,5 @@ class UpdateBuilder:
         )
         self.samples_out += len(samples)
         self.bytes_out += len(payload)
-        newest = max(s[0] for s in samples)
+        newest = max(map(_TIME, samples))
         self.sink(Update(self.seq, payload, len(samples), event, snapshot, newest / 1000))
