@@ -1,0 +1,1145 @@
+"""spime-agent's measurement script: seven measurements against the targets of the issues.
+
+Run through ``scripts/bench`` (which installs what is missing first). Prints a Markdown report
+to stdout and writes it to ``out/bench.md``; progress lines go to stderr. Every speed is a ratio
+to a baseline measured in the same run, interleaved with the subject (A B A B ...), because the
+machine is shared and noisy; the median ratio decides, the single runs are shown. A private
+mosquitto on a free loopback port serves the network measurements (never the one that may
+listen on 1883) and is killed at the end. ``--quick`` shortens everything for a smoke run.
+
+It measures the agent's real parts (Pipeline, Outbox, Uplink, Agent, the CLI as a subprocess)
+and leaves correctness to the test suite: a target missed is reported, not raised. The exit
+status is non-zero only when the bench itself breaks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import math
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import can
+import cantools
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from agent.config import Config, MqttConfig, OutboxConfig, load_config
+from agent.daemon import Agent, prepare
+from agent.outbox import Outbox
+from agent.pipeline import Pipeline
+from agent.sdnotify import Notifier
+from agent.spime import decode_update
+from agent.updates import Update
+from agent.uplink import Uplink
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_DBC = ROOT / "dbc" / "demo_vehicle.dbc"
+GEN_DRIVE = ROOT / "scripts" / "gen-demo-drive"
+AGENT_CLI = ROOT / ".venv" / "bin" / "spime-agent"
+CORPUS = ROOT.parent / "shared" / "corpus"
+GENESIS_LOG = CORPUS / "logs" / "eldominio-canbuslogs" / "genesis__mphloggenesis.log"
+GENESIS_DBC = CORPUS / "dbc" / "eldominio-canbuslogs" / "genesis__slimmeddbc.dbc"
+VIN = "WVWZZZ1JZXW000001"
+DATA_TOPIC = f"spime/v1/{VIN}/data"
+DOORS_ID = 800  # BCM_Doors in dbc/demo_vehicle.dbc; DoorFL is bit 0
+DOOR_SIGNAL = "BCM_Doors.DoorFL"
+SYSTEM_BROKER_PORT = 1883
+
+
+class BenchError(Exception):
+    """The bench itself cannot go on (a missing tool, a part that did not start)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how large each measurement is; --quick shrinks every figure."""
+
+    quick: bool
+    frames: int  # demo drive for throughput, compactness, RSS and wire bytes
+    pairs: int  # interleaved baseline/subject pairs for the throughput ratios
+    live_seconds: float
+    live_buses: int
+    live_rate: int  # frames per second offered on each bus
+    backlog: int
+    drain_pairs: int
+    events: int
+    rss_settle: float  # seconds of input processed before VmRSS is read
+
+    @classmethod
+    def make(cls, quick: bool) -> Plan:
+        if quick:
+            return cls(True, 50_000, 2, 5.0, 4, 4000, 30_000, 2, 50, 2.0)
+        return cls(False, 200_000, 5, 30.0, 4, 4000, 100_000, 3, 200, 3.0)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One line of the summary table; ``passed`` None means "no target, for information"."""
+
+    name: str
+    target: str
+    measured: str
+    passed: bool | None
+
+
+@dataclass
+class Report:
+    sections: list[str] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+
+    def section(self, title: str, *lines: str) -> None:
+        self.sections.append("\n".join((f"## {title}", "", *lines, "")))
+
+    def verdict(self, name: str, target: str, measured: str, passed: bool | None) -> None:
+        self.verdicts.append(Verdict(name, target, measured, passed))
+
+    def markdown(self, header: list[str]) -> str:
+        rows = [
+            (v.name, v.target, v.measured, {True: "PASS", False: "FAIL", None: "info"}[v.passed])
+            for v in self.verdicts
+        ]
+        summary = table(("measurement", "target", "measured", "result"), rows)
+        return "\n".join((*header, "", *self.sections, "## Summary", "", *summary, ""))
+
+
+def table(head: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def progress(text: str) -> None:
+    print(f"bench: {text}", file=sys.stderr, flush=True)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(p / 100 * len(ordered)) - 1)]
+
+
+def mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def varint_len(n: int) -> int:
+    size = 1
+    while n > 0x7F:
+        n >>= 7
+        size += 1
+    return size
+
+
+def publish_size(topic_len: int, payload_len: int) -> int:
+    """Bytes of one QoS 1 MQTT 5 PUBLISH without properties: fixed header, remaining length,
+    topic, packet id, empty property length, payload (the same estimate as the uplink's)."""
+    remaining = 2 + topic_len + 2 + 1 + payload_len
+    return 1 + varint_len(remaining) + remaining
+
+
+# ---- parts: broker, configs, drives ----------------------------------------------------------
+
+
+def free_port() -> int:
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port != SYSTEM_BROKER_PORT:
+            return port
+
+
+@contextmanager
+def private_broker(directory: Path) -> Iterator[int]:
+    """A mosquitto of our own on a free loopback port; yields the port, kills it after."""
+    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not os.path.exists(exe):
+        raise BenchError("mosquitto is missing: run scripts/setup (apt-get install mosquitto)")
+    directory.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = directory / "mosquitto.conf"
+    # As root, mosquitto would switch to user "mosquitto", which cannot write our folder.
+    conf.write_text(
+        f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
+        f"persistence false\nlog_dest file {directory / 'mosquitto.log'}\n"
+    )
+    # Its start-up notes (e.g. "should not be run as root") go to a file, not into the report.
+    with open(directory / "mosquitto.stderr", "wb") as err:
+        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err)
+
+    def accepts() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    try:
+        if not wait_until(lambda: proc.poll() is not None or accepts(), 15.0, 0.05):
+            raise BenchError(f"mosquitto on port {port} did not accept connections in 15 s")
+        if proc.poll() is not None:
+            raise BenchError(f"mosquitto exited at start ({proc.returncode}); see {conf}")
+        yield port
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+def write_config(
+    path: Path,
+    buses: list[dict[str, Any]],
+    *,
+    events: str | None = "BCM_*.*",
+    mqtt_port: int | None = None,
+    outbox: Path | None = None,
+) -> Config:
+    """The demo's configuration (scripts/demo): ``events`` as events, every other signal as
+    telemetry, updates of at most 1 s, a snapshot every 30 s; plus buses, broker and outbox."""
+    lines = ["[vehicle]", f'vin = "{VIN}"', ""]
+    for bus in buses:
+        lines.append("[[bus]]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in bus.items()]
+        lines.append("")
+    if events is not None:
+        lines += ["[[signal]]", f"match = {json.dumps(events)}", 'priority = "event"', ""]
+        lines += ["[[signal]]", 'match = "*.*"', ""]
+    lines += ["[updates]", "max_age = 1.0", "snapshot_interval = 30", ""]
+    if mqtt_port is not None:
+        lines += ["[mqtt]", 'host = "127.0.0.1"', f"port = {mqtt_port}", ""]
+    if outbox is not None:
+        lines += ["[outbox]", f"path = {json.dumps(str(outbox))}", ""]
+    path.write_text("\n".join(lines))
+    return load_config(path)
+
+
+def replay_bus(log: Path, dbc: Path, **extra: Any) -> dict[str, Any]:
+    return {"name": "demo", "interface": "replay", "log": str(log), "dbc": [str(dbc)], **extra}
+
+
+def generate_drive(out: Path, frames: int) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(GEN_DRIVE), "--out", str(out), "--frames", str(frames)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise BenchError(f"gen-demo-drive failed: {proc.stderr.strip()}")
+
+
+def read_frames(log: Path, limit: int | None = None) -> list[can.Message]:
+    out = []
+    with can.LogReader(str(log)) as reader:
+        for msg in reader:
+            out.append(msg)
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+class Collect:
+    """Pipeline sink: counts updates, samples and payload bytes, keeps the payloads."""
+
+    def __init__(self) -> None:
+        self.updates = 0
+        self.samples = 0
+        self.bytes = 0
+        self.payloads: list[tuple[bytes, str]] = []
+
+    def __call__(self, update: Update) -> None:
+        self.updates += 1
+        self.samples += update.samples
+        self.bytes += len(update.payload)
+        self.payloads.append((update.payload, "event" if update.event else "telemetry"))
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    pipeline: Pipeline
+    sink: Collect
+    seconds: float  # wall
+    loop_cpu: float  # CPU seconds of the pipeline loop's thread (decode, sampling, encode)
+
+
+def run_pipeline(cfg: Config) -> PipelineRun:
+    """Run a replay config through the real Pipeline in this thread (the replay source reads
+    the log on its own thread, as in the agent)."""
+    catalog = prepare(cfg)
+    sink = Collect()
+    pipeline = Pipeline(cfg, catalog, boot=os.urandom(8), sink=sink)
+    cpu = time.thread_time()
+    start = time.monotonic()
+    pipeline.run()
+    seconds = time.monotonic() - start
+    cpu = time.thread_time() - cpu
+    if pipeline.stats.source_errors:
+        raise BenchError("; ".join(pipeline.stats.source_errors))
+    return PipelineRun(pipeline, sink, seconds, cpu)
+
+
+def bare_read(log: Path) -> tuple[int, float]:
+    start = time.monotonic()
+    n = 0
+    with can.LogReader(str(log)) as reader:
+        for _ in reader:
+            n += 1
+    return n, time.monotonic() - start
+
+
+@dataclass(frozen=True)
+class JsonCost:
+    """One JSON message per decoded frame, as a naive agent would send."""
+
+    frames: int  # frames in the log
+    decoded: int  # frames whose id is in the DBC and that cantools decoded
+    failed: int  # frames whose id is in the DBC that cantools could not decode
+    json_bytes: int
+    wire_bytes: int  # the same messages as QoS 1 MQTT 5 PUBLISHes on the data topic
+    duration: float  # seconds from the first to the last frame
+
+
+def json_per_frame(log: Path, dbc: Path, *, strict: bool = True) -> JsonCost:
+    db = cantools.database.load_file(str(dbc), strict=strict)
+    by_id = {(m.frame_id, m.is_extended_frame): m for m in db.messages}
+    topic_len = len(DATA_TOPIC.encode())
+    frames = decoded = failed = json_bytes = wire = 0
+    first = last = None
+    with can.LogReader(str(log)) as reader:
+        for msg in reader:
+            frames += 1
+            first = msg.timestamp if first is None else first
+            last = msg.timestamp
+            m = by_id.get((msg.arbitration_id, msg.is_extended_id))
+            if m is None:
+                continue
+            try:
+                values = m.decode(bytes(msg.data), decode_choices=False, allow_truncated=True)
+            except Exception:  # cantools raises several types for bad payloads; all count alike
+                failed += 1
+                continue
+            doc = {"vin": VIN, "t": msg.timestamp, "message": m.name, "signals": values}
+            size = len(json.dumps(doc).encode())
+            decoded += 1
+            json_bytes += size
+            wire += publish_size(topic_len, size)
+    return JsonCost(frames, decoded, failed, json_bytes, wire, (last or 0.0) - (first or 0.0))
+
+
+# ---- 1. pipeline throughput ------------------------------------------------------------------
+
+
+def bench_throughput(plan: Plan, report: Report, drive: Path, work: Path) -> Collect:
+    cfg = write_config(work / "throughput.toml", [replay_bus(drive, DEMO_DBC)])
+    rows = []
+    ratios = []
+    kept: Collect | None = None
+    bare_read(drive)  # warm the page cache and imports so that neither side pays for them
+    for i in range(plan.pairs):
+        progress(f"throughput pair {i + 1}/{plan.pairs}")
+        n_base, t_base = bare_read(drive)
+        result = run_pipeline(cfg)
+        t_pipe, n_pipe = result.seconds, result.pipeline.stats.frames
+        if n_pipe != n_base:
+            raise BenchError(f"pipeline saw {n_pipe} frames, LogReader {n_base}")
+        kept = kept or result.sink
+        ratio = t_base / t_pipe
+        ratios.append(ratio)
+        rows.append(
+            (
+                i + 1,
+                f"{t_base:.2f}",
+                f"{n_base / t_base:,.0f}",
+                f"{t_pipe:.2f}",
+                f"{n_pipe / t_pipe:,.0f}",
+                f"{result.loop_cpu:.2f}",
+                f"{ratio:.2f}",
+            )
+        )
+    assert kept is not None
+    med = statistics.median(ratios)
+    report.section(
+        "1. Pipeline throughput (replay -> decode -> sampling -> encode, no network)",
+        f"Demo drive of {plan.frames:,} frames; the real Pipeline with a sink that collects sizes, "
+        "against a bare `can.LogReader` loop over the same file, interleaved.",
+        "",
+        *table(
+            (
+                "pair",
+                "LogReader s",
+                "LogReader frames/s",
+                "Pipeline s",
+                "Pipeline frames/s",
+                "loop thread CPU s",
+                "ratio",
+            ),
+            rows,
+        ),
+        "",
+        f"Median ratio: **{med:.2f}** (target >= 0.5).",
+        "",
+        "The replay source reads the log on its own thread while the loop thread decodes, "
+        "samples and encodes; both share one interpreter lock, so the Pipeline's time is about "
+        "the LogReader's time plus the loop thread's CPU, and the ratio reaches 0.5 only while "
+        "that CPU stays below the bare LogReader time.",
+    )
+    report.verdict("1. pipeline throughput / bare LogReader", ">= 0.5", f"{med:.2f}", med >= 0.5)
+    return kept
+
+
+# ---- 2. live input ---------------------------------------------------------------------------
+
+
+@dataclass
+class SenderResult:
+    sent: int = 0
+    cpu: float = 0.0  # this thread's CPU seconds
+    seconds: float = 0.0
+
+
+def send_paced(
+    channel: str, frames: list[can.Message], rate: int, seconds: float, out: SenderResult
+) -> None:
+    """Offer ``rate`` frames/s for ``seconds`` on a virtual bus, paced on the monotonic clock
+    (bursts of whatever is due every ~2 ms, as a busy bus delivers)."""
+    bus = can.Bus(interface="virtual", channel=channel, ignore_config=True)
+    try:
+        total = int(rate * seconds)
+        n = len(frames)
+        cpu0 = time.thread_time()
+        start = time.monotonic()
+        sent = 0
+        while sent < total:
+            due = min(total, int((time.monotonic() - start) * rate))
+            while sent < due:
+                bus.send(frames[sent % n])
+                sent += 1
+            time.sleep(0.002)
+        out.seconds = time.monotonic() - start
+        out.cpu = time.thread_time() - cpu0
+        out.sent = sent
+    finally:
+        bus.shutdown()
+
+
+def bench_live(plan: Plan, report: Report, frames: list[can.Message], work: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    channels = [f"bench-{tag}-{i}" for i in range(plan.live_buses)]
+    buses = [
+        {"name": f"can{i}", "interface": "virtual", "channel": ch, "dbc": [str(DEMO_DBC)]}
+        for i, ch in enumerate(channels)
+    ]
+    cfg = write_config(work / "live.toml", buses)
+    sink = Collect()
+    pipeline = Pipeline(cfg, prepare(cfg), boot=os.urandom(8), sink=sink)
+    runner = threading.Thread(target=pipeline.run, name="bench-pipeline", daemon=True)
+    runner.start()
+    try:
+        if not wait_until(lambda: all(s == "up" for s in pipeline.source_states().values()), 20.0):
+            raise BenchError(f"virtual buses did not come up: {pipeline.source_states()}")
+        depth = [0]
+        watching = threading.Event()
+
+        def watch() -> None:
+            while not watching.wait(0.02):
+                depth[0] = max(depth[0], pipeline.queue.qsize())
+
+        watcher = threading.Thread(target=watch, name="bench-queue-watch", daemon=True)
+        results = [SenderResult() for _ in channels]
+        # Each bus starts at another point of the drive, so the four carry different data.
+        step = len(frames) // plan.live_buses
+        senders = [
+            threading.Thread(
+                target=send_paced,
+                args=(
+                    ch,
+                    frames[i * step :] + frames[: i * step],
+                    plan.live_rate,
+                    plan.live_seconds,
+                    res,
+                ),
+                name=f"bench-send-{i}",
+                daemon=True,
+            )
+            for i, (ch, res) in enumerate(zip(channels, results, strict=True))
+        ]
+        progress(
+            f"live input: {plan.live_buses} virtual buses x {plan.live_rate} frames/s "
+            f"for {plan.live_seconds:.0f} s"
+        )
+        watcher.start()
+        cpu0, wall0 = time.process_time(), time.monotonic()
+        for t in senders:
+            t.start()
+        for t in senders:
+            t.join(plan.live_seconds * 4 + 60)
+            if t.is_alive():
+                raise BenchError("a live sender did not finish")
+        sent_done = time.monotonic()
+        sent = sum(r.sent for r in results)
+
+        def dropped() -> int:
+            return sum(s.status.dropped_frames for s in pipeline.sources)
+
+        # The virtual bus queues are unbounded: what the pipeline has not yet taken is late,
+        # not lost; wait for it (bounded) before counting.
+        wait_until(lambda: pipeline.stats.frames + dropped() >= sent, 60.0)
+        cpu1, wall1 = time.process_time(), time.monotonic()
+        watching.set()
+        watcher.join(5)
+    finally:
+        pipeline.stop()
+        runner.join(15)
+    lost_total = sent - pipeline.stats.frames
+    rows = []
+    for src, res in zip(pipeline.sources, results, strict=True):
+        rows.append(
+            (
+                src.cfg.name,
+                f"{res.sent:,}",
+                f"{res.sent / res.seconds:,.0f}",
+                f"{src.status.frames:,}",
+                f"{src.status.dropped_frames:,}",
+                f"{res.sent - src.status.frames:,}",
+            )
+        )
+    wall = wall1 - wall0
+    cpu = (cpu1 - cpu0) / wall * 100
+    sender_cpu = sum(r.cpu for r in results) / wall * 100
+    catch_up = wall1 - sent_done
+    offered_ok = all(r.sent / r.seconds >= plan.live_rate * 0.98 for r in results)
+    ok = lost_total == 0 and dropped() == 0 and offered_ok
+    report.section(
+        "2. Live input: 4 virtual buses at 4,000 frames/s each",
+        f"{plan.live_buses} python-can `virtual` buses in this process, each offered "
+        f"{plan.live_rate:,} demo-drive frames/s for {plan.live_seconds:.0f} s by a sender thread "
+        "paced on the monotonic clock; the real Pipeline consumes them.",
+        "",
+        *table(
+            (
+                "bus",
+                "sent",
+                "offered frames/s",
+                "received by source",
+                "dropped (queue full)",
+                "not received",
+            ),
+            rows,
+        ),
+        "",
+        *table(
+            ("figure", "value"),
+            [
+                ("frames sent (all buses)", f"{sent:,}"),
+                ("frames processed by the pipeline", f"{pipeline.stats.frames:,}"),
+                ("frames lost (sent - processed)", f"{lost_total:,}"),
+                (
+                    "decoded / unchanged",
+                    f"{pipeline.stats.decoded:,} / {pipeline.stats.unchanged:,}",
+                ),
+                ("updates / samples", f"{sink.updates:,} / {sink.samples:,}"),
+                ("max pipeline queue depth (batches of <= 256 frames)", f"{depth[0]} of 1024"),
+                ("time to catch up after the senders stopped", f"{catch_up:.2f} s"),
+                ("process CPU (% of one core)", f"{cpu:.0f} %"),
+                ("of which the bench's sender threads", f"{sender_cpu:.0f} %"),
+                ("agent share (process - senders)", f"{cpu - sender_cpu:.0f} %"),
+            ],
+        ),
+        "",
+        "The process CPU includes the sender threads (the virtual bus copies each frame on "
+        "send); their own thread CPU time is shown and subtracted for the agent's share.",
+    )
+    report.verdict(
+        "2. live input, 4 x 4,000 frames/s",
+        "0 frames lost",
+        f"{lost_total + dropped():,} lost; agent CPU {cpu - sender_cpu:.0f} % of a core",
+        ok,
+    )
+
+
+# ---- 3. compactness --------------------------------------------------------------------------
+
+
+def compactness_rows(name: str, sink: Collect, cost: JsonCost) -> tuple[Any, ...]:
+    per_sample = sink.bytes / sink.samples if sink.samples else float("nan")
+    return (
+        name,
+        f"{cost.frames:,}",
+        f"{cost.decoded:,}",
+        f"{sink.updates:,}",
+        f"{sink.samples:,}",
+        f"{sink.bytes:,}",
+        f"{per_sample:.2f}",
+        f"{cost.json_bytes:,}",
+        f"{sink.bytes / cost.json_bytes:.4f}" if cost.json_bytes else "n/a",
+    )
+
+
+def bench_compactness(report: Report, demo_sink: Collect, demo_cost: JsonCost, work: Path) -> None:
+    rows = [compactness_rows("demo drive", demo_sink, demo_cost)]
+    notes = []
+    verdicts = [("demo", demo_sink)]
+    if GENESIS_LOG.is_file() and GENESIS_DBC.is_file():
+        progress("compactness: Genesis drive of the corpus")
+        strict = True
+        try:
+            cfg = write_config(
+                work / "genesis.toml", [replay_bus(GENESIS_LOG, GENESIS_DBC)], events=None
+            )
+            sink = run_pipeline(cfg).sink
+        except Exception as err:  # a DBC the strict loader refuses is retried leniently
+            notes.append(f"Genesis DBC loaded leniently ({type(err).__name__}).")
+            strict = False
+            cfg = write_config(
+                work / "genesis.toml",
+                [replay_bus(GENESIS_LOG, GENESIS_DBC, lenient_dbc=True)],
+                events=None,
+            )
+            sink = run_pipeline(cfg).sink
+        cost = json_per_frame(GENESIS_LOG, GENESIS_DBC, strict=strict)
+        rows.append(compactness_rows("Genesis (corpus)", sink, cost))
+        verdicts.append(("Genesis", sink))
+        notes.append(
+            f"Genesis: `{GENESIS_LOG.name}` with `{GENESIS_DBC.name}`, every signal selected."
+        )
+    else:
+        notes.append(f"Genesis drive skipped: the corpus is absent ({CORPUS}).")
+    report.section(
+        "3. Compactness",
+        "Bytes per transmitted sample with every header included (sum of update payloads / "
+        "samples), and the ratio to one JSON message per decoded frame "
+        '(`json.dumps({"vin", "t", "message", "signals"})` with cantools values).',
+        "",
+        *table(
+            (
+                "drive",
+                "frames",
+                "decoded frames",
+                "updates",
+                "samples",
+                "spime bytes",
+                "bytes/sample",
+                "JSON bytes",
+                "spime / JSON",
+            ),
+            rows,
+        ),
+        "",
+        *notes,
+    )
+    for name, sink in verdicts:
+        per = sink.bytes / sink.samples if sink.samples else float("inf")
+        report.verdict(f"3. bytes per sample, {name}", "<= 4", f"{per:.2f}", per <= 4)
+
+
+# ---- 4. resident memory ----------------------------------------------------------------------
+
+
+def bench_rss(plan: Plan, report: Report, drive: Path, work: Path) -> None:
+    progress("resident memory of spime-agent run --dry-run")
+    path = work / "rss.toml"
+    write_config(path, [replay_bus(drive, DEMO_DBC, speed=1.0, time="now")])
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC")}
+    env["SPIME_LOG_LEVEL"] = "info"
+    exe = str(AGENT_CLI) if AGENT_CLI.exists() else shutil.which("spime-agent")
+    if exe is None:
+        raise BenchError("spime-agent is not installed: run scripts/setup")
+    proc = subprocess.Popen(
+        [exe, "run", "--config", str(path), "--dry-run"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    up = threading.Event()
+    lines: list[str] = []
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line.rstrip())
+            if " is up" in line:
+                up.set()
+
+    reader = threading.Thread(target=read_stderr, name="bench-rss-stderr", daemon=True)
+    reader.start()
+    try:
+        if not up.wait(30):
+            raise BenchError("spime-agent did not start: " + " / ".join(lines[-5:]))
+        # Let it process input for a while, so its data path state is built, not just imported.
+        time.sleep(plan.rss_settle)
+        if proc.poll() is not None:
+            raise BenchError("spime-agent ended early: " + " / ".join(lines[-5:]))
+        status = Path(f"/proc/{proc.pid}/status").read_text()
+        fields = {
+            k: int(v.split()[0]) * 1024
+            for k, v in (line.split(":", 1) for line in status.splitlines() if ":" in line)
+            if k in ("VmRSS", "VmHWM")
+        }
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            code = proc.wait(10)
+        reader.join(5)
+    rss, hwm = fields["VmRSS"], fields["VmHWM"]
+    report.section(
+        "4. Resident memory",
+        f"`spime-agent run --config <demo config> --dry-run` as a subprocess, replaying the demo "
+        f"drive at speed 1; VmRSS read from /proc after the bus was up and {plan.rss_settle:.0f} s "
+        "of input, then SIGTERM.",
+        "",
+        *table(
+            ("figure", "value"),
+            [("VmRSS", mb(rss)), ("VmHWM (peak)", mb(hwm)), ("exit code after SIGTERM", code)],
+        ),
+    )
+    report.verdict("4. resident memory (dry run)", "<= 60 MB", mb(rss), rss <= 60e6)
+
+
+# ---- 5. backlog drain ------------------------------------------------------------------------
+
+
+def fill_outbox(path: Path, payloads: list[tuple[bytes, str]], n: int) -> Outbox:
+    for p in path.parent.glob(path.name + "*"):
+        p.unlink()
+    cfg = OutboxConfig(path=path, max_bytes=8 << 30, memory_bytes=512 << 20)
+    outbox = Outbox(cfg)
+    outbox.open()
+    now = time.time()
+    for i in range(n):
+        payload, priority = payloads[i % len(payloads)]
+        outbox.put(payload, priority, created=now)
+        if i % 5000 == 4999:
+            outbox.flush()
+    outbox.flush()
+    rows = outbox.stats().rows
+    if rows != n:
+        outbox.close()
+        raise BenchError(f"outbox holds {rows} rows after {n} puts")
+    return outbox
+
+
+def drain_limit(n: int) -> float:
+    """Seconds after which a drain of ``n`` updates counts as broken (20x the usual time)."""
+    return max(120.0, n / 500)
+
+
+def drain_uplink(port: int, outbox: Outbox, n: int, run: int) -> float:
+    cfg = MqttConfig(host="127.0.0.1", port=port, client_id=f"bench-uplink-{run}")
+    uplink = Uplink(
+        cfg,
+        vin=VIN,
+        boot=os.urandom(8).hex(),
+        outbox=outbox,
+        schema_id="bench0000",
+        schema_json=b"{}",
+    )
+    start = time.monotonic()
+    uplink.start()
+    try:
+        deadline = start + drain_limit(n)
+        while not uplink.wait_drained(1.0):
+            if time.monotonic() > deadline:
+                raise BenchError(f"uplink did not drain: {uplink.stats()}")
+        seconds = time.monotonic() - start
+    finally:
+        uplink.stop(2.0)
+    acked = uplink.stats().acked
+    if acked < n:
+        raise BenchError(f"uplink drained with {acked} of {n} acknowledged")
+    return seconds
+
+
+def raw_paho(port: int, payloads: list[tuple[bytes, str]], n: int, run: int) -> float:
+    """Baseline: one paho client publishing every payload at QoS 1 with 20 in flight, then
+    waiting for every PUBACK."""
+    acked = [0]
+    # paho refuses a publish whose 16-bit message id is still outstanding: beyond 65,535
+    # unacknowledged messages the rest would be silently refused, so hold the caller back there.
+    room = threading.BoundedSemaphore(60_000)
+    connected = threading.Event()
+    done = threading.Event()
+
+    def on_connect(c: mqtt.Client, u: object, f: object, rc: Any, p: object) -> None:
+        connected.set()
+
+    def on_publish(c: mqtt.Client, u: object, mid: int, rc: Any, p: object) -> None:
+        acked[0] += 1
+        room.release()
+        if acked[0] >= n:
+            done.set()
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"bench-raw-{run}", protocol=mqtt.MQTTv5
+    )
+    client.max_inflight_messages_set(20)
+    client.max_queued_messages_set(0)
+    client.on_connect = on_connect
+    client.on_publish = on_publish
+    start = time.monotonic()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    try:
+        if not connected.wait(15):
+            raise BenchError("baseline paho client did not connect")
+        for i in range(n):
+            room.acquire()
+            info = client.publish(DATA_TOPIC, payloads[i % len(payloads)][0], qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise BenchError(f"baseline publish refused: {mqtt.error_string(info.rc)}")
+        if not done.wait(drain_limit(n)):
+            raise BenchError(f"baseline got {acked[0]} of {n} PUBACKs")
+        seconds = time.monotonic() - start
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return seconds
+
+
+def bench_drain(
+    plan: Plan, report: Report, payloads: list[tuple[bytes, str]], port: int, work: Path
+) -> None:
+    n = plan.backlog
+    avg = sum(len(p) for p, _ in payloads) / len(payloads)
+    rows = []
+    ratios = []
+    for i in range(plan.drain_pairs):
+        progress(f"drain pair {i + 1}/{plan.drain_pairs}: {n:,} updates")
+        t_raw = raw_paho(port, payloads, n, i)
+        outbox = fill_outbox(work / "drain" / "outbox.db", payloads, n)
+        try:
+            t_up = drain_uplink(port, outbox, n, i)
+        finally:
+            outbox.close()
+        ratio = t_raw / t_up
+        ratios.append(ratio)
+        rows.append(
+            (
+                i + 1,
+                f"{t_raw:.2f}",
+                f"{n / t_raw:,.0f}",
+                f"{t_up:.2f}",
+                f"{n / t_up:,.0f}",
+                f"{ratio:.2f}",
+            )
+        )
+    med = statistics.median(ratios)
+    report.section(
+        "5. Drain of a backlog to the local broker",
+        f"{n:,} update payloads of the demo drive ({len(payloads):,} distinct, average "
+        f"{avg:,.0f} bytes) in a real SQLite outbox, drained by agent.uplink.Uplink (start() "
+        "until wait_drained); baseline: raw paho QoS 1 of the same payloads with max_inflight "
+        "20 (publish all, wait for every PUBACK). Filling the outbox is not timed.",
+        "",
+        *table(
+            ("pair", "raw paho s", "raw paho updates/s", "Uplink s", "Uplink updates/s", "ratio"),
+            rows,
+        ),
+        "",
+        f"Median ratio: **{med:.2f}** (target >= 0.7).",
+    )
+    report.verdict("5. backlog drain / raw paho", ">= 0.7", f"{med:.2f}", med >= 0.7)
+
+
+# ---- 6. event latency ------------------------------------------------------------------------
+
+
+class Arrivals:
+    """A paho subscriber on the data topic recording (arrival wall time, payload)."""
+
+    def __init__(self, port: int) -> None:
+        self.got: list[tuple[float, bytes]] = []
+        self._lock = threading.Lock()
+        subscribed = threading.Event()
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id="bench-sub", protocol=mqtt.MQTTv5
+        )
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(DATA_TOPIC, 1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not subscribed.wait(15):
+            self.close()
+            raise BenchError("latency subscriber was not subscribed in time")
+
+    def _on_message(self, c: mqtt.Client, u: object, msg: mqtt.MQTTMessage) -> None:
+        # Only stamp here: decoding later keeps the callback from delaying the next arrival.
+        arrived = time.time()
+        with self._lock:
+            self.got.append((arrived, bytes(msg.payload)))
+
+    def snapshot(self) -> list[tuple[float, bytes]]:
+        with self._lock:
+            return list(self.got)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def bench_latency(
+    plan: Plan, report: Report, frames: list[can.Message], port: int, work: Path
+) -> None:
+    channel = f"bench-{uuid.uuid4().hex[:8]}-latency"
+    bus_cfg = {"name": "car", "interface": "virtual", "channel": channel, "dbc": [str(DEMO_DBC)]}
+    cfg = write_config(
+        work / "latency.toml",
+        [bus_cfg],
+        events="BCM_Doors.*",
+        mqtt_port=port,
+        outbox=work / "latency" / "outbox.db",
+    )
+    catalog = prepare(cfg)
+    agent = Agent(cfg, catalog, dry_run=False, notifier=Notifier(""))
+    runner = threading.Thread(target=agent.run, name="bench-agent", daemon=True)
+    telemetry = [f for f in frames if f.arbitration_id != DOORS_ID]
+    door = next((f for f in frames if f.arbitration_id == DOORS_ID), None)
+    door_data = bytearray(door.data if door is not None else bytes(8))
+    sub = Arrivals(port)
+    sent: dict[int, float] = {}
+    runner.start()
+    try:
+        ready = wait_until(
+            lambda: (
+                agent.uplink is not None
+                and agent.uplink.stats().state == "connected"
+                and agent.pipeline.source_states().get("car") == "up"
+            ),
+            30.0,
+        )
+        if not ready:
+            raise BenchError("the agent did not connect and open its bus in 30 s")
+        progress(f"event latency: {plan.events} door events, every 100 ms, with telemetry")
+        car = can.Bus(
+            interface="virtual", channel=channel, ignore_config=True, preserve_timestamps=True
+        )
+        try:
+            # The demo drive's own rate (about 400 frames/s) as background telemetry.
+            rate = 400.0
+            start = time.monotonic()
+            k = j = 0
+            while k < plan.events:
+                now = time.monotonic()
+                while j < int((now - start) * rate):
+                    msg = telemetry[j % len(telemetry)]
+                    msg.timestamp = time.time()
+                    car.send(msg)
+                    j += 1
+                if now >= start + 0.1 * (k + 1):
+                    door_data[0] = (door_data[0] & 0xFE) | ((k + 1) & 1)
+                    ts = time.time()
+                    car.send(
+                        can.Message(
+                            timestamp=ts,
+                            arbitration_id=DOORS_ID,
+                            data=bytes(door_data),
+                            is_extended_id=False,
+                        )
+                    )
+                    sent[int(ts * 1000)] = ts
+                    k += 1
+                time.sleep(0.002)
+        finally:
+            car.shutdown()
+
+        def door_samples() -> dict[int, float]:
+            got: dict[int, float] = {}
+            for arrived, payload in sub.snapshot():
+                doc = decode_update(payload, catalog.schema)
+                if doc["snapshot"]:
+                    continue
+                for s in doc["samples"]:
+                    key = round(s["t"] * 1000)
+                    if s["signal"] == DOOR_SIGNAL and key in sent and key not in got:
+                        got[key] = arrived
+            return got
+
+        wait_until(lambda: len(door_samples()) >= len(sent), 20.0, 0.2)
+        got = door_samples()
+    finally:
+        agent.request_stop()
+        runner.join(30)
+        sub.close()
+    latencies = [(got[key] - sent[key]) * 1000 for key in got]
+    if not latencies:
+        raise BenchError("no door event arrived at the subscriber")
+    p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+    missing = len(sent) - len(got)
+    report.section(
+        "6. Event latency: door frame -> subscriber",
+        "The in-process Agent publishing to the local broker (`BCM_Doors.*` as events, every "
+        "other signal as telemetry, default commit_interval, outbox on disk); a virtual bus fed "
+        "with demo-drive telemetry at about 400 frames/s and a changing door frame every ~100 ms; "
+        "a paho subscriber decodes each update. Latency = arrival (time.time()) - the frame's "
+        "timestamp (time.time() at send, kept by the virtual bus).",
+        "",
+        *table(
+            ("figure", "value"),
+            [
+                ("door events sent / arrived", f"{len(sent)} / {len(got)}"),
+                ("p50", f"{p50:.1f} ms"),
+                ("p99", f"{p99:.1f} ms"),
+                ("max", f"{max(latencies):.1f} ms"),
+                ("min", f"{min(latencies):.1f} ms"),
+            ],
+        ),
+    )
+    report.verdict(
+        "6. event latency p99",
+        "<= 100 ms",
+        f"p99 {p99:.1f} ms (p50 {p50:.1f} ms)" + (f", {missing} missing" if missing else ""),
+        p99 <= 100 and missing == 0,
+    )
+
+
+# ---- 7. bytes on the wire per hour -----------------------------------------------------------
+
+
+def bench_wire(report: Report, drive: Path, cost: JsonCost, port: int, work: Path) -> None:
+    progress("bytes on the wire: the demo drive through the publishing agent")
+    cfg = write_config(
+        work / "wire.toml",
+        [replay_bus(drive, DEMO_DBC)],
+        mqtt_port=port,
+        outbox=work / "wire" / "outbox.db",
+    )
+    agent = Agent(cfg, prepare(cfg), dry_run=False, drain_timeout=300, notifier=Notifier(""))
+    result = agent.run()
+    if result.exit_code != 0:
+        raise BenchError(f"agent run ended with {result.exit_code}: {result.problems}")
+    stats = agent.uplink.stats()
+    hours = cost.duration / 3600
+    spime_h = stats.bytes_sent / hours
+    json_h = cost.wire_bytes / hours
+    report.section(
+        "7. Bytes on the wire per hour of the demo drive",
+        f"The demo drive ({cost.duration:.1f} s, {cost.frames:,} frames) replayed at full speed "
+        "through the in-process Agent to the local broker; `uplink.stats().bytes_sent` counts "
+        "every PUBLISH (data, schema, status) with its MQTT 5 framing (fixed header, remaining "
+        "length, topic, packet id, properties); TCP/TLS overhead and PUBACKs not counted. The "
+        "JSON line is one QoS 1 PUBLISH per decoded frame on the same topic.",
+        "",
+        *table(
+            ("sender", "PUBLISH packets", "bytes in the drive", "bytes per hour", "per hour"),
+            [
+                (
+                    "spime-agent",
+                    f"{stats.published:,} (+ control)",
+                    f"{stats.bytes_sent:,}",
+                    f"{spime_h:,.0f}",
+                    mb(spime_h),
+                ),
+                (
+                    "JSON per frame",
+                    f"{cost.decoded:,}",
+                    f"{cost.wire_bytes:,}",
+                    f"{json_h:,.0f}",
+                    mb(json_h),
+                ),
+            ],
+        ),
+        "",
+        f"spime / JSON on the wire: **{stats.bytes_sent / cost.wire_bytes:.4f}**.",
+    )
+    report.verdict(
+        "7. bytes on the wire per hour",
+        "(no target)",
+        f"{mb(spime_h)}/h vs JSON {mb(json_h)}/h",
+        None,
+    )
+
+
+# ---- main ------------------------------------------------------------------------------------
+
+
+def header(plan: Plan, started: float) -> list[str]:
+    return [
+        "# spime-agent bench",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %Z', time.localtime(started))}; "
+        f"{'quick smoke run (--quick)' if plan.quick else 'full run'}; "
+        f"{os.cpu_count()} CPUs, Linux {platform.release()}, Python {platform.python_version()}, "
+        f"python-can {can.__version__}, cantools {cantools.__version__}.",
+        "",
+        "Speeds are ratios to a baseline measured in the same run (interleaved, median shown); "
+        "absolute figures are for orientation only: the machine is shared and noisy.",
+    ]
+
+
+def run(plan: Plan, work: Path) -> Report:
+    report = Report()
+    drive = work / "drive.log"
+    progress(f"generating a {plan.frames:,}-frame demo drive")
+    generate_drive(drive, plan.frames)
+    demo_sink = bench_throughput(plan, report, drive, work)
+    progress("JSON per frame on the demo drive")
+    demo_cost = json_per_frame(drive, DEMO_DBC)
+    frames = read_frames(drive, 40_000)
+    bench_live(plan, report, frames, work)
+    bench_compactness(report, demo_sink, demo_cost, work)
+    bench_rss(plan, report, drive, work)
+    with private_broker(work / "broker") as port:
+        bench_drain(plan, report, demo_sink.payloads, port, work)
+        bench_latency(plan, report, frames, port, work)
+        bench_wire(report, drive, demo_cost, port, work)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="shortened smoke run (< 60 s)")
+    parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.md")
+    args = parser.parse_args(argv)
+    plan = Plan.make(args.quick)
+    started = time.time()
+    t0 = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="spime-bench-"))
+    try:
+        report = run(plan, work)
+    except BenchError as err:
+        print(f"bench: {err}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = report.markdown(header(plan, started))
+    text += f"\nBench time: {time.monotonic() - t0:.0f} s.\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    sys.stdout.write(text)
+    progress(f"report written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
