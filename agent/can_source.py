@@ -16,7 +16,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,7 +184,13 @@ class Source:
             return False
 
     # -- replay ------------------------------------------------------------------------
-    def _replay(self) -> None:
+    def frames(self) -> Iterator[tuple[float, Any, int]]:
+        """The log's frames as ``(due, frame, bus index)``, time-shifted as configured.
+
+        ``due`` is the monotonic time at which a paced replay should hand the frame on (0 when
+        the replay runs as fast as possible); waiting is the consumer's job, so it can first
+        pass on what it holds. Raises SourceError, naming the file, if the log is unreadable.
+        """
         path = self.cfg.log
         assert path is not None
         try:
@@ -195,41 +201,51 @@ class Source:
         speed, shift = self.cfg.speed, self.cfg.time == "now"
         offset = None
         t0_mono = t0_ts = 0.0
-        batch: list[Any] = []
         count = 0
+        stop, index = self.stop, self.index
         try:
             for msg in reader:
-                if self.stop.is_set():
-                    return
                 if offset is None:
                     offset = time.time() - msg.timestamp if shift else 0.0
                     t0_mono, t0_ts = self.clock(), msg.timestamp
                 if offset:
                     msg.timestamp += offset
-                if speed > 0:
-                    delay = t0_mono + (msg.timestamp - offset - t0_ts) / speed - self.clock()
-                    if delay > 0.002:
-                        if batch:
-                            self._put_blocking(batch)
-                            batch = []
-                        if self.stop.wait(delay):
-                            return
-                batch.append(msg)
                 count += 1
-                if len(batch) >= BATCH:
+                if not count & 0xFF:
                     self.status.frames = count
-                    self._put_blocking(batch)
-                    batch = []
+                    if stop.is_set():
+                        return
+                yield (
+                    (t0_mono + (msg.timestamp - offset - t0_ts) / speed if speed > 0 else 0.0),
+                    msg,
+                    index,
+                )
+        except SourceError:
+            raise
         except Exception as err:
             raise SourceError(f"{path}: unreadable after frame {count}: {err}") from None
         finally:
-            stop = getattr(reader, "stop", None)
-            if stop is not None:
-                stop()
+            close = getattr(reader, "stop", None)
+            if close is not None:
+                close()
+            self.status.frames = count
+        self._set_state("finished")
+
+    def _replay(self) -> None:
+        batch: list[Any] = []
+        for due, msg, _ in self.frames():
+            if due and due - self.clock() > 0.002:
+                if batch:
+                    self._put_blocking(batch)
+                    batch = []
+                if self.stop.wait(due - self.clock()):
+                    return
+            batch.append(msg)
+            if len(batch) >= BATCH:
+                self._put_blocking(batch)
+                batch = []
         if batch:
             self._put_blocking(batch)
-        self.status.frames = count
-        self._set_state("finished")
 
     # -- live --------------------------------------------------------------------------
     def _open(self) -> Any:

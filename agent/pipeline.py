@@ -14,15 +14,16 @@ frames' own timestamps. It does not store or send updates: a sink receives them.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.can_source import END, Source
+from agent.can_source import BATCH, END, Source
 from agent.catalog import EXTENDED, Catalog
 from agent.config import Config
 from agent.decode import DecodeError, raw_decoder
@@ -51,6 +52,10 @@ class PipelineStats:
     bus_off: int = 0
     remote_frames: int = 0
     source_errors: list[str] = field(default_factory=list)
+
+
+def _frame_time(item: tuple[float, Any, int]) -> float:
+    return item[1].timestamp  # type: ignore[no-any-return]
 
 
 class _Plan:
@@ -170,6 +175,9 @@ class Pipeline:
 
     def run(self) -> None:
         """Process frames until every source ended (replays) or stop() was called."""
+        if self.frame_clock:
+            self._run_replays()
+            return
         for src in self.sources:
             src.start()
         active = len(self.sources)
@@ -202,6 +210,51 @@ class Pipeline:
             src.join(timeout=2.0)
         self.finish()
 
+    def _run_replays(self) -> None:
+        """Every bus is a replay: read the logs in this thread, merged by frame time.
+
+        No reader threads: handing frames between threads costs more than reading them, and a
+        merge by timestamp interleaves several logs as the buses carried them.
+        """
+        merged: Iterator[tuple[float, Any, int]]
+        if len(self.sources) == 1:
+            merged = self.sources[0].frames()
+        else:
+            merged = heapq.merge(*(src.frames() for src in self.sources), key=_frame_time)
+        batch: list[Any] = []
+        index = 0
+        clock = self.clock
+        try:
+            for due, msg, i in merged:
+                if due and due - clock() > 0.002:
+                    self._turn(index, batch)
+                    batch = []
+                    if self.stop_event.wait(due - clock()):
+                        break
+                if i != index or len(batch) >= BATCH:
+                    self._turn(index, batch)
+                    batch = []
+                    index = i
+                    if self.stop_event.is_set():
+                        break
+                batch.append(msg)
+            self._turn(index, batch)
+        except SourceError as err:
+            self._turn(index, batch)
+            self.stats.source_errors.extend(err.problems)
+        self.finish()
+
+    def _turn(self, index: int, batch: list[Any]) -> None:
+        """One turn of the replay loop: process a batch, then timers, reloads, the watchdog."""
+        if batch:
+            self._process(index, batch)
+        if self.now >= self._due:
+            self._tick()
+        if self._reload is not None:
+            self._apply_reload()
+        if self.on_loop is not None:
+            self.on_loop()
+
     def finish(self) -> None:
         """Send what is held and close the open update (end of input or shutdown)."""
         self.sampler.flush_held(self.now)
@@ -233,7 +286,7 @@ class Pipeline:
         mask = self._masks[index]
         stats = self.stats
         sampler, builder = self.sampler, self.builder
-        offer = sampler.offer
+        offer_changed = sampler.offer_changed
         frame_clock = self.frame_clock
         now = self.now
         stats.frames += len(msgs)
@@ -286,11 +339,7 @@ class Pipeline:
             # set difference finds them in C instead of a Python loop over every signal.
             changed = values.items() - plan.values.items() if plan.values else values.items()
             plan.values = values
-            signals = plan.signals
-            for name, raw in changed:
-                st = signals.get(name)
-                if st is not None:
-                    offer(st, raw, t_ms, now)
+            offer_changed(changed, plan.signals, t_ms, now)
             # On the recording's clock a batch spans seconds: the first sample of a new update
             # must open it at its own frame, or the update's age limit would start too late.
             if frame_clock and builder.opened_at is None and sampler.out:

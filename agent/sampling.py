@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from agent.catalog import Policy
@@ -68,6 +68,7 @@ class SignalState:
         "cur",
         "cur_t",
         "snap",
+        "plain",
     )
 
     def __init__(
@@ -95,6 +96,10 @@ class SignalState:
         self.pending_t = 0
         self.cur: int | float | None = None
         self.cur_t = 0
+        # Sent on every change with nothing else to track: the common case, kept cheap.
+        self.plain = not (
+            snap or self.raw_deadband or self.min_interval or self.max_interval or self.event
+        )
 
 
 @dataclass
@@ -114,6 +119,32 @@ class Sampler:
         self.stats = SamplerStats()
         self._heap: list[tuple[float, int, SignalState]] = []
         self._tie = itertools.count()
+
+    def offer_changed(
+        self,
+        changed: Iterable[tuple[str, int | float]],
+        states: Mapping[str, SignalState],
+        t_ms: int,
+        now: float,
+    ) -> None:
+        """Offer the values of one frame that differ from the previous frame of its message
+        (names not in ``states`` are not selected). A plain on-change signal needs none of the
+        policy bookkeeping: it is sent whenever its value differs from its last one."""
+        out = self.out
+        offer = self.offer
+        for name, raw in changed:
+            st = states.get(name)
+            if st is None:
+                continue
+            if st.plain:
+                # The previous frame may not have carried this signal (another multiplexer
+                # branch, a short frame): compare with the signal's own last value.
+                if raw != st.cur:
+                    st.cur = raw
+                    st.cur_t = t_ms
+                    out.append((t_ms, st.sid, raw))
+            else:
+                offer(st, raw, t_ms, now)
 
     def offer(self, st: SignalState, raw: int | float, t_ms: int, now: float) -> None:
         """A decoded value of ``st`` at data time ``t_ms``, seen at scheduling time ``now``."""
