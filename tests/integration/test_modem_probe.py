@@ -186,10 +186,12 @@ def test_modems_report_table_and_json(sims: Any, tmp_path: Path) -> None:
 
 def test_modems_report_with_a_missing_port_and_a_glob_port(sims: Any, tmp_path: Path) -> None:
     sims("healthy", ident=1, link=tmp_path / "by-id" / "usb-Quectel_EG25-if02-port0")
-    cfg = config([
-        {"name": "a", "port": str(tmp_path / "gone")},
-        {"name": "b", "port": str(tmp_path / "by-id" / "*Quectel*-if02*")},
-    ])
+    cfg = config(
+        [
+            {"name": "a", "port": str(tmp_path / "gone")},
+            {"name": "b", "port": str(tmp_path / "by-id" / "*Quectel*-if02*")},
+        ]
+    )
     rep = modems_report(cfg)
     assert rep.chosen == "b"
     assert rep.reports[1].iccid == identity(1)[0]
