@@ -216,6 +216,16 @@ class Pipeline:
         No reader threads: handing frames between threads costs more than reading them, and a
         merge by timestamp interleaves several logs as the buses carried them.
         """
+        if len(self.sources) == 1 and self.sources[0].cfg.speed <= 0:
+            try:
+                for batch in self.sources[0].batches():
+                    self._turn(0, batch)
+                    if self.stop_event.is_set():
+                        break
+            except SourceError as err:
+                self.stats.source_errors.extend(err.problems)
+            self.finish()
+            return
         merged: Iterator[tuple[float, Any, int]]
         if len(self.sources) == 1:
             merged = self.sources[0].frames()

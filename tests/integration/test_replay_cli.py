@@ -183,3 +183,20 @@ def test_updates_close_at_max_age_of_data_time_in_a_replay(tmp_path: Path) -> No
     assert sum(len(u["samples"]) for u in updates) == 1000
     spans = [u["samples"][-1]["t"] - u["samples"][0]["t"] for u in updates]
     assert len(updates) >= 18 and max(spans) <= 0.5 + 1e-9
+
+
+def test_a_log_that_breaks_off_is_processed_up_to_the_break_and_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "drive.log").write_text(
+        "(1.0) can0 100#1027000000000000\n(1.1) can0 100#1127000000000000\nnot a frame\n"
+    )
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        [{"name": "car", "interface": "replay", "log": "drive.log", "dbc": ["car.dbc"]}],
+        extra='[[signal]]\nmatch = "Engine.Speed"\n',
+    )
+    r = cli("--log-level", "warning", "run", "--config", str(cfg), "--dry-run")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert [s["value"] for u in json_lines(r.stdout) for s in u["samples"]] == [100.0, 100.01]
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(str(tmp_path / "drive.log")) and "after frame 2" in line
