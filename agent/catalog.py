@@ -212,7 +212,7 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
             )
     # Consent: signals of categories the owner did not grant are not selected at all, so
     # their frames are never decoded and their values never stored or sent.
-    consented = []
+    consented: list[tuple[BusConfig, Message, Any, SignalConfig | None, str | None, bool]] = []
     excluded: dict[str, int] = {}
     for cand in candidates:
         category = _category(cfg, f"{cand[1].name}.{cand[2].name}", cand[3])
@@ -228,15 +228,15 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
         qual_count[f"{msg.name}.{sig.name}"] = qual_count.get(f"{msg.name}.{sig.name}", 0) + 1
     selected: list[Selected] = []
     names: set[str] = set()
-    for sid, (bus, msg, sig, entry, category, coarse) in enumerate(consented):
+    for sid, (bus, msg, sig, chosen, category, coarse) in enumerate(consented):
         qualified = f"{msg.name}.{sig.name}"
-        wire = entry.name if entry is not None and entry.name else qualified
-        if (entry is None or not entry.name) and qual_count[qualified] > 1:
+        wire = chosen.name if chosen is not None and chosen.name else qualified
+        if (chosen is None or not chosen.name) and qual_count[qualified] > 1:
             wire = f"{bus.name}/{qualified}"
         if wire in names:
             problems.append(f"{src}: wire name {wire!r} is given to two signals")
         names.add(wire)
-        policy = Policy.of(entry)
+        policy = Policy.of(chosen)
         selected.append(
             Selected(
                 sid=sid,

@@ -274,6 +274,13 @@ def _cantools_problem(err: Exception, source: str, scan: _Scan) -> str:
     return f"{source}: {text}"
 
 
+def _load(text: str, *, strict: bool) -> Database:
+    db = cantools.database.load_string(text, database_format="dbc", strict=strict)
+    if not isinstance(db, Database):  # DBC text always gives a CAN database
+        raise TypeError(f"cantools returned {type(db).__name__} for DBC text")
+    return db
+
+
 def _capped(lines: list[str], source: str) -> list[str]:
     if len(lines) <= _MAX_LINES:
         return lines
@@ -302,10 +309,10 @@ def load_dbc(path: Path, *, lenient: bool = False) -> DbcFile:
     body = "\n".join(scan.lines) + "\n" if scan.defects else text
     layout: list[str] = []
     try:
-        db = cantools.database.load_string(body, database_format="dbc", strict=True)
+        db = _load(body, strict=True)
     except Exception as strict_err:  # cantools raises several unrelated types for bad files
         try:
-            db = cantools.database.load_string(body, database_format="dbc", strict=False)
+            db = _load(body, strict=False)
         except Exception as err:
             raise DbcError(_cantools_problem(err, source, scan)) from None
         # Only the layout checks differ between cantools' modes; it names the first problem,

@@ -218,8 +218,8 @@ class Pipeline:
         """
         if len(self.sources) == 1 and self.sources[0].cfg.speed <= 0:
             try:
-                for batch in self.sources[0].batches():
-                    self._turn(0, batch)
+                for chunk in self.sources[0].batches():
+                    self._turn(0, chunk)
                     if self.stop_event.is_set():
                         break
             except SourceError as err:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import operator
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,7 +107,7 @@ def encode_update(
     snapshot: bool = False,
     event: bool = False,
     compress: bool = True,
-    kinds: dict[int, str] | None = None,
+    kinds: Mapping[int, str] | None = None,
 ) -> bytes:
     """Encode samples (in time order, or any order: groups are formed by equal consecutive
     timestamps) into one update. ``kinds`` may pass ``{id: kind}`` precomputed for speed."""
