@@ -206,8 +206,10 @@ class MqttConfig(_Model):
     topic_prefix: str = Field(default="spime/v1", min_length=1)
     client_id: str | None = None
     max_inflight: int = Field(default=20, ge=1, le=65535)
-    # Backlog drain rate limit in messages per second (0: unlimited).
-    drain_rate: float = Field(default=0.0, ge=0)
+    # Rate limit for data publishes in messages per second (0: unlimited); events are never held.
+    # After an outage a car drains its backlog at this pace rather than all at once, and a
+    # fleet coming back together does not flood the broker or the cell.
+    drain_rate: float = Field(default=100.0, ge=0)
     reconnect_min: PositiveSeconds = 1.0
     reconnect_max: PositiveSeconds = 120.0
     status_interval: PositiveSeconds = 60.0

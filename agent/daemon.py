@@ -176,6 +176,7 @@ class Agent:
         if self.dry_run:
             self.notifier.ready("dry run")
             self.pipeline.run()
+            self.notifier.stopping()
             return self._finish_pipeline()
         return self._run_publishing()
 

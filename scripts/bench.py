@@ -755,7 +755,8 @@ def drain_limit(n: int) -> float:
 
 
 def drain_uplink(port: int, outbox: Outbox, n: int, run: int) -> float:
-    cfg = MqttConfig(host="127.0.0.1", port=port, client_id=f"bench-uplink-{run}")
+    # drain_rate 0: this measures what the uplink can do, as the raw paho baseline does.
+    cfg = MqttConfig(host="127.0.0.1", port=port, client_id=f"bench-uplink-{run}", drain_rate=0)
     uplink = Uplink(
         cfg,
         vin=VIN,
