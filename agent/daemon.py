@@ -292,10 +292,15 @@ class Agent:
                 self.modems.report_data_failure(reason)
 
     def _on_modem_switch(self, active: str, reason: str) -> None:
-        log.warning("data now through modem %s (%s): reconnecting MQTT", active, reason)
-        if self.uplink is not None:
+        if self.uplink is None:
+            return
+        if reason == "initial":
+            # The first choice: a connection that already works keeps working.
+            log.info("data through modem %s", active)
+        else:
+            log.warning("data now through modem %s (%s): reconnecting MQTT", active, reason)
             self.uplink.reconnect(f"modem switched to {active}")
-            self.uplink.publish_status()
+        self.uplink.publish_status()
 
     def _publish_stored_schemas(self) -> None:
         """Rows of an earlier config may wait in the outbox: publish their schemas too."""

@@ -200,7 +200,9 @@ class ModemManager:
         return [p for p in expand(patterns) if os.path.realpath(p) not in held]
 
     def _apply(self, sw: Switch) -> None:
-        log.warning("modem switch %s -> %s [%s]: %s", sw.from_name, sw.to_name, sw.code, sw.text)
+        # The first choice is no failover: worth a line, not a warning.
+        level = logging.INFO if sw.from_name is None else logging.WARNING
+        log.log(level, "modem switch %s -> %s [%s]: %s", sw.from_name, sw.to_name, sw.code, sw.text)
         if sw.from_name is not None:
             self._link(self._by_name[sw.from_name], up=False)
         if sw.to_name is not None and not self._link(self._by_name[sw.to_name], up=True):
