@@ -359,7 +359,9 @@ class Agent:
             if self.schemas is not None:
                 self.schemas.save(catalog.schema)
             if self.uplink is not None:
-                self.uplink.add_schema(catalog.schema.id, catalog.schema.dumps().encode())
+                self.uplink.add_schema(
+                    catalog.schema.id, catalog.schema.dumps().encode(), current=True
+                )
                 self.uplink.publish_status()
             log.info(
                 "reload accepted: schema %s -> %s%s",

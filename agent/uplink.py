@@ -193,6 +193,7 @@ class Uplink:
         self._schema_json = bytes(schema_json)
         # Every schema published on each connection (guarded by _cond); new ones queued too.
         self._schemas: dict[str, bytes] = {schema_id: self._schema_json}
+        self._current_schema = schema_id
         self._new_schemas: deque[str] = deque()
         self._status_fn = status
         self._on_link = on_link
@@ -201,6 +202,8 @@ class Uplink:
         self.data_topic = f"{base}/data"
         self.status_topic = f"{base}/status"
         self.schema_topic = f"{base}/schema/{schema_id}"
+        # The schema in force also on a fixed topic, for consumers that want only the latest.
+        self.current_schema_topic = f"{base}/schema"
         self._data_topic_len = len(self.data_topic.encode())
         tls = cfg.tls_config
         self._tls = tls_context(tls) if tls is not None else None
@@ -273,11 +276,14 @@ class Uplink:
     def publish_status(self) -> None:
         self._status_requested.set()
 
-    def add_schema(self, schema_id: str, schema_json: bytes) -> None:
+    def add_schema(self, schema_id: str, schema_json: bytes, *, current: bool = False) -> None:
         """Publish another schema (retained, on its own topic), now if connected and after every
-        reconnect: rows written under an earlier schema stay decodable after a reload."""
+        reconnect: rows written under an earlier schema stay decodable after a reload.
+        ``current``: it replaces the schema in force (also on ``<prefix>/<vin>/schema``)."""
         with self._cond:
-            if schema_id not in self._schemas:
+            if current:
+                self._current_schema = schema_id
+            if schema_id not in self._schemas or current:
                 self._schemas[schema_id] = bytes(schema_json)
                 self._new_schemas.append(schema_id)
 
@@ -493,6 +499,7 @@ class Uplink:
             self._new_schemas.clear()
         for sid, doc in schemas:
             self._ctrl_queue.append((self._schema_topic_of(sid), doc))
+        self._ctrl_queue.append((self.current_schema_topic, self._schemas[self._current_schema]))
         self._ctrl_queue.append((self.status_topic, self._status_doc("online")))
         next_status = time.monotonic() + self.cfg.status_interval
         try:
@@ -508,8 +515,11 @@ class Uplink:
                     with self._cond:
                         fresh = [(i, self._schemas[i]) for i in self._new_schemas]
                         self._new_schemas.clear()
+                        current = self._current_schema
                     for sid, doc in fresh:
                         self._ctrl_queue.append((self._schema_topic_of(sid), doc))
+                        if sid == current:
+                            self._ctrl_queue.append((self.current_schema_topic, doc))
                 now = time.monotonic()
                 if self._status_requested.is_set() or now >= next_status:
                     self._status_requested.clear()

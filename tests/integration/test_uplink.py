@@ -144,10 +144,12 @@ def test_birth_status_schema_and_clean_stop(mosquitto: Mosquitto, outbox: Outbox
         assert wait_until(lambda: up.stats().state == "connected", WAIT)
         # A subscriber arriving later gets the retained birth status and schema.
         with Subscriber(mosquitto, f"{PREFIX}/{VIN}/#") as sub:
-            assert sub.wait_for(lambda m: len(m) >= 2, WAIT)
+            assert sub.wait_for(lambda m: len(m) >= 3, WAIT)
             by_topic = {m.topic: m for m in sub.messages}
             schema = by_topic[f"{PREFIX}/{VIN}/schema/{SCHEMA_ID}"]
             assert schema.retain and schema.payload == SCHEMA_JSON
+            current = by_topic[f"{PREFIX}/{VIN}/schema"]  # the schema in force, fixed topic
+            assert current.retain and current.payload == SCHEMA_JSON
             birth = json.loads(by_topic[STATUS].payload)
             assert by_topic[STATUS].retain
             assert birth["state"] == "online"  # our state wins over the status() dict
