@@ -198,14 +198,7 @@ class Pipeline:
                 active -= 1
             elif isinstance(payload, SourceError):
                 self.stats.source_errors.extend(payload.problems)
-            elif payload is not None:
-                self._process(index, payload)
-            if self.now >= self._due:
-                self._tick()
-            if self._reload is not None:
-                self._apply_reload()
-            if self.on_loop is not None:
-                self.on_loop()
+            self._turn(index, payload if isinstance(payload, list) else [])
         for src in self.sources:
             src.join(timeout=2.0)
         self.finish()
@@ -255,7 +248,7 @@ class Pipeline:
         self.finish()
 
     def _turn(self, index: int, batch: list[Any]) -> None:
-        """One turn of the replay loop: process a batch, then timers, reloads, the watchdog."""
+        """One turn of the loop: process a batch, then timers, reloads, the watchdog."""
         if batch:
             self._process(index, batch)
         if self.now >= self._due:
