@@ -392,23 +392,25 @@ class Agent:
             kept = [x for x in samples if x[1] not in drop]
             if len(kept) == len(samples):
                 continue
-            self.outbox.purge_ids([row.id])
-            if kept:
-                self.outbox.put(
-                    encode_update(
-                        schema,
-                        boot=bytes.fromhex(head.boot),
-                        seq=head.seq,
-                        vin=head.vin,
-                        samples=kept,
-                        snapshot=head.snapshot,
-                        event=head.event,
-                    ),
-                    row.priority,
-                    created=row.created,
-                )
+            if not kept:
+                self.outbox.purge_ids([row.id])
+                purged += 1
+                continue
+            # Same boot, seq and place in the queue: only the revoked samples are gone.
+            payload = encode_update(
+                schema,
+                boot=bytes.fromhex(head.boot),
+                seq=head.seq,
+                vin=head.vin,
+                samples=kept,
+                snapshot=head.snapshot,
+                event=head.event,
+            )
+            if self.outbox.replace(row.id, payload):
                 rewritten += 1
             else:
+                # Could not rewrite: never let the revoked samples go out.
+                self.outbox.purge_ids([row.id])
                 purged += 1
         self.outbox.flush()
         log.warning(

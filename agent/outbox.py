@@ -407,6 +407,34 @@ class Outbox:
             self._purges.update(ids)
         self._cycle(force=True)
 
+    def replace(self, row_id: int, payload: bytes) -> bool:
+        """Rewrite a not-yet-sent row in place (e.g. some of its samples' consent was revoked),
+        keeping its id and so its place in the queue. Committed at once. False if the row is
+        gone (sent, evicted) or the disk refused the write (the row is then unchanged)."""
+        with self._db_lock:
+            conn = self._conn
+            if conn is None:
+                return False
+            try:
+                found = conn.execute(
+                    "SELECT rank, length(payload) FROM outbox WHERE id = ?", (row_id,)
+                ).fetchone()
+                if found is None:
+                    return False
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (payload, row_id))
+                conn.execute("COMMIT")
+            except sqlite3.Error as err:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                log.warning("outbox: cannot rewrite row %d: %s", row_id, err)
+                return False
+            rank, old_size = found
+            with self._buf_lock:
+                self._bytes[rank] += len(payload) - old_size
+            return True
+
     # --------------------------------------------------------------------------------- stats
 
     def stats(self) -> OutboxStats:

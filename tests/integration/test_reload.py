@@ -93,6 +93,7 @@ def test_revoking_location_purges_it_from_the_outbox(tmp_path: Path) -> None:
                 )
             wait_for(lambda: _stored(agent).count("Pos.Lat") == 20, what="20 positions stored")
             old_schema = agent.catalog.schema.id
+            ids = [row.id for row in agent.outbox.iter_rows()]
 
             # A bus change cannot be reloaded: refused, the running config stays.
             _config(tmp_path, channel, port, '"vehicle_health"', {"silent_after": 9})
@@ -103,6 +104,10 @@ def test_revoking_location_purges_it_from_the_outbox(tmp_path: Path) -> None:
             assert agent.reload() is True
             names = _stored(agent)
             assert "Pos.Lat" not in names and names.count("Health.Coolant") == 20
+            # Rewritten in place: no new ids, the updates keep their order in the queue (an
+            # update that held only positions is deleted instead).
+            kept = [row.id for row in agent.outbox.iter_rows()]
+            assert kept and set(kept) <= set(ids) and kept == sorted(kept)
             assert agent.catalog.schema.id != old_schema
 
             # After the reload, new positions are not even decoded.

@@ -352,3 +352,21 @@ def test_a_database_of_a_newer_schema_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(OutboxError, match="newer"):
         make(path).open()
+
+
+def test_replace_rewrites_in_place_keeping_id_order_and_byte_count(box: Outbox) -> None:
+    for p in (b"first-row", b"second-row", b"third-row"):
+        box.put(p)
+    box.flush()
+    before = box.iter_rows()
+    ids = [e.id for e in before]
+    size = box.stats().bytes
+    assert box.replace(ids[1], b"2nd") is True
+    rows = list(box.iter_rows())
+    assert [e.id for e in rows] == ids
+    assert [e.payload for e in rows] == [b"first-row", b"2nd", b"third-row"]
+    assert box.stats().bytes == size - len(b"second-row") + len(b"2nd")
+    assert [e.payload for e in box.next_batch(10)] == [b"first-row", b"2nd", b"third-row"]
+    box.ack([ids[1]])
+    assert wait_until(lambda: box.stats().rows == 2)
+    assert box.replace(ids[1], b"gone") is False
