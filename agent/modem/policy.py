@@ -206,6 +206,22 @@ class SelectionPolicy:
                 return False
         return now >= self._avoid_until.get(name, now)
 
+    def _why_not(self, name: str, r: ModemReport | None, now: float) -> str:
+        """Why ``name`` is not eligible, in a few words for the log and the status."""
+        if r is None:
+            return "no report"
+        verdict = self._verdicts.get(name)
+        if verdict is not None:
+            return verdict.text
+        if self._weak.get(name, 0) > 0:
+            return "weak signal"
+        need = self._cfg.min_signal_dbm + self._cfg.signal_hysteresis_db
+        if r.signal_dbm is not None and r.signal_dbm < need:
+            return f"{r.signal_dbm:.0f} dBm, below the {need:.0f} dBm needed to take over"
+        if now < self._avoid_until.get(name, now):
+            return "avoided for a while after data-path failures"
+        return "not eligible"
+
     def _candidate(
         self, reports: Mapping[str, ModemReport], now: float, exclude: str | None
     ) -> str | None:
@@ -222,7 +238,12 @@ class SelectionPolicy:
         if pick is None:
             self._reason = Reason("no_usable_modem", "no modem is usable")
             return None
-        why = "the primary" if pick == self.primary() else "the first usable modem in order"
+        primary = self.primary()
+        if pick == primary or primary is None:
+            why = "the primary" if pick == primary else "the first usable modem in order"
+        else:
+            passed_over = self._why_not(primary, reports.get(primary), now)
+            why = f"the first usable modem in order (primary {primary}: {passed_over})"
         sw = Switch(now, None, pick, "initial", f"{pick} chosen at start: {why}")
         self._active = pick
         self._reason = Reason(sw.code, sw.text)
