@@ -37,7 +37,6 @@ rlog = RateLimitedLog(log)
 
 # SocketCAN error frame class bit for bus-off (linux/can/error.h CAN_ERR_BUSOFF).
 _CAN_ERR_BUSOFF = 0x40
-QUEUE_BATCHES = 1024
 
 
 @dataclass
@@ -89,7 +88,11 @@ class Pipeline:
         self.stats = PipelineStats()
         self.frame_clock = cfg.all_replay
         self.stop_event = threading.Event()
-        self.queue: queue.Queue[tuple[int, Any]] = queue.Queue(QUEUE_BATCHES)
+        # Bounded in batches of at most BATCH frames: so at most the sum of the buses'
+        # queue_frames frames wait here.
+        self.queue: queue.Queue[tuple[int, Any]] = queue.Queue(
+            sum(max(1, b.queue_frames // BATCH) for b in cfg.bus)
+        )
         self._load(cfg, catalog, seq=0)
         self.sources = [
             Source(i, bp.config, self.queue, self.stop_event, can_filters=bp.can_filters)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
 
 from agent.catalog import Policy
 
@@ -102,21 +101,12 @@ class SignalState:
         )
 
 
-@dataclass
-class SamplerStats:
-    offered: int = 0
-    emitted: int = 0
-    held: int = 0
-    heartbeats: int = 0
-
-
 class Sampler:
     """Applies the policies; emitted samples accumulate in ``out`` for the caller to take."""
 
     def __init__(self) -> None:
         self.out: list[Sample] = []
         self.event = False
-        self.stats = SamplerStats()
         self._heap: list[tuple[float, int, SignalState]] = []
         self._tie = itertools.count()
 
@@ -163,7 +153,6 @@ class Sampler:
             if st.min_interval and now - st.sent_at < st.min_interval:
                 if st.pending is None:
                     heapq.heappush(self._heap, (st.sent_at + st.min_interval, next(self._tie), st))
-                    self.stats.held += 1
                 st.pending = raw
                 st.pending_t = t_ms
                 return
@@ -197,7 +186,6 @@ class Sampler:
                 continue  # superseded by a later sample: its own entry is in the heap
             confirmed = st.group.last_t
             if confirmed > st.sent_t and st.cur is not None:
-                self.stats.heartbeats += 1
                 self._emit(st, st.cur, confirmed, now)
             else:
                 # Nothing heard since: stay quiet, look again one interval later.
@@ -211,7 +199,6 @@ class Sampler:
 
     def take(self) -> tuple[list[Sample], bool]:
         out, event = self.out, self.event
-        self.stats.emitted += len(out)  # counted here, not per sample: the hot path is per sample
         self.out = []
         self.event = False
         return out, event

@@ -565,7 +565,10 @@ def bench_live(plan: Plan, report: Report, frames: list[can.Message], work: Path
                     f"{pipeline.stats.decoded:,} / {pipeline.stats.unchanged:,}",
                 ),
                 ("updates / samples", f"{sink.updates:,} / {sink.samples:,}"),
-                ("max pipeline queue depth (batches of <= 256 frames)", f"{depth[0]} of 1024"),
+                (
+                    "max pipeline queue depth (batches of <= 256 frames)",
+                    f"{depth[0]} of {pipeline.queue.maxsize}",
+                ),
                 ("time to catch up after the senders stopped", f"{catch_up:.2f} s"),
                 ("process CPU (% of one core)", f"{cpu:.0f} %"),
                 ("of which the bench's sender threads", f"{sender_cpu:.0f} %"),
