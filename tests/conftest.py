@@ -1,19 +1,15 @@
-"""Fixtures shared by every test folder: where the repository and the data corpus are."""
+"""Fixtures shared by every test folder."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 # Fixtures every test folder may use by name.
 from tests.support.broker import mosquitto  # noqa: F401
-
-REPO = Path(__file__).resolve().parent.parent
-CORPUS = REPO.parent / "shared" / "corpus"
-DEMO_DBC = REPO / "dbc" / "demo_vehicle.dbc"
+from tests.support.data import CORPUS, make_demo_drive
+from tests.support.e2e import broker  # noqa: F401  (a broker that queues nothing)
 
 
 @pytest.fixture(scope="session")
@@ -22,23 +18,6 @@ def corpus() -> Path:
     if not (CORPUS / "MANIFEST.md").is_file():
         pytest.skip(f"corpus not present at {CORPUS}")
     return CORPUS
-
-
-def make_demo_drive(out: Path, seconds: float) -> Path:
-    """Write a demo drive (candump log of the demo vehicle) of ``seconds`` to ``out``."""
-    subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "gen-demo-drive"),
-            "--out",
-            str(out),
-            "--duration",
-            str(seconds),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return out
 
 
 @pytest.fixture(scope="session")

@@ -24,8 +24,8 @@ from agent.config import load_config
 from agent.daemon import prepare
 from agent.modem.simulator import ModemSimulator, identity
 from agent.tomlwrite import dumps_toml
-from tests.conftest import DEMO_DBC
 from tests.support.broker import Mosquitto, TlsFiles, free_port, make_tls_material
+from tests.support.data import DEMO_DBC
 
 VIN = "1M8GDM9AXKP042788"
 

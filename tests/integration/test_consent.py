@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import DEMO_DBC
 from tests.support.agentrun import cli, json_lines, write_config
+from tests.support.data import DEMO_DBC
 
 CONSENT = """
 [consent]

@@ -13,8 +13,8 @@ import pytest
 from agent.cli import main
 from agent.decode import load_dbc
 from agent.errors import DbcError
-from tests.conftest import CORPUS
 from tests.support.agentrun import json_lines, write_config
+from tests.support.data import CORPUS
 
 
 def _dbc_files(corpus: Path) -> list[Path]:

@@ -11,13 +11,11 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import can
-import pytest
 
 from agent.config import load_config
 from agent.daemon import Agent, RunResult, prepare
@@ -38,16 +36,6 @@ BU_: ECU
 BO_ 256 Engine: 8 ECU
  SG_ Counter : 0|16@1+ (1,0) [0|65535] "" Vector__XXX
 """
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker", max_inflight_messages=0)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def _config(tmp_path: Path, channel: str, port: int, sims: dict[str, ModemSimulator]) -> Path:

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 from agent.decode import load_dbc
-from tests.conftest import DEMO_DBC, REPO
 from tests.integration.test_corpus import _expected
 from tests.support.agentrun import cli, json_lines, write_config
+from tests.support.data import DEMO_DBC, REPO
 
 
 def _run(tmp_path: Path, demo_drive: Path, updates: str) -> list[dict]:

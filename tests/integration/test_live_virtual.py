@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import threading
-import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import pytest
 from agent.config import load_config
 from agent.daemon import Agent, prepare
 from tests.support.agentrun import write_config
+from tests.support.wait import wait_for
 
 DBC = """VERSION ""
 NS_ :
@@ -25,14 +24,6 @@ BO_ 256 Engine: 8 ECU
 BO_ 2566844926 Fd: 16 ECU
  SG_ Wide : 96|32@1+ (1,0) [0|4294967295] "" Vector__XXX
 """
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 class Running:

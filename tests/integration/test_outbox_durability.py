@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,18 +16,10 @@ import pytest
 
 from agent.config import OutboxConfig
 from agent.outbox import Outbox, OutboxError
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 WAIT = 15.0
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 def make(path: Path, **kw: object) -> Outbox:
@@ -159,7 +150,7 @@ def test_disk_full_keeps_updates_in_memory_and_commits_when_space_returns(
 
         filler.unlink()
         # No flush: the committer retries on its own once the window passes.
-        assert wait_until(lambda: ob.stats().memory_rows == 0)
+        assert wait_until(lambda: ob.stats().memory_rows == 0, WAIT)
         s = ob.stats()
         assert not s.disk_full and s.write_error is None
         assert s.rows == 5 + kept

@@ -12,9 +12,9 @@ import can
 from agent.config import load_config
 from agent.daemon import Agent, prepare
 from agent.spime import decode_samples, peek_schema_id
-from tests.integration.test_live_virtual import wait_for
 from tests.support.agentrun import write_config
 from tests.support.broker import free_port
+from tests.support.wait import wait_for
 
 DBC = """VERSION ""
 NS_ :

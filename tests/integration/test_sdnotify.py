@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import DEMO_DBC
 from tests.support.agentrun import write_config
+from tests.support.data import DEMO_DBC
 
 
 def test_ready_status_watchdog_and_stopping_reach_systemd(tmp_path: Path, demo_drive: Path) -> None:

@@ -14,13 +14,12 @@ import random
 import signal
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_demo_drive
 from tests.support.broker import Mosquitto, free_port, wait_until
+from tests.support.data import make_demo_drive
 from tests.support.e2e import (
     AgentProcess,
     DataCollector,
@@ -43,18 +42,6 @@ def drives(tmp_path_factory: pytest.TempPathFactory, demo_drive: Path) -> dict[i
         30: make_demo_drive(d / "drive30.log", 30),
         60: demo_drive,
     }
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    # No in-flight limit towards subscribers: every message the broker acknowledges to the agent
-    # is written to the subscriber at once, never parked in a broker queue.
-    b = Mosquitto(tmp_path / "broker", max_inflight_messages=0)
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def rows_in(outbox: Path) -> int:

@@ -14,7 +14,7 @@ import pytest
 
 from agent.config import parse_config
 from agent.daemon import prepare
-from tests.conftest import DEMO_DBC, REPO
+from tests.support.data import DEMO_DBC, REPO
 
 UNIT = REPO / "systemd" / "spime-agent.service"
 EXAMPLE = REPO / "systemd" / "spime-agent.toml.example"

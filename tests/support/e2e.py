@@ -15,13 +15,16 @@ import sqlite3
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import pytest
+
 from agent.spime import peek_header
-from tests.conftest import DEMO_DBC
 from tests.support.agentrun import VIN, write_config
 from tests.support.broker import Mosquitto, Subscriber, wait_until
+from tests.support.data import DEMO_DBC
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIX = "spime/v1"
@@ -201,3 +204,15 @@ def retained_status(broker: Mosquitto, timeout: float = 30.0) -> dict[str, Any]:
         raise AssertionError("the status message was not retained")
     doc: dict[str, Any] = json.loads(msg.payload)
     return doc
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    # No in-flight limit towards subscribers: every message the broker acknowledges to the agent
+    # is written to the subscriber at once, never parked in a broker queue.
+    b = Mosquitto(tmp_path / "broker", max_inflight_messages=0)
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()

@@ -6,7 +6,7 @@ import sqlite3
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,17 +15,9 @@ from hypothesis import strategies as st
 
 from agent.config import OutboxConfig
 from agent.outbox import ROW_OVERHEAD, Outbox, OutboxEntry
+from tests.support.wait import wait_until
 
 WAIT = 10.0  # generous: the suite must pass on a loaded 2-core machine
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return cond()
 
 
 class Wall:
@@ -173,7 +165,7 @@ def test_acked_rows_are_deleted_and_never_returned(box: Outbox) -> None:
     box.ack(e.id for e in batch)
     # Hidden at once, even before the delete is committed.
     assert payloads(box.next_batch(10)) == [b"\x03", b"\x04"]
-    assert wait_until(lambda: box.stats().acked == 3)
+    assert wait_until(lambda: box.stats().acked == 3, WAIT)
     assert box.stats().rows == 2
     box.ack([999_999])  # unknown ids are harmless
     box.flush()
@@ -339,7 +331,7 @@ def test_concurrent_put_and_drain_loses_and_duplicates_nothing(tmp_path: Path) -
             ob.ack(e.id for e in batch)
         t.join()
         assert sorted(got) == list(range(n))
-        assert wait_until(lambda: ob.stats().rows == 0)
+        assert wait_until(lambda: ob.stats().rows == 0, WAIT)
         assert ob.stats().acked == n
 
 
@@ -368,5 +360,5 @@ def test_replace_rewrites_in_place_keeping_id_order_and_byte_count(box: Outbox) 
     assert box.stats().bytes == size - len(b"second-row") + len(b"2nd")
     assert [e.payload for e in box.next_batch(10)] == [b"first-row", b"2nd", b"third-row"]
     box.ack([ids[1]])
-    assert wait_until(lambda: box.stats().rows == 2)
+    assert wait_until(lambda: box.stats().rows == 2, WAIT)
     assert box.replace(ids[1], b"gone") is False

@@ -12,9 +12,10 @@ from pathlib import Path
 import can
 import cantools
 
-from tests.conftest import DEMO_DBC, make_demo_drive
-from tests.integration.test_live_virtual import DBC, Running, wait_for
+from tests.integration.test_live_virtual import DBC, Running
 from tests.support.agentrun import VIN, json_lines, write_config
+from tests.support.data import DEMO_DBC, make_demo_drive
+from tests.support.wait import wait_for
 
 
 def _config(tmp_path: Path, channel: str, **bus: object) -> Path:
