@@ -17,7 +17,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +74,32 @@ def _link_up(name: str | None) -> bool:
         return False
     # IFF_UP (0x1) and IFF_RUNNING (0x40); vcan reports operstate "unknown", so flags decide.
     return bool(flags & 0x1) and bool(flags & 0x40)
+
+
+def paced_batches(
+    frames: Iterable[tuple[float, Any, int]], clock: Callable[[], float], stop: threading.Event
+) -> Iterator[tuple[int, list[Any]]]:
+    """Group ``(due, frame, bus)`` items into ``(bus, batch)``: a batch ends at BATCH frames, at
+    a change of bus, and before waiting for a paced frame's due time, so nothing held waits
+    with it. Ends early when ``stop`` is set."""
+    batch: list[Any] = []
+    index = 0
+    for due, msg, i in frames:
+        if due and due - clock() > 0.002:
+            if batch:
+                yield index, batch
+                batch = []
+            if stop.wait(due - clock()):
+                return
+        if batch and (i != index or len(batch) >= BATCH):
+            yield index, batch
+            batch = []
+            if stop.is_set():
+                return
+        index = i
+        batch.append(msg)
+    if batch:
+        yield index, batch
 
 
 @dataclass
@@ -254,19 +280,7 @@ class Source:
             raise self._read_error
 
     def _replay(self) -> None:
-        batch: list[Any] = []
-        for due, msg, _ in self.frames():
-            if due and due - self.clock() > 0.002:
-                if batch:
-                    self._put_blocking(batch)
-                    batch = []
-                if self.stop.wait(due - self.clock()):
-                    return
-            batch.append(msg)
-            if len(batch) >= BATCH:
-                self._put_blocking(batch)
-                batch = []
-        if batch:
+        for _, batch in paced_batches(self.frames(), self.clock, self.stop):
             self._put_blocking(batch)
 
     # -- live --------------------------------------------------------------------------

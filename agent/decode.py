@@ -205,8 +205,8 @@ def _scan(text: str) -> _Scan:
     if dropped_ids:
         keep = True
         for i, line in enumerate(scan.lines):
-            if _BO.match(raw_lines[i]):
-                keep = int(_BO.match(raw_lines[i]).group(1)) not in dropped_ids  # type: ignore[union-attr]
+            if m := _BO.match(raw_lines[i]):
+                keep = int(m.group(1)) not in dropped_ids
             elif _SG.match(line) and not keep:
                 scan.lines[i] = ""
     scan.defects.sort(key=lambda d: d.line)

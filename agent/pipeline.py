@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.can_source import BATCH, END, Source
+from agent.can_source import BATCH, END, Source, paced_batches
 from agent.catalog import EXTENDED, Catalog
 from agent.config import Config
 from agent.decode import DecodeError, raw_decoder
@@ -212,41 +212,23 @@ class Pipeline:
         No reader threads: handing frames between threads costs more than reading them, and a
         merge by timestamp interleaves several logs as the buses carried them.
         """
+        batches: Iterator[tuple[int, list[Any]]]
         if len(self.sources) == 1 and self.sources[0].cfg.speed <= 0:
-            try:
-                for chunk in self.sources[0].batches():
-                    self._turn(0, chunk)
-                    if self.stop_event.is_set():
-                        break
-            except SourceError as err:
-                self.stats.source_errors.extend(err.problems)
-            self.finish()
-            return
-        merged: Iterator[tuple[float, Any, int]]
-        if len(self.sources) == 1:
-            merged = self.sources[0].frames()
+            # Unpaced single log: batches filled without a Python step per frame.
+            batches = ((0, chunk) for chunk in self.sources[0].batches())
         else:
-            merged = heapq.merge(*(src.frames() for src in self.sources), key=_frame_time)
-        batch: list[Any] = []
-        index = 0
-        clock = self.clock
+            frames: Iterator[tuple[float, Any, int]] = (
+                self.sources[0].frames()
+                if len(self.sources) == 1
+                else heapq.merge(*(src.frames() for src in self.sources), key=_frame_time)
+            )
+            batches = paced_batches(frames, self.clock, self.stop_event)
         try:
-            for due, msg, i in merged:
-                if due and due - clock() > 0.002:
-                    self._turn(index, batch)
-                    batch = []
-                    if self.stop_event.wait(due - clock()):
-                        break
-                if i != index or len(batch) >= BATCH:
-                    self._turn(index, batch)
-                    batch = []
-                    index = i
-                    if self.stop_event.is_set():
-                        break
-                batch.append(msg)
-            self._turn(index, batch)
+            for index, batch in batches:
+                self._turn(index, batch)
+                if self.stop_event.is_set():
+                    break
         except SourceError as err:
-            self._turn(index, batch)
             self.stats.source_errors.extend(err.problems)
         self.finish()
 

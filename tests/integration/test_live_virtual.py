@@ -149,3 +149,29 @@ def test_dead_bus_is_reported_down_while_a_quiet_one_is_silent(
         with can.Bus(interface="virtual", channel=channel, ignore_config=True) as car:
             car.send(can.Message(arbitration_id=0x100, data=bytes(8), is_extended_id=False))
             wait_for(lambda: run.agent.pipeline.source_states()["quiet"] == "up", what="up again")
+
+
+def test_a_replay_beside_a_live_bus_is_read_on_its_own_thread(tmp_path: Path, channel: str) -> None:
+    (tmp_path / "drive.log").write_text(
+        "".join(f"({1767225600 + i / 10:.6f}) can0 100#{i:02X}00000000000000\n" for i in range(30))
+    )
+    cfg = _config(
+        tmp_path,
+        [
+            {"name": "live", "interface": "virtual", "channel": channel, "dbc": ["car.dbc"]},
+            {
+                "name": "rec",
+                "interface": "replay",
+                "log": "drive.log",
+                "dbc": ["car.dbc"],
+                "speed": 10,
+            },
+        ],
+    )
+    with Running(cfg) as run:
+        states = run.agent.pipeline.source_states
+        wait_for(lambda: states()["rec"] == "finished", what="replay finished")
+        wait_for(lambda: len(run.samples()) >= 30, what="every replayed change")
+        assert states()["live"] in ("up", "silent")  # the live bus keeps the agent running
+    values = [v for _, name, v in run.samples() if name == "rec/Engine.Speed"]
+    assert values == [i * 0.01 for i in range(30)]
