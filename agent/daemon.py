@@ -405,6 +405,7 @@ class Agent:
                 samples=kept,
                 snapshot=head.snapshot,
                 event=head.event,
+                trigger=None if head.trigger is None else (head.trigger, head.trigger_t or 0),
             )
             if self.outbox.replace(row.id, payload):
                 rewritten += 1

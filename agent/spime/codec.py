@@ -24,7 +24,11 @@ VERSION = 1
 FLAG_SNAPSHOT = 0x01
 FLAG_DEFLATE = 0x02
 FLAG_EVENT = 0x04
-_KNOWN_FLAGS = FLAG_SNAPSHOT | FLAG_DEFLATE | FLAG_EVENT
+# The update is a triggered capture: the header carries the trigger's name and firing time.
+# Decoders that predate it refuse the update ("unknown flags") instead of misreading it.
+FLAG_TRIGGER = 0x08
+_KNOWN_FLAGS = FLAG_SNAPSHOT | FLAG_DEFLATE | FLAG_EVENT | FLAG_TRIGGER
+MAX_TRIGGER_NAME = 64
 _FIXED = struct.Struct("<BB8s8s")  # version, flags, schema id, boot id
 # Deflate pays off only above a few dozen bytes; below, its own framing costs more than it saves.
 _DEFLATE_MIN = 48
@@ -44,6 +48,9 @@ class Header:
     boot: str
     seq: int
     vin: str
+    # A triggered capture: the trigger's name and its firing time (Unix ms); else None.
+    trigger: str | None = None
+    trigger_t: int | None = None
 
 
 def _uvarint(out: bytearray, n: int) -> None:
@@ -108,11 +115,15 @@ def encode_update(
     event: bool = False,
     compress: bool = True,
     kinds: Mapping[int, str] | None = None,
+    trigger: tuple[str, int] | None = None,
 ) -> bytes:
     """Encode samples (in time order, or any order: groups are formed by equal consecutive
-    timestamps) into one update. ``kinds`` may pass ``{id: kind}`` precomputed for speed."""
+    timestamps) into one update. ``kinds`` may pass ``{id: kind}`` precomputed for speed.
+    ``trigger`` marks a capture: ``(name, firing time in Unix ms)``."""
     if len(boot) != 8:
         raise ValueError("boot id must be 8 bytes")
+    if trigger is not None and not 0 < len(trigger[0].encode()) <= MAX_TRIGGER_NAME:
+        raise ValueError(f"trigger name must be 1 to {MAX_TRIGGER_NAME} bytes")
     kinds = kinds if kinds is not None else _kinds(schema)
     body = bytearray()
     t0 = samples[0][0] if samples else 0
@@ -174,6 +185,8 @@ def encode_update(
             else:
                 body += pack_f64(raw)
     flags = (FLAG_SNAPSHOT if snapshot else 0) | (FLAG_EVENT if event else 0)
+    if trigger is not None:
+        flags |= FLAG_TRIGGER
     payload = bytes(body)
     if compress and len(payload) >= _DEFLATE_MIN:
         co = zlib.compressobj(1, zlib.DEFLATED, -15)
@@ -186,6 +199,11 @@ def encode_update(
     vin_b = vin.encode("ascii")
     _uvarint(head, len(vin_b))
     head += vin_b
+    if trigger is not None:
+        name_b = trigger[0].encode()
+        _uvarint(head, len(name_b))
+        head += name_b
+        _uvarint(head, trigger[1])
     return bytes(head) + payload
 
 
@@ -203,6 +221,16 @@ def _read_header(payload: bytes) -> tuple[Header, int, int]:
         vin = r.take(r.uvarint()).decode("ascii")
     except UnicodeDecodeError:
         raise WireFormatError("VIN is not ASCII") from None
+    trigger = trigger_t = None
+    if flags & FLAG_TRIGGER:
+        size = r.uvarint()
+        if not 0 < size <= MAX_TRIGGER_NAME:
+            raise WireFormatError(f"trigger name of {size} bytes (1 to {MAX_TRIGGER_NAME})")
+        try:
+            trigger = r.take(size).decode()
+        except UnicodeDecodeError:
+            raise WireFormatError("trigger name is not UTF-8") from None
+        trigger_t = r.uvarint()
     head = Header(
         version=version,
         snapshot=bool(flags & FLAG_SNAPSHOT),
@@ -211,6 +239,8 @@ def _read_header(payload: bytes) -> tuple[Header, int, int]:
         boot=boot.hex(),
         seq=seq,
         vin=vin,
+        trigger=trigger,
+        trigger_t=trigger_t,
     )
     return head, flags, r.pos
 
@@ -272,14 +302,17 @@ def decode_update(payload: bytes, schema: Schema) -> dict[str, Any]:
     """Decode an update to the JSON object the agent documents (and prints in --dry-run)."""
     head, samples = decode_samples(payload, schema)
     by_id = schema.by_id
-    return {
+    doc: dict[str, Any] = {
         "vin": head.vin,
         "boot": head.boot,
         "seq": head.seq,
         "schema": head.schema_id,
         "snapshot": head.snapshot,
-        "samples": [
-            {"t": t / 1000, "signal": by_id[sid].name, "value": by_id[sid].physical(raw)}
-            for t, sid, raw in samples
-        ],
     }
+    if head.trigger is not None:
+        doc["trigger"] = {"name": head.trigger, "t": (head.trigger_t or 0) / 1000}
+    doc["samples"] = [
+        {"t": t / 1000, "signal": by_id[sid].name, "value": by_id[sid].physical(raw)}
+        for t, sid, raw in samples
+    ]
+    return doc
