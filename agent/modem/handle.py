@@ -19,6 +19,7 @@ from agent.config import ModemConfig
 from agent.modem.probe import PinLedger, ProbeMemory, probe, read_iccid, responds
 from agent.modem.report import ModemError, ModemReport, PortGone
 from agent.modem.transport import AtTransport
+from agent.ratelimit import Interval
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,9 @@ class ModemHandle:
         self.resets = 0
         self.rescans = 0
         self.found_again = 0
-        self._last_reopen = -float("inf")
-        self._last_reset = -float("inf")
-        self._last_rescan = -float("inf")
+        self._reopen_gate = Interval(self._rec.reopen_interval, clock)
+        self._reset_gate = Interval(self._rec.reset_interval, clock)
+        self._rescan_gate = Interval(self._rec.rescan_interval, clock)
 
     @staticmethod
     def _is_glob(port: str) -> bool:
@@ -153,9 +154,8 @@ class ModemHandle:
     def _open(self, candidates: Callable[[], list[str]], now: float) -> bool:
         if self.port is not None and self._try_open(self.port):
             return True
-        if now - self._last_rescan < self._rec.rescan_interval:
+        if not self._rescan_gate.allow(now):
             return False
-        self._last_rescan = now
         self.rescans += 1
         found = self._rescan(candidates())
         if found is None:
@@ -203,12 +203,9 @@ class ModemHandle:
     def _failed(self, why: str, now: float) -> ModemReport:
         self.failures += 1
         if self._t is not None:
-            if self.failures >= self._rec.reset_after and (
-                now - self._last_reset >= self._rec.reset_interval
-            ):
-                self._reset(now)
-            elif now - self._last_reopen >= self._rec.reopen_interval:
-                self._last_reopen = now
+            if self.failures >= self._rec.reset_after and self._reset_gate.allow(now):
+                self._reset()
+            elif self._reopen_gate.allow(now):
                 self.reopens += 1
                 log.warning(
                     "modem %s does not answer (%s): reopening %s", self.name, why, self.port
@@ -216,8 +213,7 @@ class ModemHandle:
                 self.close()
         return ModemReport(self.name, self.port or self.cfg.port, responding=False, error=why)
 
-    def _reset(self, now: float) -> None:
-        self._last_reset = now
+    def _reset(self) -> None:
         self.resets += 1
         log.warning(
             "modem %s still silent after %d checks: sending AT+CFUN=1,1", self.name, self.failures

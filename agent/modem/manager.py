@@ -24,6 +24,7 @@ from agent.modem.link import run_link_command
 from agent.modem.policy import SelectionPolicy
 from agent.modem.probe import PinLedger
 from agent.modem.report import ModemReport, Switch
+from agent.ratelimit import Interval
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class ModemManager:
         self._checks = 0
         self._errors = 0
         self._link_failures = 0
-        self._last_error_log = -float("inf")
+        self._error_log = Interval(_ERROR_LOG_EVERY)
 
     @classmethod
     def from_config(cls, cfg: Config, **kwargs: Any) -> ModemManager:
@@ -234,7 +235,5 @@ class ModemManager:
 
     def _count_error(self, what: str) -> None:
         self._errors += 1
-        now = time.monotonic()
-        if now - self._last_error_log >= _ERROR_LOG_EVERY:
-            self._last_error_log = now
+        if self._error_log.allow():
             log.exception("%s (%d errors so far)", what, self._errors)
