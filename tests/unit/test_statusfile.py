@@ -167,22 +167,32 @@ def test_concurrent_reader_never_sees_a_partial_document(tmp_path: Path) -> None
     big = {**DOC, "padding": "x" * 200_000}
     write_status(path, big)
     stop = threading.Event()
+    failure: list[BaseException] = []
 
     def writer() -> None:
         n = 0
-        while not stop.is_set():
-            n += 1
-            write_status(path, {**big, "n": n})
+        try:
+            while not stop.is_set():
+                n += 1
+                write_status(path, {**big, "n": n})
+        except BaseException as exc:  # surfaced by the reader's loop below
+            failure.append(exc)
 
     t = threading.Thread(target=writer)
     t.start()
     try:
-        seen = set()
-        for _ in range(300):
+        # Keep reading until the reader has seen several distinct documents, i.e. it did
+        # overlap the writer: how many reads that takes depends on scheduling, so the loop
+        # waits on that condition (with a deadline) instead of counting reads.
+        seen: set[int | None] = set()
+        deadline = time.monotonic() + 60.0
+        while len(seen) < 5:
+            assert not failure, f"writer failed: {failure[0]!r}"
+            assert time.monotonic() < deadline, f"reader saw only {sorted(map(str, seen))}"
             doc = json.loads(path.read_bytes())  # a torn file would not parse
+            assert len(doc["padding"]) == 200_000
             seen.add(doc.get("n"))
-        assert len(doc["padding"]) == 200_000
     finally:
         stop.set()
         t.join(10)
-    assert len(seen) > 1  # the reader did overlap the writer
+    assert not t.is_alive()
