@@ -25,11 +25,9 @@ left to the dealer (the summary prints the command).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import os
 import pwd
-import tempfile
 import tomllib
 from collections import Counter
 from collections.abc import Mapping
@@ -37,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from agent.atomicfile import write_atomic
 from agent.config import COARSE_LOCATION, CONSENT_CATEGORIES, Config, parse_config
 from agent.errors import AgentError
 from agent.tlscheck import check_broker, tls_problems
@@ -326,35 +325,6 @@ def _existing(path: Path) -> tuple[dict[str, Any] | None, str | None]:
 
 
 # -- writing ---------------------------------------------------------------------------------
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(
-    path: Path, data: bytes, mode: int = 0o600, owner: tuple[int, int] | None = None
-) -> None:
-    """Replace ``path`` with ``data`` so that a power cut leaves the old or the new file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            if owner is not None:
-                os.fchown(f.fileno(), *owner)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def backup_path(config: Path) -> Path:
     return config.with_name(config.name + ".bak")
 
@@ -466,8 +436,10 @@ def run_activate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin_is_tt
     had_file = config_path.exists()
     try:
         if had_file:
-            write_atomic(backup_path(config_path), config_path.read_bytes(), 0o600, owner)
-        write_atomic(config_path, text.encode(), 0o600, owner)
+            write_atomic(
+                backup_path(config_path), config_path.read_bytes(), mode=0o600, owner=owner
+            )
+        write_atomic(config_path, text.encode(), mode=0o600, owner=owner)
     except OSError as e:
         err.write(f"--config {config_path}: cannot write: {e.strerror or e}\n")
         return EXIT_FAILED

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from agent.atomicfile import fsync_dir
 from agent.config import OutboxConfig
 from agent.errors import OutboxError
 from agent.ratelimit import RateLimitedLog
@@ -540,11 +541,7 @@ class Outbox:
                 side = Path(f"{path}{suffix}")
                 if side.exists():
                     os.replace(side, f"{target}{suffix}")
-            fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(path.parent)
         except OSError as err:
             raise OutboxError(
                 f"{path}: corrupt outbox ({reason}) cannot be moved aside: {err.strerror or err}"

@@ -3,16 +3,16 @@
 An update names its schema by id. A reload or a new config changes the schema while older
 updates still wait in the outbox; the backend can only decode them if their schema is published
 too. This module writes each schema the agent uses to ``<state dir>/schemas/<id>.json``
-(atomically) and reads them back. It does not publish (agent.uplink) nor choose what to purge
-(agent.daemon).
+(through agent.atomicfile, as durable as an outbox row) and reads them back. It does not
+publish (agent.uplink) nor choose what to purge (agent.daemon).
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
+from agent.atomicfile import write_atomic
 from agent.errors import SchemaError
 from agent.spime import Schema
 
@@ -28,12 +28,9 @@ class SchemaStore:
         path = self.directory / f"{schema.id}.json"
         if path.exists():
             return
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(schema.dumps())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        # Durable like an outbox row (file and folder fsynced): a stored update whose schema
+        # file vanished in a power cut could never be decoded.
+        write_atomic(path, schema.dumps().encode(), mode=0o644)
 
     def load(self, schema_id: str) -> Schema | None:
         path = self.directory / f"{schema_id}.json"

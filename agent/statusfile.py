@@ -1,8 +1,8 @@
 """The status file: the running agent's state as one JSON document, for `spime-agent status`.
 
 The daemon calls ``write_status`` every ``[status] interval`` seconds; the file is replaced
-atomically (temporary file in the same folder, then rename), so a reader never sees half a
-document. It lives on a tmpfs (/run), so there is no fsync. ``run_status`` reads it back and
+through agent.atomicfile, so a reader never sees half a document (it lives on a tmpfs, /run,
+where the helper's fsyncs cost next to nothing). ``run_status`` reads it back and
 prints a summary for humans (or the document itself as JSON) and says when the file is too old
 for the agent to be running. What goes into the document is the daemon's business (see
 ``agent.daemon.Agent.status``); this module only adds when it was written and how often.
@@ -10,16 +10,14 @@ for the agent to be running. What goes into the document is the daemon's busines
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent.atomicfile import write_atomic
 from agent.errors import AgentError
 
 # The key this module adds to the document: {"written": wall time, "interval": seconds}.
@@ -35,17 +33,7 @@ def write_status(path: Path, doc: Mapping[str, Any], *, interval: float = DEFAUL
     path = Path(path)
     body = {**doc, META: {"written": round(time.time(), 3), "interval": interval}}
     data = json.dumps(body, ensure_ascii=False, sort_keys=True, default=str).encode() + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # mkstemp creates 0600; the status is meant for any local user.
-            os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, data, mode=0o644)  # the status is meant for any local user
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from agent.outbox import Outbox
 from agent.pipeline import Pipeline
 from agent.sdnotify import Notifier
 from agent.spime import decode_update
+from agent.spime.codec import uvarint_len
 from agent.updates import Update
 from agent.uplink import Uplink
 
@@ -149,19 +150,11 @@ def mb(n: float) -> str:
     return f"{n / 1e6:.1f} MB"
 
 
-def varint_len(n: int) -> int:
-    size = 1
-    while n > 0x7F:
-        n >>= 7
-        size += 1
-    return size
-
-
 def publish_size(topic_len: int, payload_len: int) -> int:
     """Bytes of one QoS 1 MQTT 5 PUBLISH without properties: fixed header, remaining length,
     topic, packet id, empty property length, payload (the same estimate as the uplink's)."""
     remaining = 2 + topic_len + 2 + 1 + payload_len
-    return 1 + varint_len(remaining) + remaining
+    return 1 + uvarint_len(remaining) + remaining
 
 
 # ---- parts: broker, configs, drives ----------------------------------------------------------

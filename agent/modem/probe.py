@@ -9,12 +9,12 @@ modem handle, and deciding between modems to the policy.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agent.atomicfile import write_atomic
 from agent.config import ModemConfig
 from agent.modem import fields as f
 from agent.modem.report import AtTimeout, ModemReport
@@ -56,9 +56,8 @@ class PinLedger:
                 return
             try:
                 self._path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self._path.with_suffix(".tmp")
-                tmp.write_text("\n".join(sorted(self._tried)) + "\n")
-                os.replace(tmp, self._path)
+                data = ("\n".join(sorted(self._tried)) + "\n").encode()
+                write_atomic(self._path, data, mode=0o600)
             except OSError as err:
                 log.warning("%s: cannot write PIN ledger: %s", self._path, err)
 

@@ -30,6 +30,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent.atomicfile import replace_symlink
+
 SCENARIOS: tuple[str, ...] = (
     "healthy",
     "iot_home",
@@ -227,11 +229,7 @@ class ModemSimulator:
         self.enumerations += 1
         if link is not None:
             link.parent.mkdir(parents=True, exist_ok=True)
-            tmp = link.with_name(link.name + ".new")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            os.symlink(self._slave_path, tmp)
-            os.replace(tmp, link)
+            replace_symlink(link, self._slave_path)
             self._link = link
 
     def _close_pty(self) -> None:

@@ -53,6 +53,12 @@ class Header:
     trigger_t: int | None = None
 
 
+def uvarint_len(n: int) -> int:
+    """Bytes of ``n`` (>= 0) as an unsigned LEB128 varint: the spime wire format's numbers and
+    MQTT's remaining length are both written this way, 7 bits per byte."""
+    return max(1, -(-n.bit_length() // 7))
+
+
 def _uvarint(out: bytearray, n: int) -> None:
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
