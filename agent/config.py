@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
-import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -25,6 +24,7 @@ from pydantic import (
     model_validator,
 )
 
+from agent import vin
 from agent.errors import ConfigError
 
 # Interfaces handled by python-can are passed through by name; "replay" is ours.
@@ -33,8 +33,6 @@ Priority = Literal["telemetry", "event"]
 PRIORITIES: tuple[Priority, ...] = ("telemetry", "event")
 CONSENT_CATEGORIES = ("location", "driving", "vehicle_health", "diagnostics")
 COARSE_LOCATION = "coarse_location"
-
-_VIN_CHARS = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
 
 
 class _Model(BaseModel):
@@ -62,9 +60,11 @@ class VehicleConfig(_Model):
     @field_validator("vin")
     @classmethod
     def _vin_shape(cls, v: str) -> str:
-        v = v.strip().upper()
-        if not _VIN_CHARS.match(v):
-            raise ValueError("must be 17 characters of A-Z and 0-9 without I, O or Q")
+        # One rule for the VIN everywhere (shape and, where its region uses one, check digit).
+        v = vin.normalize(v)
+        problems = vin.vin_problems(v)
+        if problems:
+            raise ValueError(problems[0])
         return v
 
 

@@ -50,7 +50,7 @@ def vin_problems(vin: str) -> list[str]:
     bad = sorted({c for c in vin if c not in _VALUES})
     if bad:
         shown = ", ".join(repr(c) for c in bad)
-        return [f"VIN {vin!r}: characters not allowed in a VIN: {shown} (never I, O or Q)"]
+        return [f"VIN {vin!r}: characters not allowed: {shown} (A-Z and 0-9 without I, O or Q)"]
     if uses_check_digit(vin):
         want = check_digit(vin)
         if vin[8] != want:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from agent.config import VehicleConfig
 from agent.vin import _VALUES, check_digit, is_valid, normalize, uses_check_digit, vin_problems
 
 NA_EXAMPLE = "1M8GDM9AXKP042788"  # the textbook North-American example (check digit X)
@@ -84,3 +86,14 @@ def test_one_mistyped_character_is_caught(vin: str, pos: int, char: str) -> None
 @given(vins.filter(lambda v: not uses_check_digit(v)))
 def test_other_regions_accept_any_ninth_character(vin: str) -> None:
     assert vin_problems(vin) == []
+
+
+@pytest.mark.parametrize("vin", ["1M8GDM9A1KP042788", "WVWZZZ1JZXWQ00001", "ABC"])
+def test_the_config_refuses_what_the_vin_rules_refuse(vin: str) -> None:
+    with pytest.raises(ValidationError) as exc:
+        VehicleConfig(vin=vin)
+    assert vin_problems(vin)[0] in str(exc.value)
+
+
+def test_the_config_keeps_the_normalized_vin() -> None:
+    assert VehicleConfig(vin=" 1m8gdm9axkp042788 ").vin == NA_EXAMPLE
