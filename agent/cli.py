@@ -224,6 +224,29 @@ def cmd_listen(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from agent.atomicfile import write_atomic
+    from agent.control.envelope import generate_key, key_id, private_pem, public_pem
+
+    out: Path = args.out
+    pub = out.with_name(out.name + ".pub")
+    existing = [str(p) for p in (out, pub) if p.exists()]
+    if existing and not args.force:
+        raise AgentError(f"--out {out}: {', '.join(existing)} exists; use --force to replace")
+    if not out.parent.is_dir():
+        raise AgentError(f"--out {out}: folder {out.parent} does not exist")
+    key = generate_key()
+    try:
+        write_atomic(out, private_pem(key), mode=0o600)
+        write_atomic(pub, public_pem(key.public_key()), mode=0o644)
+    except OSError as err:
+        raise AgentError(f"--out {out}: cannot write: {err.strerror or err}") from None
+    print(
+        f"private key {out} (keep it secret), public key {pub}, key id {key_id(key.public_key())}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spime-agent",
@@ -295,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     li.add_argument("--username", help="password from $SPIME_MQTT_PASSWORD")
     li.add_argument("--brief", action="store_true", help="one human line per update, not JSON")
     li.set_defaults(func=cmd_listen)
+
+    kg = sub.add_parser("keygen", help="make an Ed25519 command key pair (fleet side)")
+    kg.add_argument("--out", required=True, type=Path, help="private key file; public key .pub")
+    kg.add_argument("--force", action="store_true", help="replace existing key files")
+    kg.set_defaults(func=cmd_keygen)
     return p
 
 
