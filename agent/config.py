@@ -264,7 +264,14 @@ class ModemPolicyConfig(_Model):
     fallback: list[str] = Field(default_factory=list)
     home_networks: list[str] = Field(default_factory=list)  # MCCMNC codes
     allow_roaming: bool = False
-    min_signal_dbm: float = -105.0
+    # RSRP (LTE, AT+CESQ) and RSSI (AT+CSQ) are different quantities: RSRP is measured per
+    # resource element and reads 20-30 dB lower than RSSI on the same link, so each has its own
+    # threshold and a modem's reading is only ever held against its own measure's.
+    min_rsrp_dbm: float = -115.0
+    min_rssi_dbm: float = -95.0
+    # Deprecated: one figure for both measures (its meaning before the two keys above existed).
+    # Still honoured for the measures whose own key is not given; the manager warns about it.
+    min_signal_dbm: float | None = None
     signal_hysteresis_db: float = Field(default=6.0, ge=0)
     weak_checks: int = Field(default=3, ge=1)
     check_interval: PositiveSeconds = 30.0
@@ -283,6 +290,19 @@ class ModemPolicyConfig(_Model):
     # On a tmpfs, so "a PIN at most once per boot" survives agent restarts but not reboots.
     pin_ledger: Path | None = Path("/run/spime-agent/pin-tried")
     history: int = Field(default=20, ge=1)  # switches kept for the status
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_min_signal(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("min_signal_dbm") is not None:
+            data = dict(data)
+            data.setdefault("min_rsrp_dbm", data["min_signal_dbm"])
+            data.setdefault("min_rssi_dbm", data["min_signal_dbm"])
+        return data
+
+    def min_dbm(self, source: str | None) -> float:
+        """The weak-signal threshold for a reading of ``source`` ("rsrp" or "csq")."""
+        return self.min_rsrp_dbm if source == "rsrp" else self.min_rssi_dbm
 
 
 class ConsentRule(_Model):

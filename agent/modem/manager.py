@@ -45,6 +45,13 @@ class ModemManager:
         history: int = 20,
     ) -> None:
         self._cfg = policy
+        if policy.min_signal_dbm is not None:
+            log.warning(
+                "[modems] min_signal_dbm is deprecated: it sets both thresholds; use "
+                "min_rsrp_dbm (LTE RSRP, now %g) and min_rssi_dbm (RSSI from AT+CSQ, now %g)",
+                policy.min_rsrp_dbm,
+                policy.min_rssi_dbm,
+            )
         self._search = tuple(search)
         self.on_switch = on_switch
         pins = PinLedger(pin_ledger)

@@ -192,7 +192,13 @@ def probe(
     for prefix, cmd in (("+CEREG:", "AT+CEREG?"), ("+CGREG:", "AT+CGREG?"), ("+CREG:", "AT+CREG?")):
         r = _ask(t, cmd)
         regs[prefix] = f.parse_reg(r.lines, prefix) if r is not None and r.ok else None
-    registration = f.best_registration(list(regs.values()))
+    # Data needs packet service (EPS or GPRS); circuit service (CREG) only carries voice and
+    # SMS. CREG stands in only for a modem that answers neither packet query.
+    packet = [regs["+CEREG:"], regs["+CGREG:"]]
+    if any(p is not None for p in packet):
+        registration = f.best_registration(packet)
+    else:
+        registration = f.best_registration([regs["+CREG:"]])
 
     csq = _ask(t, "AT+CSQ")
     csq_dbm = f.parse_csq_dbm(csq.lines) if csq is not None and csq.ok else None
@@ -222,4 +228,5 @@ def probe(
         signal_dbm=signal,
         signal_source=source,
         attached=attached,
+        cs_registration=regs["+CREG:"],
     )

@@ -32,13 +32,15 @@ class ModemReport:
     sim: str = "unknown"
     iccid: str | None = None
     imsi: str | None = None
-    operator: str | None = None  # numeric MCCMNC
-    registration: str = "unknown"
-    roaming: bool | None = None  # by the allowed home networks list when there is one
+    operator: str | None = None  # numeric MCCMNC of the network registered on
+    registration: str = "unknown"  # packet service (CEREG/CGREG): what data needs
+    roaming: bool | None = None  # against the SIM's own home network (see probe)
     signal_dbm: float | None = None
-    signal_source: str | None = None  # "rsrp" (LTE) or "csq"
-    attached: bool | None = None
+    signal_source: str | None = None  # "rsrp" (LTE, AT+CESQ) or "csq" (RSSI, AT+CSQ)
+    attached: bool | None = None  # packet domain attach (AT+CGATT?)
     error: str | None = None
+    cs_registration: str | None = None  # circuit service (CREG): voice and SMS only
+    home_network: str | None = None  # the SIM's home MCCMNC, when known
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -3,9 +3,10 @@
 Serves one ``os.openpty()`` pair from a thread: the agent opens the slave path (or a symlink to
 it) exactly like a USB modem port and talks AT to it. Scenarios set the starting state (healthy,
 no SIM, PIN or PUK locked, searching, denied, roaming, weak or fading signal, hung, garbage and
-URC storms, hung until reset); tests change the state with calls (``set``, ``hang``, ``urc``,
-``reenumerate``), never by wall time, except the short silence after ``AT+CFUN=1,1``. Each
-simulated modem has its own ICCID/IMSI/operator and answers one ICCID command variant.
+URC storms, hung until reset, registered for voice only, detached from packet data); tests
+change the state with calls (``set``, ``hang``, ``urc``, ``reenumerate``), never by wall time,
+except the short silence after ``AT+CFUN=1,1``. Each simulated modem has its own
+ICCID/IMSI/operator and answers one ICCID command variant.
 
 Shell use (kept running until killed; the symlink follows re-enumerations)::
 
@@ -47,6 +48,8 @@ SCENARIOS: tuple[str, ...] = (
     "garbage",
     "urc_storm",
     "reset",
+    "voice_only",
+    "detached",
 )
 ICCID_VARIANTS = ("AT+QCCID", "AT+CCID", "AT+ICCID", "AT+CRSM")
 FOREIGN_OPERATOR = "23415"
@@ -74,7 +77,10 @@ class ModemState:
     sim: str = "ready"  # ready, absent, pin, puk
     pin: str = "1234"
     pin_tries: int = 3
-    reg: int = 1  # 3GPP stat: 0 none, 1 home, 2 searching, 3 denied, 5 roaming
+    reg: int = 1  # 3GPP stat of packet service (CEREG, CGREG): 0 none, 1 home, 2 searching,
+    # 3 denied, 5 roaming
+    creg: int | None = None  # stat of circuit service (CREG); None: the same as reg
+    attached: bool | None = None  # AT+CGATT?; None: attached whenever registered
     rssi: int = 20  # AT+CSQ raw value (0..31, 99 unknown)
     rsrp: int | None = None  # AT+CESQ raw value (None: answers 255, unknown)
     fade: tuple[int, ...] = ()  # rssi per AT+CSQ, the last one sticks
@@ -123,6 +129,10 @@ def scenario_state(scenario: str, ident: int = 0, **overrides: Any) -> ModemStat
         s.garbage = True
     elif scenario == "urc_storm":
         s.urc_storm = True
+    elif scenario == "voice_only":
+        s.reg, s.creg = 2, 1  # registered for calls, still searching for packet service
+    elif scenario == "detached":
+        s.attached = False  # registered, but packet data detached (or barred)
     return replace(s, **overrides)
 
 
@@ -385,8 +395,9 @@ class ModemSimulator:
             return ([], err) if err else ([st.imsi], "OK")
         if upper.startswith("AT+COPS="):
             return [], "OK"
+        registered = err is None and (st.reg in (1, 5) or st.creg in (1, 5))
         if upper == "AT+COPS?":
-            if st.reg in (1, 5) and err is None:
+            if registered:
                 return [f'+COPS: 0,2,"{st.operator}",7'], "OK"
             return ["+COPS: 0"], "OK"
         if upper == "AT+CSQ":
@@ -399,10 +410,13 @@ class ModemSimulator:
             return [f"+CESQ: 99,99,255,255,{255 if st.rsrp is None else 20},{rsrp}"], "OK"
         for reg in ("CREG", "CGREG", "CEREG"):
             if upper == f"AT+{reg}?":
-                stat = st.reg if err is None else 0
-                return [f"+{reg}: 0,{stat}"], "OK"
+                stat = st.creg if reg == "CREG" and st.creg is not None else st.reg
+                return [f"+{reg}: 0,{stat if err is None else 0}"], "OK"
         if upper == "AT+CGATT?":
-            return [f"+CGATT: {1 if st.reg in (1, 5) and err is None else 0}"], "OK"
+            attached = st.reg in (1, 5) and err is None
+            if st.attached is not None:
+                attached = st.attached and err is None
+            return [f"+CGATT: {int(attached)}"], "OK"
         return [], "ERROR"
 
     def _enter_pin(self, cmd: str) -> tuple[list[str], str]:

@@ -6,6 +6,7 @@ Waits are conditions polled with generous deadlines; the check interval is tiny.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -65,7 +66,7 @@ class Rig:
             "check_interval": 0.05,
             "command_timeout": 1.0,
             "weak_checks": 2,
-            "min_signal_dbm": -105.0,
+            "min_rssi_dbm": -105.0,
             "return_delay": 3600.0,
         }
         params.update(policy)
@@ -144,6 +145,8 @@ def test_primary_fades_out_and_the_link_command_runs(rig: Rig) -> None:
         ({"reg": 3}, "denied"),
         ({"reg": 2}, "not_registered"),
         ({"reg": 5, "operator": FOREIGN_OPERATOR}, "roaming"),
+        ({"reg": 2, "creg": 1}, "no_packet_service"),
+        ({"attached": False}, "not_attached"),
         ({"hung": True, "obeys_reset": False}, "not_responding"),
     ],
 )
@@ -227,3 +230,14 @@ def test_hung_modem_never_blocks_status_or_stop(rig: Rig) -> None:
     start = time.monotonic()
     mgr.stop()
     assert time.monotonic() - start < DEADLINE
+
+
+def test_deprecated_min_signal_dbm_is_warned_about(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    modems = [ModemConfig(name="a", port=str(tmp_path / "none"))]
+    with caplog.at_level(logging.WARNING, logger="agent.modem.manager"):
+        ModemManager(modems, ModemPolicyConfig(min_signal_dbm=-100.0, pin_ledger=None))
+        ModemManager(modems, ModemPolicyConfig(pin_ledger=None))
+    warned = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
+    assert len(warned) == 1 and "min_rsrp_dbm" in warned[0] and "-100" in warned[0]

@@ -71,6 +71,13 @@ def test_healthy_modem_every_iccid_variant(sims: Any, variant: str) -> None:
         ("roaming", {"registration": f.REG_ROAMING, "roaming": True, "operator": FOREIGN_OPERATOR}),
         ("iot_home", {"registration": f.REG_ROAMING, "roaming": False, "operator": "26201"}),
         ("weak", {"signal_dbm": -107.0}),
+        # Data needs packet service: CREG alone (voice, SMS) is not what the report calls
+        # registered, and a detached modem says so.
+        (
+            "voice_only",
+            {"registration": f.REG_SEARCHING, "cs_registration": f.REG_HOME, "attached": False},
+        ),
+        ("detached", {"registration": f.REG_HOME, "attached": False}),
         ("garbage", {"sim": f.SIM_READY, "registration": f.REG_HOME, "signal_dbm": -73.0}),
         ("urc_storm", {"sim": f.SIM_READY, "registration": f.REG_HOME, "signal_dbm": -73.0}),
     ],
@@ -197,3 +204,31 @@ def test_modems_report_with_a_missing_port_and_a_glob_port(sims: Any, tmp_path: 
     assert rep.reports[1].iccid == identity(1)[0]
     assert not rep.reports[0].responding and "no such port" in (rep.reports[0].error or "")
     assert "no answer" in render_table(rep)
+
+
+def test_data_not_voice_decides_at_start(sims: Any) -> None:
+    a = sims("voice_only", ident=1)
+    b = sims("detached", ident=2, iccid_command="AT+CCID")
+    c = sims("healthy", ident=3, iccid_command="AT+CRSM")
+    rep = modems_report(
+        config([{"name": n, "port": s.port} for n, s in zip("abc", (a, b, c), strict=True)])
+    )
+    assert rep.chosen == "c"
+    problems = {n: p.code for n, p in rep.problems.items() if p is not None}
+    assert problems == {"a": "no_packet_service", "b": "not_attached"}
+    assert "primary a: registered for voice only" in rep.why.text
+
+
+def test_a_primary_above_its_rsrp_minimum_is_chosen_at_start(sims: Any) -> None:
+    # RSRP -101 dBm (CESQ 40) on LTE: above min_rsrp_dbm -105, inside the 6 dB margin.
+    a = sims("healthy", ident=1, rsrp=40)
+    b = sims("healthy", ident=2, iccid_command="AT+CCID")
+    rep = modems_report(
+        config(
+            [{"name": "a", "port": a.port}, {"name": "b", "port": b.port}],
+            min_rsrp_dbm=-105.0,
+            signal_hysteresis_db=6.0,
+        )
+    )
+    assert rep.reports[0].signal_dbm == -101.0 and rep.reports[0].signal_source == "rsrp"
+    assert (rep.chosen, rep.why.text) == ("a", "a chosen at start: the primary")

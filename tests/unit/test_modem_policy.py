@@ -87,6 +87,10 @@ def test_no_usable_modem_chooses_none() -> None:
         ({"registration": "searching"}, "not_registered"),
         ({"registration": "not_registered"}, "not_registered"),
         ({"registration": "roaming", "operator": "23415", "roaming": True}, "roaming"),
+        # Data matters, not voice: registered for circuit service only, or not attached.
+        ({"registration": "searching", "cs_registration": "home"}, "no_packet_service"),
+        ({"registration": "not_registered", "cs_registration": "roaming"}, "no_packet_service"),
+        ({"attached": False}, "not_attached"),
     ],
 )
 def test_switch_away_rules(change: dict[str, Any], code: str) -> None:
@@ -95,8 +99,12 @@ def test_switch_away_rules(change: dict[str, Any], code: str) -> None:
     sw = p.update(reports(a=change))
     assert sw is not None
     assert (sw.from_name, sw.to_name, sw.code) == ("a", "b", code)
-    assert sw.text and p.reason.code == code
+    assert sw.text.startswith("a: ") and "a: a:" not in sw.text
+    assert p.reason.code == code
     assert p.switches[-1] == sw
+    # The per-modem verdict leaves the name to whoever shows it next to the modem.
+    problem = p.verdicts["a"]
+    assert problem is not None and problem.code == code and not problem.text.startswith("a")
 
 
 def test_roaming_at_home_is_not_roaming_and_roaming_can_be_allowed() -> None:
@@ -109,7 +117,7 @@ def test_roaming_at_home_is_not_roaming_and_roaming_can_be_allowed() -> None:
 
 
 def test_weak_signal_needs_n_checks_in_a_row() -> None:
-    p, _ = make(min_signal_dbm=-105.0, weak_checks=3)
+    p, _ = make(min_rssi_dbm=-105.0, weak_checks=3)
     p.update(reports())
     weak = {"a": {"signal_dbm": -110.0}}
     assert p.update(reports(**weak)) is None
@@ -122,7 +130,7 @@ def test_weak_signal_needs_n_checks_in_a_row() -> None:
 
 
 def test_hysteresis_a_candidate_needs_threshold_plus_margin() -> None:
-    p, _ = make(min_signal_dbm=-105.0, signal_hysteresis_db=6.0, weak_checks=1)
+    p, _ = make(min_rssi_dbm=-105.0, signal_hysteresis_db=6.0, weak_checks=1)
     p.update(reports())
     # b is above the threshold but inside the margin; c clears it.
     sw = p.update(
@@ -212,7 +220,7 @@ def test_a_primary_that_held_resets_the_delay() -> None:
 
 
 def test_return_needs_the_primary_above_the_hysteresis_margin() -> None:
-    p, clock = make(min_signal_dbm=-105.0, signal_hysteresis_db=6.0, return_delay=60.0)
+    p, clock = make(min_rssi_dbm=-105.0, signal_hysteresis_db=6.0, return_delay=60.0)
     p.update(reports())
     p.update(reports(a={"sim": "absent"}))
     clock.t += 60
@@ -246,3 +254,119 @@ def test_switch_history_is_bounded() -> None:
         down = "a" if i % 2 == 0 else "b"
         p.update({n: healthy(n, sim="absent" if n == down else "ready") for n in ("a", "b")})
     assert len(p.switches) == 3
+
+
+def test_a_usable_primary_is_chosen_at_start_even_inside_the_margin() -> None:
+    # -101 dBm RSRP is above the -105 minimum but inside the 6 dB needed to take over: at start
+    # nothing is kept, so nothing is taken over, and no return delay follows.
+    p, _ = make(min_rsrp_dbm=-105.0, signal_hysteresis_db=6.0)
+    sw = p.update(reports(a={"signal_dbm": -101.0, "signal_source": "rsrp"}))
+    assert sw is not None and (sw.to_name, sw.code) == ("a", "initial")
+    assert sw.text == "a chosen at start: the primary"
+    assert p.return_due is None
+
+
+def test_at_start_a_modem_above_its_threshold_beats_one_below() -> None:
+    p, _ = make(min_rssi_dbm=-95.0, weak_checks=3)
+    sw = p.update(reports(a={"signal_dbm": -101.0}))
+    assert p.active == "b" and sw is not None
+    assert sw.text.endswith("(primary a: RSSI -101 dBm, below -95 dBm)")
+    q, _ = make(min_rssi_dbm=-95.0, weak_checks=3)
+    weak = {"signal_dbm": -101.0}
+    q.update(reports(a=weak, b=weak, c=weak))
+    assert q.active == "a"  # all below: usable still beats none, in order
+
+
+def test_a_primary_not_ready_at_start_is_taken_as_soon_as_it_can_take_over() -> None:
+    p, clock = make(return_delay=600.0, min_rssi_dbm=-105.0, signal_hysteresis_db=6.0)
+    sw = p.update(reports(a={"registration": "searching"}))
+    assert sw is not None and sw.to_name == "b"
+    assert sw.text.endswith("in order (primary a: not registered (searching))")
+    clock.t += 30
+    assert p.update(reports(a={"registration": "searching"})) is None
+    assert p.return_delay == 600.0  # waiting for a primary that never served is no failed return
+    clock.t += 30
+    # Now registered, but inside the margin: taking over needs threshold plus hysteresis.
+    assert p.update(reports(a={"signal_dbm": -102.0})) is None
+    clock.t += 30
+    sw = p.update(reports(a={"signal_dbm": -90.0}))
+    assert sw is not None and (sw.from_name, sw.to_name, sw.code) == ("b", "a", "return_to_primary")
+    # From now on the primary has served: leaving it starts the return delay.
+    clock.t += 5000
+    p.update(reports(a={"sim": "absent"}))
+    assert p.active == "b" and p.return_due == clock.t + 600.0
+
+
+@pytest.mark.parametrize(
+    ("source", "dbm", "weak"),
+    [
+        ("rsrp", -110.0, False),  # a fair LTE RSRP
+        ("csq", -110.0, True),  # the same figure as an RSSI is very weak
+        ("rsrp", -116.0, True),
+        ("csq", -94.0, False),
+        ("csq", -96.0, True),
+        ("rsrp", -115.0, False),  # at the threshold is not below it
+    ],
+)
+def test_each_measure_has_its_own_default_threshold(source: str, dbm: float, weak: bool) -> None:
+    p, _ = make(weak_checks=1)
+    p.update(reports())
+    sw = p.update(reports(a={"signal_dbm": dbm, "signal_source": source}))
+    assert (sw is not None and sw.code == "weak_signal") is weak
+    if weak:
+        assert sw is not None
+        measure = "RSRP" if source == "rsrp" else "RSSI"
+        assert sw.text.startswith(f"a: {measure} {dbm:g} dBm below ")
+
+
+def test_rsrp_is_never_held_against_the_rssi_threshold() -> None:
+    # b reads RSRP, c RSSI; each is judged only by its own measure's threshold and margin.
+    p, _ = make(min_rsrp_dbm=-115.0, min_rssi_dbm=-95.0, signal_hysteresis_db=6.0, weak_checks=1)
+    p.update(reports())
+    sw = p.update(
+        reports(
+            a={"signal_dbm": -100.0, "signal_source": "csq"},
+            b={"signal_dbm": -105.0, "signal_source": "rsrp"},
+            c={"signal_dbm": -80.0, "signal_source": "csq"},
+        )
+    )
+    assert sw is not None and sw.to_name == "b"  # first in order, not the higher number
+
+
+def test_deprecated_min_signal_dbm_keeps_its_old_meaning() -> None:
+    old = ModemPolicyConfig(min_signal_dbm=-100.0)
+    assert (old.min_rsrp_dbm, old.min_rssi_dbm) == (-100.0, -100.0)
+    mixed = ModemPolicyConfig(min_signal_dbm=-100.0, min_rsrp_dbm=-118.0)
+    assert (mixed.min_rsrp_dbm, mixed.min_rssi_dbm) == (-118.0, -100.0)
+    new = ModemPolicyConfig()
+    assert (new.min_rsrp_dbm, new.min_rssi_dbm, new.min_signal_dbm) == (-115.0, -95.0, None)
+    assert (new.min_dbm("rsrp"), new.min_dbm("csq"), new.min_dbm(None)) == (-115.0, -95.0, -95.0)
+
+
+def test_an_unusable_active_modem_yields_to_one_inside_the_margin() -> None:
+    p, _ = make(min_rssi_dbm=-105.0, signal_hysteresis_db=6.0)
+    p.update(reports())
+    sw = p.update(reports(a={"sim": "absent"}, b={"signal_dbm": -103.0}, c={"sim": "absent"}))
+    assert sw is not None and (sw.to_name, sw.code) == ("b", "sim_missing")
+
+
+def test_a_modem_missing_from_an_update_keeps_its_last_report() -> None:
+    p, _ = make(min_rssi_dbm=-105.0, weak_checks=2)
+    p.update(reports())
+    weak_a = {"a": healthy("a", signal_dbm=-110.0)}
+    assert p.update(weak_a) is None
+    # Updates about other modems neither forget a's report nor count its weak reading again.
+    assert p.update({"b": healthy("b")}) is None
+    assert p.update({"c": healthy("c")}) is None
+    assert p.active == "a" and p.verdicts["a"] is None
+    sw = p.update(weak_a)
+    assert sw is not None and sw.code == "weak_signal"
+
+
+def test_a_modem_never_reported_is_not_usable() -> None:
+    p, _ = make()
+    sw = p.update({"b": healthy("b")})
+    assert sw is not None and sw.to_name == "b"
+    assert (
+        sw.text == "b chosen at start: the first usable modem in order (primary a: not probed yet)"
+    )
