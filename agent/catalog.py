@@ -2,8 +2,11 @@
 
 Joins the configuration with the loaded DBC files: applies the ``[[signal]]`` globs (first
 matching entry wins), assigns schema ids and wire names, builds the spime schema, the frame
-lookup keys and the kernel CAN filters for each bus. It reads cantools objects but does not
-decode frames (agent.decode) nor hold runtime state (agent.pipeline).
+lookup keys and the kernel CAN filters for each bus. Resolves the ``[[trigger]]`` sections: the
+signals their conditions read (decoded even when not sent, "read-only") and the signals they
+capture (added to the schema as capture-only when not otherwise sent); consent bounds both.
+It reads cantools objects but does not decode frames (agent.decode) nor hold runtime state
+(agent.pipeline).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from typing import Any
 from agent.config import COARSE_LOCATION, BusConfig, Config, SignalConfig
 from agent.decode import DbcFile, Message, load_dbc
 from agent.errors import ConfigError, DbcError
+from agent.policy.expr import parse as parse_condition
+from agent.policy.trigger import TriggerSpec
 from agent.spime import Schema, SignalDef
 
 EXTENDED = 1 << 31
@@ -63,12 +68,28 @@ class Selected:
     category: str | None
     coarse: bool  # location sent only at the reduced precision the owner consented to
     definition: SignalDef
+    # In the schema only for triggered captures: never sampled on its own.
+    capture_only: bool = False
+
+
+@dataclass(frozen=True)
+class Read:
+    """A signal a trigger condition reads: decoded even when it is not sent."""
+
+    slot: int
+    bus: str
+    message: str
+    signal: str
+    name: str  # as written in the condition
+    scale: float
+    offset: float
 
 
 @dataclass(frozen=True)
 class MessagePlan:
     message: Message
     signals: tuple[Selected, ...]
+    reads: tuple[Read, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +108,10 @@ class Catalog:
     warnings: tuple[str, ...] = field(default=())
     # Signals left out for lack of consent, counted by reason.
     excluded: dict[str, int] = field(default_factory=dict)
+    triggers: tuple[TriggerSpec, ...] = ()
+    reads: tuple[Read, ...] = ()
+    # Triggers not armed, with the reason (a condition reading an unconsented signal).
+    disabled: dict[str, str] = field(default_factory=dict)
 
     @property
     def message_count(self) -> int:
@@ -252,18 +277,29 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
                 ),
             )
         )
+    origins: list[tuple[BusConfig, Message]] = [(c[0], c[1]) for c in consented]
+    trig = _Triggers(cfg, dbcs, selected, origins, names, excluded, problems)
     if problems:
         raise ConfigError(*problems)
     plans = []
     for bus in cfg.bus:
         by_msg: dict[int, list[Selected]] = {}
+        reads_by: dict[int, list[Read]] = {}
         msgs: dict[int, Message] = {}
-        for s, (b, msg, *_) in zip(selected, consented, strict=True):
+        for s, (b, msg) in zip(selected, origins, strict=True):
             if b is bus:
                 key = frame_key(msg.frame_id, msg.is_extended_frame, bus.id_mask)
                 by_msg.setdefault(key, []).append(s)
                 msgs[key] = msg
-        messages = {k: MessagePlan(msgs[k], tuple(v)) for k, v in by_msg.items()}
+        for r, (b, msg) in zip(trig.reads, trig.read_origins, strict=True):
+            if b is bus:
+                key = frame_key(msg.frame_id, msg.is_extended_frame, bus.id_mask)
+                reads_by.setdefault(key, []).append(r)
+                msgs[key] = msg
+        messages = {
+            k: MessagePlan(msgs[k], tuple(by_msg.get(k, ())), tuple(reads_by.get(k, ())))
+            for k in msgs
+        }
         plans.append(BusPlan(bus, messages, _kernel_filters(bus, msgs.values())))
     files = {id(f): f for fs in dbcs.values() for f in fs}
     warnings = tuple(w for f in files.values() for w in f.warnings)
@@ -274,4 +310,194 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
         dbc_files=tuple(files.values()),
         warnings=warnings,
         excluded=excluded,
+        triggers=tuple(trig.specs),
+        reads=tuple(trig.reads),
+        disabled=trig.disabled,
     )
+
+
+_Sig = tuple[BusConfig, Message, Any]
+
+
+class _Triggers:
+    """Resolves the triggers of a config against the DBCs and the selection: which signals
+    their conditions read and which they capture. Appends capture-only signals to
+    ``selected``/``origins``, counts consent exclusions and collects problems."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        dbcs: dict[str, list[DbcFile]],
+        selected: list[Selected],
+        origins: list[tuple[BusConfig, Message]],
+        names: set[str],
+        excluded: dict[str, int],
+        problems: list[str],
+    ) -> None:
+        self.specs: list[TriggerSpec] = []
+        self.reads: list[Read] = []
+        self.read_origins: list[tuple[BusConfig, Message]] = []
+        self.disabled: dict[str, str] = {}
+        if not cfg.trigger:
+            return
+        src = str(cfg.source or "config")
+        self.cfg = cfg
+        # Every DBC signal by Message.Signal (maybe on several buses) and by bus/Message.Signal.
+        self.qualified: dict[str, list[_Sig]] = {}
+        self.prefixed: dict[str, _Sig] = {}
+        for bus in cfg.bus:
+            for dbc in dbcs[bus.name]:
+                for msg in dbc.messages:
+                    for sig in msg.signals:
+                        q = f"{msg.name}.{sig.name}"
+                        self.qualified.setdefault(q, []).append((bus, msg, sig))
+                        self.prefixed[f"{bus.name}/{q}"] = (bus, msg, sig)
+        by_origin = {
+            (b.name, m.name, s.signal): s for s, (b, m) in zip(selected, origins, strict=True)
+        }
+        wire = {s.wire: s for s in selected}
+        slots: dict[str, int] = {}
+        for i, tc in enumerate(cfg.trigger):
+            where = f"{src}: trigger[{i}]"
+            cond = parse_condition(tc.when)
+            reads: list[tuple[str, _Sig]] = []
+            for name in cond.names:
+                found = self._find(name, wire, f"{where}.when", problems)
+                if found is not None:
+                    reads.append((name, found))
+            capture: list[int] = []
+            for j, pattern in enumerate(tc.capture):
+                hits = self._glob(pattern, wire)
+                if not hits:
+                    problems.append(
+                        f"{where}.capture[{j}]: {pattern!r} matches no signal "
+                        "(patterns are wire names or Message.Signal, case-sensitive)"
+                    )
+                for bus, msg, sig in hits:
+                    sid = self._capture_id(
+                        bus, msg, sig, by_origin, selected, origins, names, excluded
+                    )
+                    if sid is not None and sid not in capture:
+                        capture.append(sid)
+            if len(reads) != len(cond.names):
+                continue
+            refused = [
+                f"{name} ({cat or 'no category'})"
+                for name, (bus, msg, sig) in reads
+                if _consent(cfg, (cat := self._category(bus, msg, sig))) != "exact"
+            ]
+            if refused:
+                self.disabled[tc.name] = "reads signals without consent: " + ", ".join(refused)
+                continue
+            for name, (bus, msg, sig) in reads:
+                # One slot per name as written: two triggers naming a signal alike share it.
+                if name not in slots:
+                    slots[name] = len(self.reads)
+                    self.reads.append(
+                        Read(
+                            len(self.reads),
+                            bus.name,
+                            msg.name,
+                            sig.name,
+                            name,
+                            sig.scale,
+                            sig.offset,
+                        )
+                    )
+                    self.read_origins.append((bus, msg))
+            self.specs.append(
+                TriggerSpec(
+                    tc.name, cond, tc.edge, tc.min_interval, tc.before, tc.after, tuple(capture)
+                )
+            )
+
+    def _category(self, bus: BusConfig, msg: Message, sig: Any) -> str | None:
+        q = f"{msg.name}.{sig.name}"
+        entry = next((e for e in self.cfg.signal if e.matches(bus.name, q)), None)
+        return _category(self.cfg, q, entry)
+
+    def _find(
+        self,
+        name: str,
+        wire: dict[str, Selected],
+        where: str,
+        problems: list[str],
+    ) -> _Sig | None:
+        if name in wire:
+            s = wire[name]
+            return self.prefixed[f"{s.bus}/{s.message}.{s.signal}"]
+        if name in self.prefixed:
+            return self.prefixed[name]
+        hits = self.qualified.get(name, [])
+        if len(hits) == 1:
+            return hits[0]
+        if hits:
+            buses = ", ".join(f"`{b.name}/{name}`" for b, _, _ in hits)
+            problems.append(f"{where}: {name} is on several buses: write one of {buses}")
+        else:
+            problems.append(
+                f"{where}: no signal named {name!r} (write a wire name, Message.Signal or "
+                "`bus/Message.Signal`, case-sensitive)"
+            )
+        return None
+
+    def _glob(
+        self,
+        pattern: str,
+        wire: dict[str, Selected],
+    ) -> list[_Sig]:
+        out: dict[tuple[str, str, str], _Sig] = {}
+        for w, s in wire.items():
+            if fnmatch.fnmatchcase(w, pattern):
+                out[(s.bus, s.message, s.signal)] = self.prefixed[f"{s.bus}/{s.message}.{s.signal}"]
+        for p, hit in self.prefixed.items():
+            if fnmatch.fnmatchcase(p, pattern) or fnmatch.fnmatchcase(p.split("/", 1)[1], pattern):
+                out[(hit[0].name, hit[1].name, hit[2].name)] = hit
+        return list(out.values())
+
+    def _capture_id(
+        self,
+        bus: BusConfig,
+        msg: Message,
+        sig: Any,
+        by_origin: dict[tuple[str, str, str], Selected],
+        selected: list[Selected],
+        origins: list[tuple[BusConfig, Message]],
+        names: set[str],
+        excluded: dict[str, int],
+    ) -> int | None:
+        """The schema id a captured signal is sent under (added capture-only if needed), or
+        None when consent does not allow capturing it at full precision."""
+        key = (bus.name, msg.name, sig.name)
+        category = self._category(bus, msg, sig)
+        mode = _consent(self.cfg, category)
+        if mode != "exact":
+            why = (
+                "coarse location is not captured"
+                if mode == "coarse"
+                else (f"no consent for {category}" if category else "no consent category")
+            )
+            excluded[why] = excluded.get(why, 0) + 1
+            return None
+        if key in by_origin:
+            return by_origin[key].sid
+        q = f"{msg.name}.{sig.name}"
+        wire = q if q not in names and len(self.qualified[q]) == 1 else f"{bus.name}/{q}"
+        names.add(wire)
+        sid = len(selected)
+        sel = Selected(
+            sid=sid,
+            bus=bus.name,
+            message=msg.name,
+            signal=sig.name,
+            wire=wire,
+            policy=Policy(),
+            category=category,
+            coarse=False,
+            definition=_definition(sid, wire, f"{bus.name}:{q}", sig, False, category),
+            capture_only=True,
+        )
+        selected.append(sel)
+        origins.append((bus, msg))
+        by_origin[key] = sel
+        return sid

@@ -26,6 +26,9 @@ from pydantic import (
 
 from agent import vin
 from agent.errors import ConfigError
+from agent.policy.expr import MAX_LENGTH as MAX_CONDITION
+from agent.policy.expr import ExprError
+from agent.policy.expr import parse as parse_condition
 
 # Interfaces handled by python-can are passed through by name; "replay" is ours.
 REPLAY = "replay"
@@ -154,6 +157,43 @@ class SignalConfig(_Model):
         if self.bus is not None and self.bus != bus:
             return False
         return fnmatch.fnmatchcase(qualified, self.match)
+
+
+class TriggerConfig(_Model):
+    """A condition-triggered capture: when ``when`` fires, every change of the ``capture``
+    signals from ``before`` seconds before to ``after`` seconds after is sent, as events."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    when: str = Field(min_length=1, max_length=MAX_CONDITION)
+    edge: Literal["rising", "level"] = "rising"
+    min_interval: NonNegSeconds = 0.0
+    before: float = Field(default=0.0, ge=0, le=600)
+    after: float = Field(default=0.0, ge=0, le=600)
+    capture: list[str] = Field(default_factory=list, max_length=256)
+
+    @field_validator("when")
+    @classmethod
+    def _condition(cls, v: str) -> str:
+        try:
+            parse_condition(v)
+        except ExprError as err:
+            raise ValueError(str(err)) from None
+        return v
+
+    @model_validator(mode="after")
+    def _level(self) -> TriggerConfig:
+        if self.edge == "level" and not self.min_interval:
+            raise ValueError('edge = "level" needs min_interval > 0 (else it fires on every frame)')
+        return self
+
+
+class CaptureConfig(_Model):
+    """Memory bounds of triggered captures."""
+
+    # Pre-trigger history kept per captured signal (changes): about 100 bytes each.
+    ring_samples: int = Field(default=1024, ge=16, le=1_000_000)
+    # Samples one capture window holds at most (changes beyond are counted and dropped).
+    window_samples: int = Field(default=65536, ge=16, le=10_000_000)
 
 
 class UpdatesConfig(_Model):
@@ -345,6 +385,8 @@ class Config(_Model):
     vehicle: VehicleConfig
     bus: list[BusConfig] = Field(min_length=1)
     signal: list[SignalConfig] = Field(default_factory=list)
+    trigger: list[TriggerConfig] = Field(default_factory=list, max_length=1024)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
     updates: UpdatesConfig = Field(default_factory=UpdatesConfig)
     mqtt: MqttConfig | None = None
     outbox: OutboxConfig | None = None
@@ -368,6 +410,10 @@ class Config(_Model):
         dup = sorted({n for n in wire if wire.count(n) > 1})
         if dup:
             raise ValueError(f"signal wire names must be unique: {', '.join(dup)}")
+        tnames = [t.name for t in self.trigger]
+        dup = sorted({n for n in tnames if tnames.count(n) > 1})
+        if dup:
+            raise ValueError(f"trigger names must be unique: {', '.join(dup)}")
         mnames = [m.name for m in self.modem]
         if len(set(mnames)) != len(mnames):
             raise ValueError("modem names must be unique")

@@ -20,14 +20,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.can_source import BATCH, END, Source, paced_batches
-from agent.catalog import EXTENDED, Catalog
+from agent.catalog import EXTENDED, Catalog, MessagePlan
 from agent.config import Config
 from agent.decode import DecodeError, raw_decoder
 from agent.errors import SourceError
+from agent.policy.trigger import Capture, TriggerEngine
 from agent.ratelimit import RateLimitedLog
 from agent.sampling import Group, Sampler, SignalState, grid_snapper
 from agent.updates import Sink, UpdateBuilder
@@ -60,7 +61,7 @@ def _frame_time(item: tuple[float, Any, int]) -> float:
 class _Plan:
     """Runtime state of one selected CAN message."""
 
-    __slots__ = ("name", "length", "decode", "signals", "group", "last", "values")
+    __slots__ = ("name", "length", "decode", "signals", "group", "last", "values", "taps")
 
     def __init__(self, name: str, length: int, decode: Callable[[bytes], dict[str, Any]]) -> None:
         self.name = name
@@ -70,6 +71,9 @@ class _Plan:
         self.group = Group()
         self.last: bytes | None = None
         self.values: dict[str, Any] = {}
+        # Signals triggers read or capture: name -> (condition slots, scale, offset, capture
+        # id or -1); None when no trigger looks at this message.
+        self.taps: dict[str, tuple[tuple[int, ...], float, float, int]] | None = None
 
 
 class Pipeline:
@@ -118,11 +122,25 @@ class Pipeline:
         self.states: list[SignalState] = []
         self._plans: list[dict[int, _Plan]] = []
         self._masks: list[int | None] = []
+        self.triggers: TriggerEngine | None = None
+        captured: set[int] = set()
+        if catalog.triggers:
+            self.triggers = TriggerEngine(
+                catalog.triggers,
+                [r.name for r in catalog.reads],
+                ring_samples=cfg.capture.ring_samples,
+                window_samples=cfg.capture.window_samples,
+            )
+            captured = {sid for spec in catalog.triggers for sid in spec.capture}
         for bp in catalog.buses:
             plans: dict[int, _Plan] = {}
             for key, mp in bp.messages.items():
                 plan = _Plan(mp.message.name, mp.message.length, raw_decoder(mp.message))
+                if self.triggers is not None:
+                    plan.taps = _taps(mp, captured)
                 for sel in mp.signals:
+                    if sel.capture_only:
+                        continue
                     d = sel.definition
                     snap = None
                     if sel.coarse and cfg.consent is not None:
@@ -244,10 +262,44 @@ class Pipeline:
             self.on_loop()
 
     def finish(self) -> None:
-        """Send what is held and close the open update (end of input or shutdown)."""
+        """Send what is held and close the open update (end of input or shutdown); open
+        capture windows close with what they hold."""
         self.sampler.flush_held(self.now)
         self._collect()
+        if self.triggers is not None:
+            self._write_captures(self.triggers.close_all())
         self.builder.flush()
+
+    def _write_captures(self, captures: list[Capture]) -> None:
+        for cap in captures:
+            if cap.samples:
+                self.builder.write_capture(cap.samples, cap.trigger, cap.t_ms)
+
+    def _tap(
+        self,
+        taps: dict[str, tuple[tuple[int, ...], float, float, int]],
+        changed: Any,
+        t_ms: int,
+        now: float,
+    ) -> None:
+        """Hand a frame's changed values to the trigger engine and evaluate what they touch."""
+        engine = self.triggers
+        assert engine is not None
+        for name, raw in changed:
+            tap = taps.get(name)
+            if tap is None:
+                continue
+            slots, scale, offset, sid = tap
+            if sid >= 0:
+                engine.record(sid, t_ms, raw)
+            for slot in slots:
+                engine.set_value(slot, raw * scale + offset)
+        engine.evaluate(t_ms, now)
+        if engine.open:
+            # A window opened: its scheduling deadline may be the next thing due.
+            deadline = engine.next_deadline()
+            if deadline is not None and deadline < self._due:
+                self._due = deadline
 
     def _collect(self) -> None:
         samples, event = self.sampler.take()
@@ -261,11 +313,15 @@ class Pipeline:
     def _tick(self) -> None:
         self.sampler.tick(self.now)
         self._collect()
+        if self.triggers is not None and self.triggers.open:
+            self._write_captures(self.triggers.close(None, self.now))
         self.builder.tick(self.now, lambda: Sampler.snapshot(self.states))
         self._reschedule()
 
     def _reschedule(self) -> None:
         dues = [d for d in (self.sampler.next_due(), self.builder.due()) if d is not None]
+        if self.triggers is not None and self.triggers.open:
+            dues.append(self.triggers.next_deadline() or self.now)
         # With nothing scheduled, look again soon: the snapshot timer arms on the first tick.
         self._due = min(dues) if dues else self.now + 0.5
 
@@ -276,6 +332,7 @@ class Pipeline:
         sampler, builder = self.sampler, self.builder
         offer_changed = sampler.offer_changed
         frame_clock = self.frame_clock
+        triggers = self.triggers
         now = self.now
         stats.frames += len(msgs)
         for msg in msgs:
@@ -299,6 +356,8 @@ class Pipeline:
                 if now >= self._due:
                     self._tick()
             plan.group.last_t = t_ms
+            if triggers is not None and t_ms > triggers.next_end_ms:
+                self._write_captures(triggers.close(t_ms, now))
             data = msg.data
             if data == plan.last:
                 stats.unchanged += 1
@@ -328,6 +387,8 @@ class Pipeline:
             changed = values.items() - plan.values.items() if plan.values else values.items()
             plan.values = values
             offer_changed(changed, plan.signals, t_ms, now)
+            if plan.taps is not None:
+                self._tap(plan.taps, changed, t_ms, now)
             # On the recording's clock a batch spans seconds: the first sample of a new update
             # must open it at its own frame, or the update's age limit would start too late.
             if frame_clock and builder.opened_at is None and sampler.out:
@@ -345,5 +406,34 @@ class Pipeline:
                 ("errframe", index), "bus %s: error frame (class 0x%x)", name, msg.arbitration_id
             )
 
+    def trigger_status(self) -> dict[str, Any]:
+        """Counters of the triggers in force, and the triggers not armed (with why)."""
+        doc: dict[str, Any] = {"active": len(self.catalog.triggers)}
+        if self.triggers is not None:
+            doc.update(asdict(self.triggers.stats))
+        if self.catalog.disabled:
+            doc["disabled"] = dict(self.catalog.disabled)
+        return doc
+
     def source_states(self) -> dict[str, str]:
         return {s.cfg.name: s.state() for s in self.sources}
+
+
+def _taps(
+    mp: MessagePlan, captured: set[int]
+) -> dict[str, tuple[tuple[int, ...], float, float, int]] | None:
+    slots: dict[str, list[int]] = {}
+    scales: dict[str, tuple[float, float]] = {}
+    sids: dict[str, int] = {}
+    for r in mp.reads:
+        slots.setdefault(r.signal, []).append(r.slot)
+        scales[r.signal] = (r.scale, r.offset)
+    for sel in mp.signals:
+        if sel.sid in captured:
+            sids[sel.signal] = sel.sid
+    names = slots.keys() | sids.keys()
+    if not names:
+        return None
+    return {
+        n: (tuple(slots.get(n, ())), *scales.get(n, (1.0, 0.0)), sids.get(n, -1)) for n in names
+    }

@@ -104,6 +104,14 @@ class UpdateBuilder:
         for i in range(0, len(samples), self._limit):
             self._emit(samples[i : i + self._limit], snapshot=True, event=False)
 
+    def write_capture(self, samples: list[Sample], trigger: str, t_ms: int) -> None:
+        """Write a triggered capture as event update(s) of its own, each marked with the
+        trigger's name and firing time; the open update stays open."""
+        for i in range(0, len(samples), self._limit):
+            self._emit(
+                samples[i : i + self._limit], snapshot=False, event=True, trigger=(trigger, t_ms)
+            )
+
     def flush(self) -> None:
         if self._buf:
             self._close(snapshot=False)
@@ -114,7 +122,14 @@ class UpdateBuilder:
         if buf:
             self._emit(buf, snapshot=snapshot, event=event)
 
-    def _emit(self, samples: list[Sample], *, snapshot: bool, event: bool) -> None:
+    def _emit(
+        self,
+        samples: list[Sample],
+        *,
+        snapshot: bool,
+        event: bool,
+        trigger: tuple[str, int] | None = None,
+    ) -> None:
         if not samples:
             return
         self.seq += 1
@@ -128,6 +143,7 @@ class UpdateBuilder:
             event=event,
             compress=self.cfg.compress,
             kinds=self._kinds,
+            trigger=trigger,
         )
         self.samples_out += len(samples)
         self.bytes_out += len(payload)

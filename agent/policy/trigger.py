@@ -14,7 +14,9 @@ signals triggers read (physical values, into numbered slots) and of the signals 
   (scheduling clock) of its last firing (counted in ``suppressed``), nor while its own window
   is open.
 * A window holds every change of the captured signals with data time in
-  ``[t - before, t + after]`` (t: the firing frame's time). It closes when a frame newer than
+  ``[t - before, t + after]`` (t: the firing frame's time), and, so that a capture stands on
+  its own, each signal's value in force when the window starts (its last change before, with
+  its own time), where the ring still holds it. It closes when a frame newer than
   ``t + after`` is seen, or when the scheduling clock reaches ``after`` plus a short grace past
   the firing (a bus that fell silent). A window holds at most ``window_samples``; more are
   counted in ``window_dropped``.
@@ -36,6 +38,7 @@ Edge = Literal["rising", "level"]
 # A silent bus cannot close a window by a newer frame: the scheduling clock does, this much
 # after the window's end, so frames already queued when it ended still get in.
 CLOSE_GRACE = 0.05
+_NEVER = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,8 @@ class TriggerEngine:
         # Open windows per captured signal.
         self._capturing: dict[int, list[_Window]] = {}
         self._dirty: dict[int, _Trigger] = {}
+        # The earliest end (data time) of an open window: a frame newer than it closes windows.
+        self.next_end_ms = _NEVER
         self.stats = TriggerStats()
 
     # -- input (per frame) -----------------------------------------------------------------
@@ -147,13 +152,16 @@ class TriggerEngine:
             return
         ring.last = raw
         changes = ring.changes
-        # Even with no 'before', the change of the firing frame itself belongs to its window.
+        # Kept: the changes younger than the longest 'before' (even with none, the firing
+        # frame's own change belongs to its window), and the one change before them: the value
+        # in force when a window starts.
         horizon = t_ms - ring.age_ms
-        while changes and changes[0][0] < horizon:
+        while len(changes) > 1 and changes[1][0] < horizon:
             changes.popleft()
         if len(changes) >= self.ring_samples:
+            if changes[0][0] >= horizon:
+                self.stats.ring_dropped += 1
             changes.popleft()
-            self.stats.ring_dropped += 1
         changes.append((t_ms, raw))
         for win in self._capturing.get(sid, ()):
             if t_ms > win.end_ms:
@@ -191,9 +199,14 @@ class TriggerEngine:
         win = _Window(spec, t_ms, now + spec.after + CLOSE_GRACE)
         start = t_ms - int(spec.before * 1000)
         for sid in spec.capture:
+            held: tuple[int, int | float] | None = None
             for t, raw in self.rings[sid].changes:
                 if t >= start:
                     win.samples.append((t, sid, raw))
+                else:
+                    held = (t, raw)
+            if held is not None:
+                win.samples.append((held[0], sid, held[1]))
             self._capturing.setdefault(sid, []).append(win)
         if len(win.samples) > self.window_samples:
             win.dropped += len(win.samples) - self.window_samples
@@ -201,6 +214,7 @@ class TriggerEngine:
             del win.samples[: -self.window_samples]  # keep the newest: nearest the firing
         trig.window = win
         self.open.append(win)
+        self.next_end_ms = min(self.next_end_ms, win.end_ms)
 
     # -- output ------------------------------------------------------------------------------
 
@@ -230,6 +244,7 @@ class TriggerEngine:
             self.stats.captures += 1
             self.stats.window_dropped += win.dropped
             out.append(Capture(win.spec.name, win.t_ms, win.samples, win.dropped))
+        self.next_end_ms = min((w.end_ms for w in self.open), default=_NEVER)
         return out
 
 

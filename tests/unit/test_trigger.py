@@ -85,8 +85,9 @@ def test_window_holds_every_change_in_before_and_after() -> None:
     ]
     (cap,) = _drive(e, steps)
     assert cap.trigger == "hard_brake" and cap.t_ms == 2500
+    # The value in force at the window's start (10, since 0 ms) comes first, with its own time.
     assert cap.samples == [
-        (t, 7, v) for t, v in [(1500, 11), (2000, 12), (2500, 13), (3000, 14), (3500, 15)]
+        (t, 7, v) for t, v in [(0, 10), (1500, 11), (2000, 12), (2500, 13), (3000, 14), (3500, 15)]
     ]
 
 
@@ -154,4 +155,5 @@ def test_capture_is_exactly_the_changes_in_its_window(
             last = raw
     for cap in caps:
         lo, hi = cap.t_ms - before_ms, cap.t_ms + after_ms
-        assert cap.samples == [c for c in changes if lo <= c[0] <= hi]
+        held = [c for c in changes if c[0] < lo][-1:]
+        assert cap.samples == held + [c for c in changes if lo <= c[0] <= hi]
