@@ -253,6 +253,9 @@ class MqttConfig(_Model):
     reconnect_min: PositiveSeconds = 1.0
     reconnect_max: PositiveSeconds = 120.0
     status_interval: PositiveSeconds = 60.0
+    # While publishes are in flight, a PUBACK missing this long declares the link dead and the
+    # uplink reconnects (0: rely on keepalive alone, about two keepalives on a dead link).
+    ack_timeout: NonNegSeconds = 20.0
 
     @field_validator("topic_prefix")
     @classmethod

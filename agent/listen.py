@@ -24,8 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from agent import spime
 from agent.config import TlsConfig
 from agent.errors import AgentError
+from agent.mqttclient import describe_error, tls_context
 from agent.ratelimit import RateLimitedLog
-from agent.uplink import describe_error, tls_context
 
 log = logging.getLogger(__name__)
 

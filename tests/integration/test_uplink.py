@@ -51,6 +51,7 @@ def outbox(tmp_path: Path) -> Iterator[Outbox]:
 def mqtt_cfg(broker: Mosquitto, **kw: object) -> MqttConfig:
     kw.setdefault("reconnect_min", 0.1)
     kw.setdefault("reconnect_max", 0.5)
+    kw.setdefault("drain_rate", 0)  # only the tests of the rate pay for it
     return MqttConfig(host=broker.host, port=broker.port, **kw)  # type: ignore[arg-type]
 
 

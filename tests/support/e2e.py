@@ -49,10 +49,12 @@ def replay_config(
 ) -> Path:
     """A config replaying ``log`` (demo DBC, every signal) and publishing to 127.0.0.1:port.
 
-    Quick reconnects and a short commit window keep the tests short; ``mqtt`` adds raw TOML
-    lines to the [mqtt] section.
+    Quick reconnects, no drain-rate limit (unless ``mqtt`` sets one) and a short commit window
+    keep the tests short; ``mqtt`` adds raw TOML lines to the [mqtt] section.
     """
     box = outbox if outbox is not None else path.parent / "outbox.db"
+    if "drain_rate" not in mqtt:
+        mqtt = f"drain_rate = 0\n{mqtt}"
     extra = (
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nreconnect_min = 0.1\nreconnect_max = 0.5\n'
         f"{mqtt}\n"

@@ -1,0 +1,394 @@
+"""One MQTT connection of the uplink and everything that lives and dies with it.
+
+A ``Session`` is made for every connection attempt, around a fresh paho client: the CONNACK,
+the broker's limits (Receive Maximum, Maximum Packet Size), the in-flight window, the queue of
+control messages (schemas, status, responses), the read-ahead of outbox rows, the rows skipped
+as oversize, the pause after refused publishes and the PUBACK watchdog. When the connection
+ends the object is dropped, so no per-connection state can leak into the next one; paho's own
+queue of unacknowledged messages dies with its client, and only the outbox decides what is
+re-sent (duplicates possible, losses not).
+
+The PUBACK watchdog: while anything is in flight, a PUBACK must arrive within ``ack_timeout``
+seconds of the last one (or of the window filling from empty). A cellular link that dies without
+a FIN would otherwise be noticed only by keepalive, about two keepalives later.
+
+Every method runs on the uplink's worker thread, paho's callbacks included. It leaves to
+``agent.uplink.uplink.Uplink`` connecting, reconnecting, link reports and the public API.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTErrorCode
+
+from agent.backoff import Backoff
+from agent.config import MqttConfig
+from agent.mqttclient import PahoLog
+from agent.ratelimit import RateLimitedLog
+from agent.uplink.pacing import TokenBucket, publish_size
+from agent.uplink.stats import Counters
+
+log = logging.getLogger("agent.uplink")
+
+# Rows are read from the outbox a few windows at a time and published from memory as PUBACKs
+# free the window: one SQLite read per many messages, not one per PUBACK. The read-ahead is
+# short-lived so that new events and purged rows are noticed within a fraction of a second.
+_PREFETCH_WINDOWS = 4
+_PREFETCH_MAX_AGE = 0.25
+IDLE_WAIT = 0.5
+_CLOSE_WAIT = 3.0
+_MAX_OVERSIZE_IDS = 1024
+
+MessageHandler = Callable[[str, bytes, Any], None]
+
+
+class OutboxLike(Protocol):
+    def next_batch(self, limit: int, exclude: Collection[int] = ()) -> list[Any]: ...
+    def ack(self, ids: Iterable[int]) -> None: ...
+    def wait_for_data(self, timeout: float) -> bool: ...
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """A control message: QoS 1, published ahead of data rows, not kept across connections."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    properties: Any = None  # paho Properties(PacketTypes.PUBLISH), MQTT 5 only
+
+
+class Session:
+    def __init__(
+        self,
+        client: mqtt.Client,
+        cfg: MqttConfig,
+        *,
+        data_topic: str,
+        outbox: OutboxLike,
+        counters: Counters,
+        bucket: TokenBucket,
+        paho_log: PahoLog,
+        ratelog: RateLimitedLog,
+        count_error: Callable[[str, BaseException], None],
+        stop: threading.Event,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_message: MessageHandler | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.cfg = cfg
+        self.v5 = cfg.protocol == "5"
+        self._data_topic = data_topic
+        self._data_topic_len = len(data_topic.encode())
+        self._outbox = outbox
+        self._counters = counters
+        self._bucket = bucket
+        self._paho_log = paho_log
+        self._ratelog = ratelog
+        self._count_error = count_error
+        self._stop = stop
+        self._subscriptions = list(subscriptions)
+        self._on_message = on_message
+        self._clock = clock
+
+        self.connack: Any = None
+        self.lost: str | None = None  # why this connection is over, once it is
+        self.window = cfg.max_inflight
+        self.max_packet: int | None = None
+        self.in_flight: dict[int, int] = {}  # mid -> outbox row id
+        self.ctrl_in_flight: set[int] = set()
+        self.ctrl: deque[Outgoing] = deque()
+        self._to_ack: list[int] = []
+        self._prefetch: deque[Any] = deque()
+        self._prefetch_at = 0.0
+        self._oversize: set[int] = set()
+        self._paused_until = 0.0
+        self._refusal = Backoff(cfg.reconnect_min, cfg.reconnect_max)
+        self._progress_at = clock()
+
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        client.on_message = self._on_message_cb
+        client.on_log = paho_log
+
+    # ---- connecting --------------------------------------------------------------------------
+
+    def wait_connack(self, deadline: float, abort: Callable[[], str | None]) -> str | None:
+        """Run the network loop until the broker answers. None when accepted, else why not."""
+        while self.connack is None and self.lost is None:
+            why = abort()
+            if why is not None:
+                self.lost = why
+            elif self._clock() >= deadline:
+                self.lost = "no CONNACK from the broker in time"
+            elif self.client.loop(IDLE_WAIT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.lost = self.lost or "connection closed before CONNACK"
+        if self.connack is not None and self.connack.is_failure:
+            return f"refused by broker: {self.connack}"
+        if self.connack is None:
+            return self.reason()
+        if self._subscriptions:
+            self.client.subscribe(self._subscriptions)
+        return None
+
+    def reason(self) -> str:
+        """Why the connection ended, naming what paho saw (a reset, a timeout) if anything."""
+        why = self.lost or "connection lost"
+        detail = self._paho_log.take()
+        return f"{why} ({detail})" if detail else why
+
+    # ---- one turn of the worker loop ---------------------------------------------------------
+
+    def step(self, iteration: int) -> bool:
+        """Publish what the window allows, run paho's network loop once, and wait a little when
+        idle. False once the connection is over (``lost`` says why)."""
+        sent = self._send_ctrl()
+        pumped, wait = self._pump(iteration)
+        self._watch_acks()
+        if self.lost is not None:
+            return False
+        if sent or pumped:
+            timeout = 0.0
+        elif self.in_flight or self.ctrl_in_flight or wait is not None:
+            timeout = IDLE_WAIT if wait is None else min(wait, IDLE_WAIT)
+        else:
+            timeout = -1.0  # idle: wait on the outbox rather than the socket
+        rc = self.client.loop(max(timeout, 0.0))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.lost = self.lost or f"connection lost ({mqtt.error_string(rc)})"
+        if self.lost is not None:
+            return False
+        if timeout < 0 and not self.in_flight:
+            if self._oversize:  # the outbox would report those rows at once: no spin
+                self._stop.wait(IDLE_WAIT)
+            else:
+                self._outbox.wait_for_data(IDLE_WAIT)
+        return True
+
+    def _watch_acks(self) -> None:
+        now = self._clock()
+        if not (self.in_flight or self.ctrl_in_flight):
+            self._progress_at = now
+            return
+        limit = self.cfg.ack_timeout
+        if limit and now - self._progress_at > limit and self.lost is None:
+            n = len(self.in_flight) + len(self.ctrl_in_flight)
+            self.lost = f"no PUBACK for {limit:g} s with {n} in flight: link presumed dead"
+            self._counters.add(dead_links=1)
+
+    def _free(self) -> int:
+        return self.window - len(self.in_flight) - len(self.ctrl_in_flight)
+
+    def _send_ctrl(self) -> bool:
+        sent = False
+        while self.ctrl and self._free() > 0:
+            msg = self.ctrl.popleft()
+            props = msg.properties if self.v5 else None
+            info = self.client.publish(
+                msg.topic, msg.payload, qos=1, retain=msg.retain, properties=props
+            )
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.lost = self.lost or f"publish failed ({mqtt.error_string(info.rc)})"
+                return sent
+            self.ctrl_in_flight.add(info.mid)
+            self._count_sent(len(msg.topic.encode()), len(msg.payload))
+            sent = True
+        return sent
+
+    def _pump(self, iteration: int) -> tuple[bool, float | None]:
+        """Publish outbox rows into the free window. Returns (published any, seconds to wait
+        before trying again when held back by a refusal pause or the rate limit)."""
+        now = self._clock()
+        if now < self._paused_until:
+            self._prefetch.clear()
+            return False, self._paused_until - now
+        if self._free() <= 0:
+            return False, None
+        if not self._prefetch or now - self._prefetch_at > _PREFETCH_MAX_AGE:
+            self._prefetch.clear()
+            exclude = set(self.in_flight.values()) | self._oversize
+            batch = self._outbox.next_batch(self.window * _PREFETCH_WINDOWS, exclude=exclude)
+            if not batch:
+                if not self.in_flight:
+                    self._counters.saw_drained(iteration)
+                return False, None
+            self._prefetch.extend(batch)
+            self._prefetch_at = now
+        published = False
+        while self._prefetch and self._free() > 0:
+            entry = self._prefetch[0]
+            is_event = entry.priority == "event"
+            if not is_event and self._bucket.available() < 1.0:
+                return published, max(self._bucket.time_to_token(), 0.005)
+            self._prefetch.popleft()
+            size = publish_size(self._data_topic_len, len(entry.payload), self.v5)
+            if self.max_packet is not None and size > self.max_packet:
+                self._skip_oversize(entry.id, size)
+                continue
+            info = self.client.publish(self._data_topic, entry.payload, qos=1, retain=False)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self.lost = self.lost or f"publish failed ({mqtt.error_string(info.rc)})"
+                return published, None
+            self.in_flight[info.mid] = entry.id
+            self._counters.set(in_flight=len(self.in_flight))
+            if not is_event:
+                self._bucket.take()
+            self._count_sent(self._data_topic_len, len(entry.payload), data=True)
+            published = True
+        return published, None
+
+    def _skip_oversize(self, row_id: int, size: int) -> None:
+        # Sending it would make the broker drop the connection, again and again: leave the row
+        # in the outbox and skip it for this connection (the limit may differ on the next).
+        if len(self._oversize) < _MAX_OVERSIZE_IDS:
+            self._oversize.add(row_id)
+        self._counters.add(refused=1)
+        self._ratelog.warning(
+            "oversize",
+            "outbox row %d (%d bytes) exceeds the broker's "
+            "maximum packet size %s; kept in the outbox",
+            row_id,
+            size,
+            self.max_packet,
+        )
+
+    def _count_sent(self, topic_len: int, payload_len: int, data: bool = False) -> None:
+        self._counters.add(
+            bytes_sent=publish_size(topic_len, payload_len, self.v5), published=int(data)
+        )
+
+    def flush_acks(self) -> None:
+        if not self._to_ack:
+            return
+        ids, self._to_ack = self._to_ack, []
+        self._outbox.ack(ids)
+        self._counters.add(acked=len(ids))
+
+    # ---- paho callbacks (worker thread, inside client.loop) ----------------------------------
+
+    def _on_connect(
+        self, client: mqtt.Client, userdata: object, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        try:
+            self.connack = reason_code
+            rm = getattr(properties, "ReceiveMaximum", None) if self.v5 else None
+            mps = getattr(properties, "MaximumPacketSize", None) if self.v5 else None
+            self.max_packet = int(mps) if mps else None
+            # MQTT 5 says an absent Receive Maximum means 65535.
+            broker_max = int(rm) if rm else (65535 if self.v5 else None)
+            self.window = min(self.cfg.max_inflight, broker_max or self.cfg.max_inflight)
+            self._counters.set(receive_maximum=broker_max)
+        except Exception as err:
+            self._count_error("on_connect", err)
+
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: object, flags: Any, reason_code: Any, properties: Any
+    ) -> None:
+        if self.connack is None:
+            self.lost = self.lost or "connection closed before CONNACK"
+        else:
+            self.lost = self.lost or f"connection lost ({reason_code})"
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: object, mid: int, reason_code: Any, properties: Any
+    ) -> None:
+        try:
+            self._progress_at = self._clock()
+            if mid in self.ctrl_in_flight:
+                self.ctrl_in_flight.discard(mid)
+                if reason_code.is_failure:
+                    self._ratelog.warning(
+                        "ctrl-refused", "broker refused a control publish: %s", reason_code
+                    )
+                return
+            row_id = self.in_flight.pop(mid, None)
+            self._counters.set(in_flight=len(self.in_flight))
+            if row_id is None:
+                return
+            if reason_code.is_failure:
+                self._refused_row(row_id, reason_code)
+            else:
+                self._to_ack.append(row_id)
+                self._refusal.reset()
+        except Exception as err:
+            self._count_error("on_publish", err)
+
+    def _refused_row(self, row_id: int, reason_code: Any) -> None:
+        self._counters.add(refused=1)
+        self._counters.set(last_error=f"publish refused by broker: {reason_code}")
+        now = self._clock()
+        if now >= self._paused_until:
+            # Refusals (e.g. an ACL) usually hit every row: pause all data, never a hot loop.
+            self._paused_until = now + self._refusal.next_delay()
+        self._ratelog.warning(
+            "refused",
+            "broker refused data publish of outbox row %d: %s; kept in the outbox, retrying later",
+            row_id,
+            reason_code,
+        )
+
+    def _on_subscribe(
+        self, client: mqtt.Client, userdata: object, mid: int, codes: Any, properties: Any
+    ) -> None:
+        refused = [str(c) for c in codes if getattr(c, "is_failure", False)]
+        if refused:
+            self._ratelog.warning("suback", "broker refused a subscription: %s", ", ".join(refused))
+
+    def _on_message_cb(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if self._on_message is None:
+            return
+        try:
+            self._on_message(msg.topic, bytes(msg.payload), getattr(msg, "properties", None))
+        except Exception as err:  # a handler's failure must not end the connection
+            self._count_error("on_message", err)
+
+    # ---- ending --------------------------------------------------------------------------------
+
+    def close(self, offline: Outgoing) -> None:
+        """Clean shutdown: the retained offline status (the will is not sent on a clean
+        disconnect), then DISCONNECT, each waited for a bounded time."""
+        info = self.client.publish(offline.topic, offline.payload, qos=1, retain=offline.retain)
+        deadline = self._clock() + _CLOSE_WAIT
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.ctrl_in_flight.add(info.mid)
+            while info.mid in self.ctrl_in_flight and self._clock() < deadline:
+                if self.client.loop(0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+        self.flush_acks()
+        self.client.disconnect()
+        deadline = self._clock() + _CLOSE_WAIT
+        while self.lost is None and self._clock() < deadline:
+            if self.client.loop(0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break
+        self.drop()
+
+    def drop(self) -> None:
+        """Forget the connection: acknowledged rows are acked, the socket is closed now (a dead
+        link would otherwise hold it until the garbage collector finds the client)."""
+        try:
+            self.flush_acks()
+        finally:
+            self.in_flight.clear()
+            self.ctrl_in_flight.clear()
+            self._counters.set(in_flight=0)
+            try:
+                self.client.disconnect()
+            except Exception as err:
+                self._count_error("disconnect", err)
+            sock = self.client.socket()
+            if sock is not None:
+                try:
+                    sock.close()
+                except OSError as err:
+                    log.debug("closing the MQTT socket: %s", err)
