@@ -4,8 +4,9 @@ Run through ``scripts/bench`` (which installs what is missing first). Prints a M
 to stdout and writes it to ``out/bench.md``; progress lines go to stderr. Every speed is a ratio
 to a baseline measured in the same run, interleaved with the subject (A B A B ...), because the
 machine is shared and noisy; the median ratio decides, the single runs are shown. A private
-mosquitto on a free loopback port serves the network measurements (never the one that may
-listen on 1883) and is killed at the end. ``--quick`` shortens everything for a smoke run.
+mosquitto on a free loopback port (tests/support/broker.py, the tests' launcher) serves the
+network measurements (never the one that may listen on 1883) and is stopped at the end.
+``--quick`` shortens everything for a smoke run.
 
 It measures the agent's real parts (Pipeline, Outbox, Uplink, Agent, the CLI as a subprocess)
 and leaves correctness to the test suite: a target missed is reported, not raised. The exit
@@ -15,14 +16,12 @@ status is non-zero only when the bench itself breaks.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import math
 import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,8 +29,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +48,11 @@ from agent.spime.codec import uvarint_len
 from agent.updates import Update
 from agent.uplink import Uplink
 
+# The test suite's broker launcher and waiting helper (tests/support), one of each for all.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.support.broker import BrokerError, Mosquitto  # noqa: E402
+from tests.support.wait import wait_until  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_DBC = ROOT / "dbc" / "demo_vehicle.dbc"
 GEN_DRIVE = ROOT / "scripts" / "gen-demo-drive"
@@ -62,7 +64,6 @@ VIN = "WVWZZZ1JZXW000001"
 DATA_TOPIC = f"spime/v1/{VIN}/data"
 DOORS_ID = 800  # BCM_Doors in dbc/demo_vehicle.dbc; DoorFL is bit 0
 DOOR_SIGNAL = "BCM_Doors.DoorFL"
-SYSTEM_BROKER_PORT = 1883
 
 
 class BenchError(Exception):
@@ -131,15 +132,6 @@ def progress(text: str) -> None:
     print(f"bench: {text}", file=sys.stderr, flush=True)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
 def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile."""
     ordered = sorted(values)
@@ -158,52 +150,6 @@ def publish_size(topic_len: int, payload_len: int) -> int:
 
 
 # ---- parts: broker, configs, drives ----------------------------------------------------------
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port != SYSTEM_BROKER_PORT:
-            return port
-
-
-@contextmanager
-def private_broker(directory: Path) -> Iterator[int]:
-    """A mosquitto of our own on a free loopback port; yields the port, kills it after."""
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not os.path.exists(exe):
-        raise BenchError("mosquitto is missing: run scripts/setup (apt-get install mosquitto)")
-    directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    conf = directory / "mosquitto.conf"
-    # As root, mosquitto would switch to user "mosquitto", which cannot write our folder.
-    conf.write_text(
-        f"user {getpass.getuser()}\nlistener {port} 127.0.0.1\nallow_anonymous true\n"
-        f"persistence false\nlog_dest file {directory / 'mosquitto.log'}\n"
-    )
-    # Its start-up notes (e.g. "should not be run as root") go to a file, not into the report.
-    with open(directory / "mosquitto.stderr", "wb") as err:
-        proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err)
-
-    def accepts() -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    try:
-        if not wait_until(lambda: proc.poll() is not None or accepts(), 15.0, 0.05):
-            raise BenchError(f"mosquitto on port {port} did not accept connections in 15 s")
-        if proc.poll() is not None:
-            raise BenchError(f"mosquitto exited at start ({proc.returncode}); see {conf}")
-        yield port
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(10)
 
 
 def write_config(
@@ -1106,7 +1052,10 @@ def run(plan: Plan, work: Path) -> Report:
     bench_live(plan, report, frames, work)
     bench_compactness(report, demo_sink, demo_cost, work)
     bench_rss(plan, report, drive, work)
-    with private_broker(work / "broker") as port:
+    # Errors and notices only: logging every packet would cost the broker time being measured.
+    broker = Mosquitto(work / "broker", log_types=("error", "warning", "notice"))
+    with broker:
+        port = broker.port
         bench_drain(plan, report, demo_sink.payloads, port, work)
         bench_latency(plan, report, frames, port, work)
         bench_wire(report, drive, demo_cost, port, work)
@@ -1124,7 +1073,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="spime-bench-"))
     try:
         report = run(plan, work)
-    except BenchError as err:
+    except (BenchError, BrokerError) as err:
         print(f"bench: {err}", file=sys.stderr)
         return 1
     finally:

@@ -1,5 +1,10 @@
-"""Test support: a real mosquitto broker on a free loopback port, TLS material made with the
-``openssl`` CLI, and a small collecting subscriber.
+"""Test support: the one launcher of a real mosquitto broker (free loopback port, readiness
+awaited on a condition, kill and restart on the same port for outage tests), TLS material made
+with the ``openssl`` CLI, and a small collecting subscriber.
+
+The tests, scripts/bench.py and scripts/demo all start their broker here; the demo (bash) runs it
+as ``python -m tests.support.broker --dir D``, which prints the port once the
+broker accepts connections and stops it on SIGTERM or SIGINT.
 
 The system mosquitto on 127.0.0.1:1883 is never touched: every broker here gets its own port,
 config and folder. Nothing here mocks MQTT; it only starts and stops real processes.
@@ -7,12 +12,15 @@ config and folder. Nothing here mocks MQTT; it only starts and stops real proces
 
 from __future__ import annotations
 
+import argparse
 import getpass
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,16 +30,26 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from tests.support.wait import wait_until  # noqa: F401  (re-exported for tests)
+from tests.support.wait import wait_until
 
-MOSQUITTO = "/usr/sbin/mosquitto"
-INSTALL_HINT = "mosquitto is missing: apt-get install -y mosquitto"
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+INSTALL_HINT = "mosquitto is missing: run scripts/setup (apt-get install -y mosquitto)"
+SYSTEM_BROKER_PORT = 1883
+START_ATTEMPTS = 3  # fresh ports tried when another process took the chosen one first
+
+
+class BrokerError(RuntimeError):
+    """mosquitto is missing, or did not come up (the message says why)."""
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback TCP port nothing listens on right now (never the system broker's 1883)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port != SYSTEM_BROKER_PORT:
+            return port
 
 
 @dataclass(frozen=True)
@@ -138,7 +156,13 @@ def make_tls_material(directory: Path) -> TlsFiles:
 
 @dataclass
 class Mosquitto:
-    """One mosquitto process with its own config folder; restartable on the same port."""
+    """One mosquitto process with its own config folder; restartable on the same port.
+
+    ``port`` 0 (the default) picks a free port at construction, so it is known before
+    ``start``; if another process takes it before mosquitto binds it, the first ``start``
+    moves to another free port. ``kill`` (SIGKILL) or ``stop`` (SIGTERM) and then ``start``
+    again make an outage on the same port; ``reload`` applies a changed config (SIGHUP).
+    """
 
     directory: Path
     tls: TlsFiles | None = None
@@ -148,13 +172,27 @@ class Mosquitto:
     max_inflight_messages: int | None = None
     # Only client ids with this prefix may connect (reloadable): holds a publisher off.
     clientid_prefixes: str | None = None
-    port: int = field(default_factory=free_port)
+    port: int = 0
     host: str = "127.0.0.1"
+    # "all" logs every packet (tests read it); the bench keeps the broker's own cost low.
+    log_types: tuple[str, ...] = ("all",)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    _port_chosen: bool = field(default=False, init=False, repr=False)
+    _started_once: bool = field(default=False, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.directory = Path(self.directory)
+        if self.port == 0:
+            self.port = free_port()
+            self._port_chosen = True
 
     @property
     def log_path(self) -> Path:
         return self.directory / "mosquitto.log"
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.directory / "mosquitto.stderr"
 
     def _write_config(self) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -166,7 +204,8 @@ class Mosquitto:
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.directory}/",
             f"log_dest file {self.log_path}",
-            "log_type all",
+            # The "running" notice is what start() waits for.
+            *(f"log_type {t}" for t in sorted({*self.log_types, "error", "notice"})),
         ]
         if self.max_inflight_messages is not None:
             lines.append(f"max_inflight_messages {self.max_inflight_messages}")
@@ -194,21 +233,54 @@ class Mosquitto:
         except OSError:
             return False
 
-    def start(self, timeout: float = 15.0) -> None:
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start mosquitto and return once it is running and accepts connections on ``port``."""
         if not os.path.exists(MOSQUITTO):
-            pytest.skip(INSTALL_HINT)
+            raise BrokerError(INSTALL_HINT)
+        attempts = START_ATTEMPTS if self._port_chosen and not self._started_once else 1
+        for attempt in range(1, attempts + 1):
+            error = self._start_once(timeout)
+            if error is None:
+                self._started_once = True
+                return
+            if "Address already in use" not in error or attempt == attempts:
+                raise BrokerError(error)
+            self.port = free_port()
+
+    def _start_once(self, timeout: float) -> str | None:
+        """One start; None once running, else why not."""
         conf = self._write_config()
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        proc = self.proc
-        if not wait_until(lambda: proc.poll() is not None or self._accepts(), timeout):
-            self.kill()
-            raise RuntimeError(f"mosquitto on port {self.port} did not accept connections")
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            log = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-            raise RuntimeError(f"mosquitto exited ({proc.returncode}): {err}{log[-2000:]}")
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.stderr_path, "ab") as err:
+            proc = subprocess.Popen(
+                [MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err
+            )
+        self.proc = proc
+
+        # "running" is logged after every listener is bound: a connection accepted before it
+        # could come from another process that holds the port.
+        def ready() -> bool:
+            return proc.poll() is not None or (
+                " running" in self._log_since(offset) and self._accepts()
+            )
+
+        up = wait_until(ready, timeout)
+        if up and proc.poll() is None:
+            return None
+        self.kill()
+        log = self._log_since(offset)[-2000:]
+        err_text = self.stderr_path.read_text(errors="replace")[-1000:]
+        if not up:
+            return f"mosquitto on port {self.port} was not running within {timeout:.0f} s: {log}"
+        return f"mosquitto on port {self.port} exited ({proc.returncode}): {err_text}{log}"
 
     def _end(self, sig: int, timeout: float) -> None:
         proc, self.proc = self.proc, None
@@ -220,8 +292,6 @@ class Mosquitto:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout)
-        if proc.stderr:
-            proc.stderr.close()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._end(signal.SIGTERM, timeout)
@@ -238,6 +308,13 @@ class Mosquitto:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
 
 @pytest.fixture
@@ -321,3 +398,44 @@ class Subscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one broker until SIGTERM or SIGINT: the launcher for scripts/demo (bash)."""
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.broker",
+        description="Start a private mosquitto on a free loopback port; print the port once it "
+        "accepts connections; stop it on SIGTERM or SIGINT.",
+    )
+    parser.add_argument("--dir", type=Path, help="folder for its config and log (default: new)")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (default: free)")
+    args = parser.parse_args(argv)
+    directory = args.dir or Path(tempfile.mkdtemp(prefix="spime-broker-"))
+    broker = Mosquitto(directory, port=args.port)
+    try:
+        broker.start()
+    except BrokerError as err:
+        sys.stderr.write(f"broker: {err}\n")
+        return 1
+    proc = broker.proc
+    assert proc is not None
+    asked = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        # Only ask here; the main thread's wait below returns once mosquitto has ended.
+        asked.set()
+        proc.terminate()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    sys.stdout.write(f"{broker.port}\n")
+    sys.stdout.flush()
+    rc = proc.wait()
+    if not asked.is_set():
+        sys.stderr.write(f"broker: mosquitto exited by itself ({rc}); see {broker.log_path}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
