@@ -139,16 +139,18 @@ class _Tx:
 _Pending = deque[tuple[float, bytes]]
 
 
-def _is_corrupt(err: sqlite3.DatabaseError) -> bool:
+def _errcode(err: BaseException) -> int | None:
+    """SQLite's primary result code of an error (extended codes carry it in the low byte)."""
     code = getattr(err, "sqlite_errorcode", None)
-    if code is None:
-        return False
-    return code & 0xFF in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    return None if code is None else code & 0xFF
+
+
+def _is_corrupt(err: sqlite3.DatabaseError) -> bool:
+    return _errcode(err) in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 
 def _is_full(err: BaseException) -> bool:
-    code = getattr(err, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF == sqlite3.SQLITE_FULL
+    return _errcode(err) == sqlite3.SQLITE_FULL
 
 
 def _chunks(ids: list[int]) -> Iterator[list[int]]:
@@ -501,13 +503,15 @@ class Outbox:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     conn.execute(stmt)
-            if fresh:
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-                if seed:
-                    conn.execute(
-                        "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)",
-                        (int(self._wall() * 1000),),
-                    )
+            # Written on every start, also when unchanged: a real write now refuses a file the
+            # agent can read but not write (read-only or immutable file, read-only mount) that
+            # would otherwise be accepted and then fail every commit.
+            conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION if fresh else version}")
+            if fresh and seed:
+                conn.execute(
+                    "INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)",
+                    (int(self._wall() * 1000),),
+                )
             conn.execute("COMMIT")
             for rank, n, size in conn.execute(
                 "SELECT rank, count(*), sum(length(payload)) FROM outbox GROUP BY rank"
@@ -519,6 +523,11 @@ class Outbox:
             if _is_corrupt(err):
                 raise _Corrupt(str(err), conn) from None
             conn.close()
+            if _errcode(err) == sqlite3.SQLITE_READONLY:
+                raise OutboxError(
+                    f"{path}: outbox file cannot be written ({err}): make it (and its -wal and "
+                    "-shm files) writable by the agent's user, or set [outbox] path elsewhere"
+                ) from None
             raise OutboxError(f"{path}: cannot open outbox: {err}") from None
         except _Corrupt:
             raise
