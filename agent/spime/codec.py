@@ -10,6 +10,7 @@ signal, and its raw value (an int for integer-coded signals, a float for IEEE fl
 
 from __future__ import annotations
 
+import math
 import operator
 import struct
 import zlib
@@ -32,6 +33,11 @@ MAX_TRIGGER_NAME = 64
 _FIXED = struct.Struct("<BB8s8s")  # version, flags, schema id, boot id
 # Deflate pays off only above a few dozen bytes; below, its own framing costs more than it saves.
 _DEFLATE_MIN = 48
+# What the agent can write at most: [updates] max_samples is at most 1,000,000, and a sample
+# costs at most 24 body bytes (signal id 5, value 10, its own time group 9). A decoder refuses
+# anything larger, before spending time or memory on it.
+MAX_SAMPLES = 1_000_000
+MAX_BODY_BYTES = 32 * 1024 * 1024
 
 Sample = tuple[int, int, int | float]
 _F32 = struct.Struct("<f")
@@ -262,30 +268,50 @@ def peek_schema_id(payload: bytes) -> str:
     return payload[2:10].hex()
 
 
+def _inflate(body: bytes) -> bytes:
+    """Inflate a raw DEFLATE body, refusing at once one that would exceed MAX_BODY_BYTES (a
+    small hostile update can otherwise inflate to gigabytes)."""
+    d = zlib.decompressobj(-15)
+    try:
+        out = d.decompress(body, MAX_BODY_BYTES + 1)
+    except zlib.error as err:
+        raise WireFormatError(f"compressed body is corrupt ({err})") from None
+    if len(out) > MAX_BODY_BYTES:
+        raise WireFormatError(f"compressed body inflates beyond {MAX_BODY_BYTES} bytes")
+    if not d.eof:
+        raise WireFormatError("compressed body is truncated")
+    if d.unused_data:
+        raise WireFormatError(f"{len(d.unused_data)} unexpected bytes after the compressed body")
+    return out
+
+
 def decode_samples(payload: bytes, schema: Schema) -> tuple[Header, list[Sample]]:
     """Decode an update to its header and raw samples; raise WireFormatError if it is damaged
     or written with another schema."""
     head, flags, pos = _read_header(payload)
     if head.schema_id != schema.id:
         raise WireFormatError(f"update uses schema {head.schema_id}, not {schema.id}")
-    body = payload[pos:]
-    if flags & FLAG_DEFLATE:
-        try:
-            d = zlib.decompressobj(-15)
-            body = d.decompress(body, 64 * 1024 * 1024)
-            if d.unconsumed_tail or not d.eof:
-                raise WireFormatError("compressed body is truncated or too large")
-        except zlib.error as err:
-            raise WireFormatError(f"compressed body is corrupt ({err})") from None
+    body = _inflate(payload[pos:]) if flags & FLAG_DEFLATE else payload[pos:]
+    if len(body) > MAX_BODY_BYTES:
+        raise WireFormatError(f"body larger than {MAX_BODY_BYTES} bytes")
     r = _Reader(body)
     t = r.uvarint()
     samples: list[Sample] = []
     prev_raw: dict[int, int] = {}
     by_id = schema.by_id
-    for _ in range(r.uvarint()):
+    groups = r.uvarint()
+    if groups > MAX_SAMPLES:
+        raise WireFormatError(f"update claims {groups} time groups (at most {MAX_SAMPLES})")
+    for _ in range(groups):
         t += r.svarint()
         sid = 0
-        for _ in range(r.uvarint()):
+        n = r.uvarint()
+        # The encoder writes no empty group: so groups and samples are bounded together.
+        if n == 0 or len(samples) + n > MAX_SAMPLES:
+            raise WireFormatError(
+                "update has an empty time group" if n == 0 else f"more than {MAX_SAMPLES} samples"
+            )
+        for _ in range(n):
             sid += r.uvarint()
             sig = by_id.get(sid)
             if sig is None:
@@ -318,7 +344,26 @@ def decode_update(payload: bytes, schema: Schema) -> dict[str, Any]:
     if head.trigger is not None:
         doc["trigger"] = {"name": head.trigger, "t": (head.trigger_t or 0) / 1000}
     doc["samples"] = [
-        {"t": t / 1000, "signal": by_id[sid].name, "value": by_id[sid].physical(raw)}
-        for t, sid, raw in samples
+        _json_sample(t, by_id[sid].name, by_id[sid].physical(raw)) for t, sid, raw in samples
     ]
     return doc
+
+
+def _json_sample(t_ms: int, name: str, value: int | float | str) -> dict[str, Any]:
+    # JSON has no NaN or infinity: such a value is shown as null, and "nonfinite" says which
+    # ("NaN", "Infinity", "-Infinity", spelled as JavaScript's Number() and Python's float()
+    # read them). The update itself carries the float's bits unchanged.
+    if isinstance(value, float) and not math.isfinite(value):
+        return {
+            "t": t_ms / 1000,
+            "signal": name,
+            "value": None,
+            "nonfinite": _nonfinite_name(value),
+        }
+    return {"t": t_ms / 1000, "signal": name, "value": value}
+
+
+def _nonfinite_name(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    return "Infinity" if value > 0 else "-Infinity"
