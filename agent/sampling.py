@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 from collections.abc import Callable, Iterable, Mapping
 
 from agent.catalog import Policy
@@ -32,11 +33,18 @@ def grid_snapper(
 
     def snap(raw: int | float) -> int | float:
         physical = raw * scale + offset
+        if not math.isfinite(physical):
+            return raw  # NaN and the infinities lie on no grid and reveal no place
         on_grid = round(physical / grid) * grid
         back = (on_grid - offset) / scale
         return round(back) if integer else back
 
     return snap
+
+
+def _same(a: int | float, b: int | float) -> bool:
+    """Equal values, counting NaN as equal to NaN (an IEEE float signal's "invalid")."""
+    return a == b or (a != a and b != b)
 
 
 class Group:
@@ -128,8 +136,9 @@ class Sampler:
                 continue
             if st.plain:
                 # The previous frame may not have carried this signal (another multiplexer
-                # branch, a short frame): compare with the signal's own last value.
-                if raw != st.cur:
+                # branch, a short frame): compare with the signal's own last value. NaN differs
+                # from itself: a NaN following a NaN is no change.
+                if raw != st.cur and (raw == raw or st.cur == st.cur):
                     st.cur = raw
                     st.cur_t = t_ms
                     out.append((t_ms, st.sid, raw))
@@ -144,10 +153,10 @@ class Sampler:
         st.cur_t = t_ms
         if st.has_sent:
             if st.raw_deadband:
-                if abs(raw - st.sent) < st.raw_deadband:
+                if _same(raw, st.sent) or abs(raw - st.sent) < st.raw_deadband:
                     st.pending = None
                     return
-            elif raw == st.sent:
+            elif _same(raw, st.sent):
                 st.pending = None
                 return
             if st.min_interval and now - st.sent_at < st.min_interval:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -200,3 +201,46 @@ def test_a_log_that_breaks_off_is_processed_up_to_the_break_and_exits_2(tmp_path
     assert [s["value"] for u in json_lines(r.stdout) for s in u["samples"]] == [100.0, 100.01]
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith(str(tmp_path / "drive.log")) and "after frame 2" in line
+
+
+FLOAT_DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 256 Tank: 8 ECU
+ SG_ Level : 0|32@1- (1,0) [0|0] "" Vector__XXX
+ SG_ Count : 32|8@1+ (1,0) [0|255] "" Vector__XXX
+VAL_ 256 Level 0 "empty" 1 "full" ;
+SIG_VALTYPE_ 256 Level : 1;
+"""
+
+
+def test_nan_and_infinity_on_a_float_signal_with_a_value_table_travel_through(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "car.dbc").write_text(FLOAT_DBC)
+    # IEEE single precision, little-endian: 1.0, NaN, NaN again (other frame), +inf, -inf, 0.0.
+    levels = ["0000803F", "0000C07F", "0000C07F", "0000807F", "000080FF", "00000000"]
+    _candump(
+        tmp_path / "drive.log",
+        [(1.0 + i / 10, "100", f"{lvl}{i:02X}000000") for i, lvl in enumerate(levels)],
+    )
+    cfg = write_config(
+        tmp_path / "agent.toml",
+        [{"name": "car", "interface": "replay", "log": "drive.log", "dbc": ["car.dbc"]}],
+        extra='[[signal]]\nmatch = "Tank.Level"\n',
+    )
+    r = cli("run", "--config", str(cfg), "--dry-run")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    # Strict JSON: a bare NaN or Infinity token would make this raise.
+    updates = [
+        json.loads(line, parse_constant=pytest.fail) for line in r.stdout.splitlines() if line
+    ]
+    shown = [(s["t"], s["value"], s.get("nonfinite")) for u in updates for s in u["samples"]]
+    assert shown == [
+        (1.0, "full", None),
+        (1.1, None, "NaN"),  # the second NaN is no change
+        (1.3, None, "Infinity"),
+        (1.4, None, "-Infinity"),
+        (1.5, "empty", None),
+    ]

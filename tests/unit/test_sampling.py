@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
+
 from agent.catalog import Policy
-from agent.sampling import Group, Sampler, SignalState
+from agent.sampling import Group, Sampler, SignalState, grid_snapper
 
 
 def _state(policy: Policy, scale: float = 1.0, sid: int = 0) -> tuple[SignalState, Group]:
@@ -96,3 +100,27 @@ def test_snapshot_has_every_seen_signal_in_time_order() -> None:
     s.offer(b, 2, 1000, 1.0)
     ga.last_t, gb.last_t = 2500, 1500
     assert Sampler.snapshot([a, b, c]) == [(1500, 1, 2), (2500, 0, 1)]
+
+
+def test_nan_and_infinities_are_values_like_any_other() -> None:
+    nan, inf = float("nan"), float("inf")
+    for policy in (Policy(), Policy(deadband=0.5), Policy(min_interval=0.05)):
+        s = Sampler()
+        st, g = _state(policy)
+        out = _feed(s, st, g, [(0, 1.0), (1, nan), (2, nan), (3, inf), (4, inf), (5, 1.0)])
+        assert [repr(v) for _, _, v in out] == ["1.0", "nan", "inf", "1.0"], policy
+
+
+def test_plain_signals_see_nan_after_nan_as_no_change() -> None:
+    s = Sampler()
+    st, _ = _state(Policy())
+    for t in range(3):
+        s.offer_changed([("x", float("nan"))], {"x": st}, t, float(t))
+    assert len(s.take()[0]) == 1
+
+
+def test_a_coarse_grid_passes_nonfinite_values_through() -> None:
+    snap = grid_snapper(1e-7, 0.0, 0.01, integer=False)
+    assert snap(float("inf")) == float("inf")
+    assert math.isnan(snap(float("nan")))
+    assert snap(481234567.0) == pytest.approx(481200000.0)
