@@ -11,13 +11,16 @@ not decode frames.
 
 from __future__ import annotations
 
+import gzip
+import importlib.metadata
 import itertools
 import logging
 import queue
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+import zlib
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +29,7 @@ import can
 
 from agent.config import BusConfig, Config
 from agent.errors import ConfigError, SourceError
+from agent.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +37,46 @@ END = "end"  # queue item payload: this source has no more frames
 BATCH = 256
 # A live batch is handed over after this long even if not full, bounding added latency.
 BATCH_SECONDS = 0.005
-LOG_SUFFIXES = (".log", ".asc", ".asc.gz", ".blf", ".trc", ".csv", ".mf4", ".db")
+# Lines kept from the start of a text log (its header, before the first frame), so that a
+# reader re-created after an unreadable line starts in the same state (base, start time, columns).
+_PREAMBLE_MAX = 10_000
+# python-can's plugin readers register here (its documented entry-point group).
+_READER_PLUGINS = "can.io.message_reader"
 
 Item = tuple[int, Any]
+rlog = RateLimitedLog(log)
 
 
 def interface_names() -> list[str]:
     return sorted(can.interfaces.VALID_INTERFACES)
+
+
+def _readers() -> dict[str, Any]:
+    """python-can's log readers by suffix: its own registry, then installed plugins (loaded only
+    when a log of theirs is opened, as python-can does)."""
+    readers: dict[str, Any] = dict(can.io.player.MESSAGE_READERS)
+    for ep in importlib.metadata.entry_points(group=_READER_PLUGINS):
+        readers.setdefault(ep.name.lower(), ep)
+    return readers
+
+
+def _gzip_ok(reader: Any) -> bool:
+    return isinstance(reader, type) and issubclass(
+        reader, (can.io.generic.TextIOMessageReader, can.io.generic.BinaryIOMessageReader)
+    )
+
+
+def log_suffixes() -> list[str]:
+    """Every file name ending a replay accepts: what python-can's LogReader reads, and the gzip
+    compressed variant of each file-based format (``.asc.gz``, ``.log.gz``, ...)."""
+    readers = _readers()
+    return sorted(readers) + sorted(f"{s}.gz" for s, r in readers.items() if _gzip_ok(r))
+
+
+def _split_suffix(path: Path) -> tuple[str, bool]:
+    name = path.name.lower()
+    gz = name.endswith(".gz")
+    return Path(name[:-3] if gz else name).suffix, gz
 
 
 def validate_sources(cfg: Config) -> None:
@@ -52,10 +89,10 @@ def validate_sources(cfg: Config) -> None:
             assert bus.log is not None
             if not bus.log.is_file():
                 problems.append(f"{src}: bus[{i}].log: no such file: {bus.log}")
-            elif not str(bus.log).lower().endswith(LOG_SUFFIXES):
+            elif not _readable_suffix(bus.log):
                 problems.append(
                     f"{src}: bus[{i}].log: {bus.log.name}: not a log format python-can reads "
-                    f"({', '.join(LOG_SUFFIXES)})"
+                    f"({', '.join(log_suffixes())})"
                 )
         elif bus.interface not in known:
             problems.append(
@@ -64,6 +101,80 @@ def validate_sources(cfg: Config) -> None:
             )
     if problems:
         raise ConfigError(*problems)
+
+
+def _readable_suffix(path: Path) -> bool:
+    suffix, gz = _split_suffix(path)
+    reader = _readers().get(suffix)
+    return reader is not None and (not gz or _gzip_ok(reader))
+
+
+class _Lines:
+    """The lines of an open text log, numbered, for python-can's text readers.
+
+    Those readers end at the first line they cannot parse. To go on, a fresh reader is started
+    on the rest of the file; it is first handed again the lines before the log's first frame
+    (the header), so that it reads the rest as the first reader would have.
+    """
+
+    def __init__(self, f: Any) -> None:
+        self.f = f
+        self.number = 0
+        self.header: list[str] = []
+        self.in_header = True
+        self.broken = False
+
+    def lines(self, replay: list[str]) -> Iterator[str]:
+        """Yield ``replay``, then the file's next lines (a generator: readers may close it)."""
+        yield from replay
+        header = self.header
+        try:
+            for line in self.f:
+                self.number += 1
+                if self.in_header:
+                    header.append(line)
+                    if len(header) > _PREAMBLE_MAX:
+                        # No header is this long: this is a log without frames so far.
+                        header.clear()
+                        self.in_header = False
+                yield line
+        except (OSError, EOFError, zlib.error):
+            # The file itself failed (truncated or corrupt gzip, I/O error): unlike a line a
+            # reader cannot parse, nothing after it can be reached.
+            self.broken = True
+            raise
+
+    def end_header(self) -> None:
+        """A line just gave a frame (or could not be read): it belongs to no header."""
+        if self.in_header and self.header:
+            self.header.pop()
+
+
+def _text_frames(
+    f: Any, reader: Any, on_bad: Callable[[int, Exception], None]
+) -> Generator[Any, None, None]:
+    """The frames of an open text log, skipping every line the reader cannot parse (each
+    reported to ``on_bad`` with its line number). Raises what breaks the file itself."""
+    with f:
+        src = _Lines(f)
+        replay: list[str] = []
+        last_bad = -1
+        while True:
+            try:
+                for msg in reader(src.lines(replay)):
+                    if src.in_header:
+                        src.end_header()
+                        src.in_header = False
+                    yield msg
+                return
+            except Exception as err:  # readers raise several types for a line they cannot read
+                # A failure without a new line read is not a line's fault: skipping cannot help.
+                if src.broken or src.number == last_bad:
+                    raise
+                last_bad = src.number
+                on_bad(src.number, err)
+            src.end_header()
+            replay = list(src.header)
 
 
 def _link_up(name: str | None) -> bool:
@@ -110,6 +221,9 @@ class SourceStatus:
     frames: int = 0
     dropped_frames: int = 0
     reopens: int = 0
+    # Lines of a replayed text log that no frame could be read from (skipped).
+    unreadable_lines: int = 0
+    first_unreadable_line: int = 0
     last_error: str = ""
 
 
@@ -212,16 +326,70 @@ class Source:
             return False
 
     # -- replay ------------------------------------------------------------------------
+    def _open_log(self, path: Path) -> tuple[Iterator[Any], Callable[[], None]]:
+        """The frames of a log and how to close it. Text formats skip unreadable lines (counted
+        in ``unreadable_lines``); binary formats end at damage."""
+        suffix, gz = _split_suffix(path)
+        reader = _readers().get(suffix)
+        if reader is None or (gz and not _gzip_ok(reader)):
+            raise SourceError(f"{path}: not a log format python-can reads")
+        try:
+            if isinstance(reader, importlib.metadata.EntryPoint):
+                reader = reader.load()
+            if issubclass(reader, can.io.generic.TextIOMessageReader):
+                # Undecodable bytes become U+FFFD: a binary garbage line is then one unreadable
+                # line instead of an error of the whole file.
+                # The file is closed by the returned close function (or the frames' end).
+                f = (
+                    gzip.open(path, "rt", encoding="utf-8", errors="replace")  # noqa: SIM115
+                    if gz
+                    else path.open(encoding="utf-8", errors="replace")
+                )
+                frames = _text_frames(f, reader, self._unreadable_line)
+
+                def close() -> None:
+                    frames.close()
+                    f.close()
+
+                return frames, close
+            # The reader owns the file it is given and closes it in stop().
+            opened = reader(gzip.open(path, "rb")) if gz else reader(str(path))  # noqa: SIM115
+        except Exception as err:  # readers and plugins raise several types for a bad file
+            raise SourceError(f"{path}: cannot read log: {err}") from None
+        return iter(opened), opened.stop
+
+    def _unreadable_line(self, number: int, err: Exception) -> None:
+        st = self.status
+        st.unreadable_lines += 1
+        if not st.first_unreadable_line:
+            st.first_unreadable_line = number
+        rlog.warning(
+            ("unreadable", self.index),
+            "bus %s: %s:%d: unreadable line skipped (%s: %s)",
+            self.cfg.name,
+            self.cfg.log,
+            number,
+            type(err).__name__,
+            err,
+        )
+
+    def _unreadable_summary(self) -> str:
+        st = self.status
+        if not st.unreadable_lines:
+            return ""
+        return (
+            f"{st.unreadable_lines} unreadable lines skipped "
+            f"(the first at line {st.first_unreadable_line})"
+        )
+
     def _messages(self) -> Iterator[Any]:
         """The log's frames, time-shifted as configured. A log that breaks off ends the
         iteration and leaves a SourceError naming the file in ``_read_error``: the frames read
-        before it must still be handed on, then the consumer raises it (``_raise_read_error``)."""
+        before it must still be handed on, then the consumer raises it (``_raise_read_error``).
+        Unreadable lines of a text log are skipped, counted and reported."""
         path = self.cfg.log
         assert path is not None
-        try:
-            reader = can.LogReader(str(path))
-        except Exception as err:
-            raise SourceError(f"{path}: cannot read log: {err}") from None
+        reader, close = self._open_log(path)
         self._set_state("up")
         shift = self.cfg.time == "now"
         offset = None
@@ -240,13 +408,20 @@ class Source:
                         return
                 yield msg
         except Exception as err:
-            self._read_error = SourceError(f"{path}: unreadable after frame {count}: {err}")
+            skipped = self._unreadable_summary()
+            self._read_error = SourceError(
+                f"{path}: unreadable after frame {count}: {err}"
+                + (f"; {skipped}" if skipped else "")
+            )
             return
         finally:
-            close = getattr(reader, "stop", None)
-            if close is not None:
-                close()
+            close()
             self.status.frames = count
+        if skipped := self._unreadable_summary():
+            if not count:
+                self._read_error = SourceError(f"{path}: no readable frame; {skipped}")
+                return
+            log.warning("bus %s: %s: %d frames read, %s", self.cfg.name, path, count, skipped)
         self._set_state("finished")
 
     def frames(self) -> Iterator[tuple[float, Any, int]]:

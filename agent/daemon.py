@@ -122,7 +122,7 @@ class Agent:
             "buses": p.source_states(),
             "pipeline": {
                 **{k: v for k, v in asdict(p.stats).items() if k != "source_errors"},
-                "dropped_frames": sum(s.status.dropped_frames for s in p.sources),
+                **p.source_counters(),
                 "updates": p.builder.seq,
                 "samples": p.builder.samples_out,
                 "bytes": p.builder.bytes_out,

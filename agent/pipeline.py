@@ -415,6 +415,14 @@ class Pipeline:
             doc["disabled"] = dict(self.catalog.disabled)
         return doc
 
+    def source_counters(self) -> dict[str, int]:
+        """What the sources lost or skipped, summed over the buses: ``dropped_frames`` (every
+        frame lost before decoding) and ``unreadable_lines`` (replayed log lines skipped)."""
+        return {
+            "dropped_frames": sum(s.status.dropped_frames for s in self.sources),
+            "unreadable_lines": sum(s.status.unreadable_lines for s in self.sources),
+        }
+
     def source_states(self) -> dict[str, str]:
         return {s.cfg.name: s.state() for s in self.sources}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -186,21 +187,124 @@ def test_updates_close_at_max_age_of_data_time_in_a_replay(tmp_path: Path) -> No
     assert len(updates) >= 18 and max(spans) <= 0.5 + 1e-9
 
 
-def test_a_log_that_breaks_off_is_processed_up_to_the_break_and_exits_2(tmp_path: Path) -> None:
+ASC_HEAD = """date Mon Jan 5 10:00:00.000 am 2026
+base hex  timestamps absolute
+internal events logged
+// version 9.0.0
+Begin Triggerblock Mon Jan 5 10:00:00.000 am 2026
+   0.000000 Start of measurement
+"""
+
+
+def _asc(frames: list[tuple[float, str, str]]) -> str:
+    lines = []
+    for t, i, d in frames:
+        data = " ".join(d[k : k + 2] for k in range(0, len(d), 2))
+        lines.append(f"   {t:.6f} 1  {i:<15} Rx   d {len(d) // 2} {data}\n")
+    return "".join(lines)
+
+
+def _speed(i: int) -> str:
+    return f"{(10000 + i) & 0xFF:02X}{(10000 + i) >> 8:02X}000000000000"
+
+
+@pytest.mark.parametrize("fmt", ["log", "asc", "log.gz", "asc.gz"])
+def test_unreadable_lines_in_the_middle_are_skipped_counted_and_reported(
+    tmp_path: Path, fmt: str
+) -> None:
+    good = [(1.0 + i / 10, "100", _speed(i)) for i in range(6)]
+    if fmt.startswith("log"):
+        text = "".join(f"({t:.6f}) can0 {i}#{d}\n" for t, i, d in good[:2])
+        text += "not a frame\n(1.2) can0 1G0#00\n\x00\xff garbage\n"
+        text += "".join(f"({t:.6f}) can0 {i}#{d}\n" for t, i, d in good[2:])
+    else:
+        text = ASC_HEAD + _asc(good[:2])
+        text += "   1.150000 1  10G             Rx   d 8 00 00 00 00 00 00 00 00\n"
+        text += "   1.160000 1  100             Rx   d 8 zz 00 00 00 00 00 00 00\n"
+        text += "   1.170000 1  100             Rx   d xx\n"
+        text += _asc(good[2:]) + "End TriggerBlock\n"
+    log = tmp_path / f"drive.{fmt}"
+    data = text.encode("latin-1")
+    log.write_bytes(gzip.compress(data) if fmt.endswith(".gz") else data)
     (tmp_path / "car.dbc").write_text(DBC)
-    (tmp_path / "drive.log").write_text(
-        "(1.0) can0 100#1027000000000000\n(1.1) can0 100#1127000000000000\nnot a frame\n"
-    )
     cfg = write_config(
         tmp_path / "agent.toml",
-        [{"name": "car", "interface": "replay", "log": "drive.log", "dbc": ["car.dbc"]}],
+        [{"name": "car", "interface": "replay", "log": log.name, "dbc": ["car.dbc"]}],
         extra='[[signal]]\nmatch = "Engine.Speed"\n',
     )
     r = cli("--log-level", "warning", "run", "--config", str(cfg), "--dry-run")
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert [s["value"] for u in json_lines(r.stdout) for s in u["samples"]] == [100.0, 100.01]
-    (line,) = r.stderr.strip().splitlines()
-    assert line.startswith(str(tmp_path / "drive.log")) and "after frame 2" in line
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    samples = [(s["t"], s["value"]) for u in json_lines(r.stdout) for s in u["samples"]]
+    # Every frame after the garbage is read, with the timestamps the header defines.
+    assert samples == [(pytest.approx(t), (10000 + i) / 100) for i, (t, _, _) in enumerate(good)]
+    first = 3 if fmt.startswith("log") else 9
+    assert f"{log}:{first}: unreadable line skipped" in r.stderr
+    assert f"{log}: 6 frames read, 3 unreadable lines skipped (the first at line {first})" in (
+        r.stderr
+    )
+
+
+def test_unreadable_lines_are_counted_in_the_status(tmp_path: Path) -> None:
+    from agent.config import load_config
+    from agent.daemon import Agent, prepare
+
+    (tmp_path / "car.dbc").write_text(DBC)
+    _candump(tmp_path / "drive.log", [(1.0, "100", _speed(0)), (1.1, "100", "zz")])
+    with (tmp_path / "drive.log").open("a") as f:
+        f.write("(1.2) can0 100#1127000000000000\n")
+    cfg = load_config(
+        write_config(
+            tmp_path / "agent.toml",
+            [{"name": "car", "interface": "replay", "log": "drive.log", "dbc": ["car.dbc"]}],
+        )
+    )
+    agent = Agent(cfg, prepare(cfg), dry_run=True, on_json=lambda _doc: None)
+    assert agent.run().exit_code == 0
+    counters = agent.status()["pipeline"]
+    assert counters["unreadable_lines"] == 1 and counters["frames"] == 2
+
+
+def test_a_log_without_any_readable_frame_or_broken_off_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "junk.log").write_text("not a frame\nnor this\n")
+    frames = "".join(f"({1 + i / 10:.6f}) can0 100#{_speed(i)}\n" for i in range(2000))
+    packed = gzip.compress(frames.encode())
+    (tmp_path / "cut.log.gz").write_bytes(packed[: len(packed) // 2])  # a copy that broke off
+    for name, words in (
+        ("junk.log", "no readable frame; 2 unreadable lines skipped (the first at line 1)"),
+        ("cut.log.gz", "unreadable after frame"),
+    ):
+        cfg = write_config(
+            tmp_path / "agent.toml",
+            [{"name": "car", "interface": "replay", "log": name, "dbc": ["car.dbc"]}],
+            extra='[[signal]]\nmatch = "Engine.Speed"\n',
+        )
+        r = cli("--log-level", "error", "run", "--config", str(cfg), "--dry-run")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        (line,) = r.stderr.strip().splitlines()
+        assert line.startswith(str(tmp_path / name)) and words in line, line
+    # What was read before the break was still processed.
+    assert json_lines(r.stdout)
+
+
+def test_every_suffix_python_can_reads_is_accepted(tmp_path: Path) -> None:
+    import can
+
+    from agent.can_source import log_suffixes
+
+    suffixes = log_suffixes()
+    assert set(can.io.player.MESSAGE_READERS) <= set(suffixes)
+    assert {".asc.gz", ".log.gz", ".blf.gz", ".trc.gz"} <= set(suffixes)
+    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "d.blf.gz").write_bytes(b"")
+    (tmp_path / "d.xyz").write_bytes(b"")
+    for name, ok in (("d.blf.gz", True), ("d.xyz", False)):
+        cfg = write_config(
+            tmp_path / "agent.toml",
+            [{"name": "car", "interface": "replay", "log": name, "dbc": ["car.dbc"]}],
+        )
+        r = cli("check", "--config", str(cfg))
+        assert ("not a log format python-can reads" not in r.stderr) is ok, r.stderr
 
 
 FLOAT_DBC = """VERSION ""
