@@ -13,10 +13,13 @@ from __future__ import annotations
 
 import gzip
 import importlib.metadata
+import io
 import itertools
 import logging
 import queue
 import random
+import socket
+import struct
 import threading
 import time
 import zlib
@@ -42,6 +45,15 @@ BATCH_SECONDS = 0.005
 _PREAMBLE_MAX = 10_000
 # python-can's plugin readers register here (its documented entry-point group).
 _READER_PLUGINS = "can.io.message_reader"
+
+# How often a live SocketCAN bus's kernel drop counter is read.
+DROP_CHECK_SECONDS = 0.5
+# getsockopt(SOL_SOCKET, SO_MEMINFO) (linux/asm-generic/socket.h) gives the socket's memory
+# figures as u32s; index SK_MEMINFO_DROPS (linux/sock_diag.h) is its drop counter (Linux >= 4.12).
+_SO_MEMINFO = 55
+_SK_MEMINFO_DROPS = 8
+_MEMINFO = struct.Struct("=9I")
+_AF_CAN = getattr(socket, "AF_CAN", -1)
 
 Item = tuple[int, Any]
 rlog = RateLimitedLog(log)
@@ -124,7 +136,7 @@ class _Lines:
         self.in_header = True
         self.broken = False
 
-    def lines(self, replay: list[str]) -> Iterator[str]:
+    def lines(self, replay: list[str]) -> Generator[str, None, None]:
         """Yield ``replay``, then the file's next lines (a generator: readers may close it)."""
         yield from replay
         header = self.header
@@ -144,10 +156,37 @@ class _Lines:
             self.broken = True
             raise
 
+    def file(self, replay: list[str]) -> _LineFile:
+        return _LineFile(self.lines(replay))
+
     def end_header(self) -> None:
         """A line just gave a frame (or could not be read): it belongs to no header."""
         if self.in_header and self.header:
             self.header.pop()
+
+
+class _LineFile:
+    """Lines as the file object a python-can text reader takes. Having ``read`` and ``write``
+    is how python-can 4.4 tells an open file from a path; neither is called."""
+
+    def __init__(self, lines: Generator[str, None, None]) -> None:
+        self._lines = lines
+        self._next = lines.__next__
+
+    def __iter__(self) -> _LineFile:
+        return self
+
+    def __next__(self) -> str:
+        return self._next()
+
+    def read(self, *_: Any) -> str:
+        raise io.UnsupportedOperation("read")
+
+    def write(self, *_: Any) -> int:
+        raise io.UnsupportedOperation("write")
+
+    def close(self) -> None:
+        self._lines.close()
 
 
 def _text_frames(
@@ -161,7 +200,7 @@ def _text_frames(
         last_bad = -1
         while True:
             try:
-                for msg in reader(src.lines(replay)):
+                for msg in reader(src.file(replay)):
                     if src.in_header:
                         src.end_header()
                         src.in_header = False
@@ -213,6 +252,59 @@ def paced_batches(
         yield index, batch
 
 
+class _KernelDrops:
+    """Frames the kernel dropped because a SocketCAN socket's receive buffer was full.
+
+    The socket's drop counter (the figure SO_RXQ_OVFL would attach to each frame) is read with
+    getsockopt(SO_MEMINFO), which leaves python-can's own receive path untouched. Each increase
+    is added to ``dropped_frames`` and ``kernel_dropped`` and logged, rate-limited.
+    """
+
+    def __init__(self, sock: socket.socket, name: str, status: SourceStatus) -> None:
+        self.sock = sock
+        self.name = name
+        self.status = status
+        self.seen = 0
+
+    @classmethod
+    def of(cls, bus: Any, name: str, status: SourceStatus) -> _KernelDrops | None:
+        """For a bus with a SocketCAN socket whose kernel reports drops, else None."""
+        sock = getattr(bus, "socket", None)
+        if not isinstance(sock, socket.socket) or sock.family != _AF_CAN:
+            return None
+        drops = cls(sock, name, status)
+        seen = drops.read()
+        if seen is None:
+            log.warning("bus %s: this kernel does not report receive-buffer drops", name)
+            return None
+        drops.seen = seen
+        return drops
+
+    def read(self) -> int | None:
+        try:
+            info = self.sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size)
+        except OSError:
+            return None
+        if len(info) < _MEMINFO.size:
+            return None  # a kernel before the drop counter was added to SO_MEMINFO
+        return int(_MEMINFO.unpack_from(info)[_SK_MEMINFO_DROPS])
+
+    def check(self) -> None:
+        now = self.read()
+        if now is None or now <= self.seen:
+            return
+        lost, self.seen = now - self.seen, now
+        self.status.kernel_dropped += lost
+        self.status.dropped_frames += lost
+        rlog.warning(
+            ("kernel-drops", self.name),
+            "bus %s: the kernel dropped %d frames: its receive buffer was full (%d so far)",
+            self.name,
+            lost,
+            self.status.kernel_dropped,
+        )
+
+
 @dataclass
 class SourceStatus:
     name: str
@@ -221,6 +313,8 @@ class SourceStatus:
     frames: int = 0
     dropped_frames: int = 0
     reopens: int = 0
+    # Of dropped_frames: those the kernel dropped from a full socket receive buffer.
+    kernel_dropped: int = 0
     # Lines of a replayed text log that no frame could be read from (skipped).
     unreadable_lines: int = 0
     first_unreadable_line: int = 0
@@ -507,11 +601,20 @@ class Source:
                     log.debug("bus %s shutdown: %s", self.cfg.name, err)
 
     def _read(self, bus: Any) -> None:
+        drops = _KernelDrops.of(bus, self.cfg.name, self.status)
+        try:
+            self._read_loop(bus, drops)
+        finally:
+            if drops is not None:
+                drops.check()
+
+    def _read_loop(self, bus: Any, drops: _KernelDrops | None) -> None:
         batch: list[Any] = []
         started = 0.0
         clock, recv, stop = self.clock, bus.recv, self.stop
         status = self.status
         now = clock()
+        next_drop_check = now + DROP_CHECK_SECONDS
         while not stop.is_set():
             # Block long when idle; with a batch open, only until it is due.
             msg = recv(max(0.0, started + BATCH_SECONDS - now) if batch else 0.05)
@@ -530,3 +633,6 @@ class Source:
                 except queue.Full:
                     status.dropped_frames += len(batch)
                 batch = []
+            if drops is not None and now >= next_drop_check:
+                next_drop_check = now + DROP_CHECK_SECONDS
+                drops.check()

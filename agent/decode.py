@@ -21,7 +21,15 @@ from cantools.database.errors import DecodeError
 
 from agent.errors import DbcError
 
-__all__ = ["DbcFile", "DecodeError", "Message", "load_dbc", "raw_decoder", "signal_bits"]
+__all__ = [
+    "DbcFile",
+    "DecodeError",
+    "Message",
+    "compiled_decoder",
+    "load_dbc",
+    "raw_decoder",
+    "signal_bits",
+]
 
 # cantools reads DBC files as cp1252 unless told otherwise; so do we, so line numbers agree.
 _ENCODING = "cp1252"
@@ -325,7 +333,7 @@ def load_dbc(path: Path, *, lenient: bool = False) -> DbcFile:
     return DbcFile(path=path, db=db, warnings=warnings)
 
 
-def _compiled(
+def compiled_decoder(
     msg: Message, slow: Callable[[bytes], dict[str, Any]]
 ) -> Callable[[bytes], dict[str, Any]] | None:
     """A direct call of cantools' own compiled bit layout for a plain message, or None.
@@ -335,6 +343,10 @@ def _compiled(
     nothing. Frames of another length go to ``slow``. The result is checked against
     ``Message.decode`` on probe payloads and discarded on any difference, or if this cantools
     version lays its helpers out differently.
+
+    This is the one use of a cantools internal (``cantools.database.utils.
+    create_encode_decode_formats``): pyproject.toml pins cantools to the range tested with it,
+    and tests/unit/test_dbc.py fails if the fast path stops being taken.
     """
     if msg.is_multiplexed() or msg.length == 0 or getattr(msg, "is_container", False):
         return None
@@ -393,4 +405,4 @@ def raw_decoder(msg: Message, *, truncated: bool = True) -> Callable[[bytes], di
             data, decode_choices=False, scaling=False, allow_truncated=truncated
         )
 
-    return _compiled(msg, slow) or slow
+    return compiled_decoder(msg, slow) or slow

@@ -417,9 +417,11 @@ class Pipeline:
 
     def source_counters(self) -> dict[str, int]:
         """What the sources lost or skipped, summed over the buses: ``dropped_frames`` (every
-        frame lost before decoding) and ``unreadable_lines`` (replayed log lines skipped)."""
+        frame lost before decoding: a full queue, or a full kernel receive buffer), of those
+        ``kernel_dropped``, and ``unreadable_lines`` (replayed log lines skipped)."""
         return {
             "dropped_frames": sum(s.status.dropped_frames for s in self.sources),
+            "kernel_dropped": sum(s.status.kernel_dropped for s in self.sources),
             "unreadable_lines": sum(s.status.unreadable_lines for s in self.sources),
         }
 

@@ -107,3 +107,15 @@ def test_syntax_errors_name_line_and_column(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DbcError, match="cannot read DBC file"):
         load_dbc(tmp_path / "none.dbc")
+
+
+def test_plain_messages_take_the_compiled_fast_path(tmp_path: Path) -> None:
+    # The fast path calls a cantools internal: within the pinned range it must be taken (a
+    # cantools that changed it would silently fall back to the slow path).
+    from agent.decode import compiled_decoder
+
+    msg = load_dbc(_dbc(tmp_path, GOOD)).messages[0]
+    fast = compiled_decoder(msg, lambda _data: pytest.fail("slow path for a full frame"))
+    assert fast is not None
+    frame = bytes([0x10, 0x27, 3, 0, 0, 0, 0, 0])
+    assert fast(frame) == msg.decode(frame, decode_choices=False, scaling=False)

@@ -191,3 +191,43 @@ def test_daemon_path_vcan_to_broker_to_listen(
         agent.send_signal(signal.SIGTERM)
         _, agent_err = agent.communicate(timeout=60)
     assert agent.returncode == 0, agent_err
+
+
+# A stdlib sender that writes frames as fast as the kernel takes them, until killed: far faster
+# than the agent's python-can reader, so the agent's receive buffer overflows.
+_FLOOD = """
+import errno, socket, struct, sys
+s = socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW)
+s.bind((sys.argv[1],))
+i = 0
+while True:
+    try:
+        s.send(struct.pack("=IB3x8s", 0x100, 8, i.to_bytes(8, "little")))
+        i += 1
+    except OSError as err:
+        if err.errno != errno.ENOBUFS:  # ENOBUFS: the sender's own queue is full, try again
+            raise
+"""
+
+
+def test_frames_the_kernel_drops_from_a_full_receive_buffer_are_counted(
+    tmp_path: Path, scratch_vcan, caplog
+) -> None:
+    cfg = _config(tmp_path, scratch_vcan.name, fd=False)
+    with Running(cfg) as run:
+        wait_for(lambda: run.agent.pipeline.source_states()["pt"] == "up", what="bus up")
+        assert run.agent.status()["pipeline"]["kernel_dropped"] == 0
+        flood = subprocess.Popen([sys.executable, "-c", _FLOOD, scratch_vcan.name])
+        try:
+            wait_for(
+                lambda: run.agent.status()["pipeline"]["kernel_dropped"] > 0,
+                timeout=120,
+                what="kernel drops in the status",
+            )
+        finally:
+            flood.kill()
+            flood.wait(10)
+        counters = run.agent.status()["pipeline"]
+        assert counters["dropped_frames"] >= counters["kernel_dropped"] > 0
+        assert counters["frames"] > 0  # the bus kept being read
+    assert any("the kernel dropped" in r.getMessage() for r in caplog.records)
