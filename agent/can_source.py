@@ -5,8 +5,10 @@ pipeline. A live bus never blocks on that queue: when it is full the batch is dr
 counted. A replay blocks instead (a recording has no deadline, and losing part of it would
 falsify it). A live bus that fails is closed, reported "down" and reopened with exponential
 backoff and jitter; one that delivers nothing for ``silent_after`` seconds is reported "silent",
-so a dead bus never looks like a quiet one. The only module that imports python-can; it does
-not decode frames.
+so a dead bus never looks like a quiet one. Frames the kernel drops from a full SocketCAN
+receive buffer are counted too. A replay reads every format python-can reads (and their gzip
+variants); a line of a text log that cannot be read is skipped and counted, as a bad frame would
+be on a live bus. The only module that imports python-can; it does not decode frames.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ _READER_PLUGINS = "can.io.message_reader"
 # How often a live SocketCAN bus's kernel drop counter is read.
 DROP_CHECK_SECONDS = 0.5
 # getsockopt(SOL_SOCKET, SO_MEMINFO) (linux/asm-generic/socket.h) gives the socket's memory
-# figures as u32s; index SK_MEMINFO_DROPS (linux/sock_diag.h) is its drop counter (Linux >= 4.12).
+# figures as u32s; index SK_MEMINFO_DROPS (linux/sock_diag.h) is its drop counter (absent on
+# old kernels, which return fewer figures).
 _SO_MEMINFO = 55
 _SK_MEMINFO_DROPS = 8
 _MEMINFO = struct.Struct("=9I")
@@ -275,7 +278,11 @@ class _KernelDrops:
         drops = cls(sock, name, status)
         seen = drops.read()
         if seen is None:
-            log.warning("bus %s: this kernel does not report receive-buffer drops", name)
+            rlog.warning(
+                ("no-drop-counter", name),
+                "bus %s: this kernel does not report receive-buffer drops",
+                name,
+            )
             return None
         drops.seen = seen
         return drops
