@@ -427,6 +427,33 @@ class Config(_Model):
         return all(b.is_replay for b in self.bus)
 
 
+class PlanModel(_Model):
+    """A collection plan: the remote form of the ``[[signal]]`` and ``[[trigger]]`` sections,
+    validated by the same models. A section present replaces the config's; one absent keeps
+    it."""
+
+    id: str = Field(min_length=1, max_length=128)
+    version: int = Field(ge=0)
+    expires: int | None = Field(default=None, ge=0, description="Unix milliseconds")
+    signal: list[SignalConfig] | None = None
+    trigger: list[TriggerConfig] | None = Field(default=None, max_length=1024)
+
+
+def merge_plan(base: Config, plan: PlanModel) -> Config:
+    """The config in force under ``plan``: ``base`` with the plan's sections, validated again
+    as a whole (bus names, unique names); raises ConfigError with one line per problem."""
+    data = base.model_dump()
+    if plan.signal is not None:
+        data["signal"] = [s.model_dump() for s in plan.signal]
+    if plan.trigger is not None:
+        data["trigger"] = [t.model_dump() for t in plan.trigger]
+    try:
+        merged = Config.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(*format_validation_error(f"plan {plan.id!r}", err)) from None
+    return merged.model_copy(update={"source": base.source})
+
+
 def _loc(loc: tuple[Any, ...]) -> str:
     out = ""
     for part in loc:

@@ -25,6 +25,7 @@ from agent import __version__
 from agent.can_source import validate_sources
 from agent.catalog import Catalog, build_catalog
 from agent.config import Config
+from agent.control.plans import Planner
 from agent.pipeline import Pipeline
 from agent.schemastore import SchemaStore
 from agent.sdnotify import Notifier
@@ -64,9 +65,16 @@ class Agent:
         drain_timeout: float | None = None,
         notifier: Notifier | None = None,
     ) -> None:
+        self.dry_run = dry_run
+        # Collection plans replace sections of the config file's own selection; a stored plan
+        # applies from the start (not in a dry run, which shows the config alone).
+        plan_path = None if dry_run or cfg.outbox is None else Path(f"{cfg.outbox.path}.plan")
+        self.planner = Planner(plan_path, cfg, prepare)
+        if plan_path is not None:
+            cfg, catalog = self.planner.start(catalog, _now_ms())
         self.cfg = cfg
         self.catalog = catalog
-        self.dry_run = dry_run
+        self._plan_timer: threading.Timer | None = None
         self.on_json = on_json
         self.drain_timeout = drain_timeout
         self.notifier = notifier or Notifier()
@@ -81,6 +89,7 @@ class Agent:
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
         self._next_ping = 0.0
+        self._arm_plan_expiry()
 
     @property
     def boot_id(self) -> str:
@@ -128,6 +137,10 @@ class Agent:
                 "bytes": p.builder.bytes_out,
             },
         }
+        doc["triggers"] = p.trigger_status()
+        plan = self.planner.book.status_doc()
+        if plan is not None:
+            doc["plan"] = plan
         if self.cfg.consent is not None:
             doc["consent"] = {
                 "granted": list(self.cfg.consent.granted),
@@ -340,6 +353,7 @@ class Agent:
             try:
                 cfg = load_config(self.cfg.source)
                 catalog = prepare(cfg)
+                cfg, catalog = self.planner.rebase(cfg, catalog, _now_ms())
             except AgentError as err:
                 for line in err.problems:
                     log.error("reload refused: %s", line)
@@ -353,25 +367,70 @@ class Agent:
                 )
                 return False
             revoked = _revoked(self.cfg, cfg)
-            self.pipeline.request_reload(cfg, catalog)
-            old = self.catalog
-            self.cfg, self.catalog = cfg, catalog
-            if self.schemas is not None:
-                self.schemas.save(catalog.schema)
-            if self.uplink is not None:
-                self.uplink.add_schema(
-                    catalog.schema.id, catalog.schema.dumps().encode(), current=True
-                )
-                self.uplink.publish_status()
-            log.info(
-                "reload accepted: schema %s -> %s%s",
-                old.schema.id,
-                catalog.schema.id,
+            self._switch(
+                cfg,
+                catalog,
+                "reload accepted",
                 f"; consent revoked for {', '.join(sorted(revoked))}" if revoked else "",
             )
+            self._arm_plan_expiry()
             if revoked and self.outbox is not None:
                 self._purge_revoked(revoked)
             return True
+
+    def _switch(self, cfg: Config, catalog: Catalog, why: str, note: str = "") -> None:
+        """The hot path of every selection change (reload, plan, expiry): same boot and
+        sequence, the new schema stored and published. Called with the reload lock held."""
+        self.pipeline.request_reload(cfg, catalog)
+        old = self.catalog
+        self.cfg, self.catalog = cfg, catalog
+        if self.schemas is not None:
+            self.schemas.save(catalog.schema)
+        if self.uplink is not None:
+            self.uplink.add_schema(catalog.schema.id, catalog.schema.dumps().encode(), current=True)
+            self.uplink.publish_status()
+        log.info("%s: schema %s -> %s%s", why, old.schema.id, catalog.schema.id, note)
+
+    # -- collection plans --------------------------------------------------------------------
+
+    def apply_plan(self, doc: Any) -> list[str]:
+        """Apply a collection plan (its JSON object or text): the problems that reject it, one
+        line each (nothing changes then), or [] once it is in force (or already was)."""
+        with self._reload_lock:
+            problems, switch = self.planner.apply(doc, self.cfg.consent, _now_ms())
+            if switch is not None:
+                book = self.planner.book
+                assert book.plan is not None
+                self._switch(*switch, f"plan {book.plan.id} version {book.plan.version} applied")
+                self._arm_plan_expiry()
+            elif self.uplink is not None:
+                self.uplink.publish_status()
+        return problems
+
+    def _arm_plan_expiry(self) -> None:
+        """A plan falls back to the config's own selection at its expiry time."""
+        if self._plan_timer is not None:
+            self._plan_timer.cancel()
+            self._plan_timer = None
+        plan = self.planner.book.in_force(_now_ms())
+        if plan is None or plan.expires is None:
+            return
+        delay = max(0.0, (plan.expires - _now_ms()) / 1000)
+        self._plan_timer = threading.Timer(delay, self._expire_plan, args=(plan,))
+        self._plan_timer.daemon = True
+        self._plan_timer.start()
+
+    def _expire_plan(self, plan: Any) -> None:
+        from agent.errors import AgentError
+
+        with self._reload_lock:
+            try:
+                switch = self.planner.expire(plan, self.cfg.consent)
+            except AgentError as err:
+                log.error("plan expired, but the config's own selection fails: %s", err)
+                return
+            if switch is not None:
+                self._switch(*switch, f"plan {plan.id} version {plan.version} expired")
 
     def _purge_revoked(self, revoked: set[str]) -> None:
         """Remove samples of revoked categories from every update not yet sent."""
@@ -420,6 +479,11 @@ class Agent:
             purged,
             rewritten,
         )
+
+
+def _now_ms() -> int:
+    """Wall time in Unix milliseconds: plans expire at a wall-clock time."""
+    return int(time.time() * 1000)
 
 
 def _one_line(doc: dict[str, Any]) -> str:
