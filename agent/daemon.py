@@ -407,6 +407,20 @@ class Agent:
                 self.uplink.publish_status()
         return problems
 
+    def apply_retained_plan(self, data: bytes, key: Any) -> list[str]:
+        """The signed plan retained on ``<prefix>/<vin>/plan`` (the desired state, delivered at
+        every connect): opened with the fleet's command key, then applied as ``apply_plan``."""
+        from agent.control.plans import open_retained
+        from agent.errors import ConfigError
+
+        try:
+            doc = open_retained(data, key, vin=self.cfg.vehicle.vin, now_ms=_now_ms())
+        except ConfigError as err:
+            for line in err.problems:
+                log.warning("%s", line)
+            return list(err.problems)
+        return self.apply_plan(doc)
+
     def _arm_plan_expiry(self) -> None:
         """A plan falls back to the config's own selection at its expiry time."""
         if self._plan_timer is not None:

@@ -273,3 +273,26 @@ def test_retained_plan_envelope() -> None:
     for data, words in cases:
         with pytest.raises(ConfigError, match=words):
             open_retained(data, key.public_key(), vin=VIN, now_ms=now)
+
+
+def test_a_signed_retained_plan_is_applied_once(car: Car) -> None:
+    agent = car.start()
+    key = generate_key()
+    now = int(time.time() * 1000)
+    _, data = seal(key, vin=VIN, command="plan", args=PLAN, issued=now, expires=now + 60_000)
+    assert agent.apply_retained_plan(data, key.public_key()) == []
+    schema = agent.catalog.schema.id
+    assert "speed" in _schema_names(agent)
+    # Delivered again at the next connect: the same id and version change nothing.
+    assert agent.apply_retained_plan(data, key.public_key()) == []
+    assert agent.catalog.schema.id == schema
+    forged = seal(
+        generate_key(),
+        vin=VIN,
+        command="plan",
+        args={**PLAN, "version": 2},
+        issued=now,
+        expires=now + 60_000,
+    )[1]
+    assert "wrong_key" in agent.apply_retained_plan(forged, key.public_key())[0]
+    assert agent.status()["plan"]["version"] == 1
