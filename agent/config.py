@@ -300,12 +300,33 @@ class ModemConfig(_Model):
     link_up: list[str] | None = None
     link_down: list[str] | None = None
     pin: str | None = Field(default=None, pattern=r"^[0-9]{4,8}$")
+    # Networks (MCCMNC) counted as home for this SIM besides its own (from its IMSI); None: the
+    # deprecated [modems] home_networks.
+    home_networks: list[str] | None = None
+
+    @staticmethod
+    def check_mccmnc(codes: list[str] | None) -> list[str] | None:
+        bad = [
+            code
+            for code in codes or ()
+            if not (code.isascii() and code.isdigit() and len(code) in (5, 6))
+        ]
+        if bad:
+            raise ValueError(f"{bad}: each must be an MCC+MNC code of 5 or 6 digits, e.g. 26201")
+        return codes
+
+    @field_validator("home_networks")
+    @classmethod
+    def _mccmnc(cls, v: list[str] | None) -> list[str] | None:
+        return cls.check_mccmnc(v)
 
 
 class ModemPolicyConfig(_Model):
     primary: str | None = None  # modem name or ICCID; None: the first [[modem]]
     fallback: list[str] = Field(default_factory=list)
-    home_networks: list[str] = Field(default_factory=list)  # MCCMNC codes
+    # Deprecated: home networks for every modem without its own list (which makes one SIM's
+    # home network home for all); the manager warns about it.
+    home_networks: list[str] = Field(default_factory=list)
     allow_roaming: bool = False
     # RSRP (LTE, AT+CESQ) and RSSI (AT+CSQ) are different quantities: RSRP is measured per
     # resource element and reads 20-30 dB lower than RSSI on the same link, so each has its own
@@ -333,6 +354,11 @@ class ModemPolicyConfig(_Model):
     # On a tmpfs, so "a PIN at most once per boot" survives agent restarts but not reboots.
     pin_ledger: Path | None = Path("/run/spime-agent/pin-tried")
     history: int = Field(default=20, ge=1)  # switches kept for the status
+
+    @field_validator("home_networks")
+    @classmethod
+    def _mccmnc(cls, v: list[str]) -> list[str]:
+        return ModemConfig.check_mccmnc(v) or []
 
     @model_validator(mode="before")
     @classmethod

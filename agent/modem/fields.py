@@ -172,3 +172,59 @@ def best_registration(states: Sequence[str | None]) -> str:
             if s == wanted:
                 return s
     return REG_UNKNOWN
+
+
+def parse_mnc_length(lines: Sequence[str]) -> int | None:
+    """MNC length (2 or 3) from EF_AD as read with ``AT+CRSM=176,28589,0,0,4``.
+
+    The fourth byte's low nibble holds it (3GPP TS 31.102, EF_AD); older SIMs have only three
+    bytes, and then it is not known.
+    """
+    fields = _first(lines, "+CRSM:")
+    if not fields or len(fields) < 3 or fields[0] not in ("144", "145"):
+        return None
+    raw = fields[2].strip('"')
+    if len(raw) < 8 or len(raw) % 2 or not re.fullmatch(r"[0-9A-Fa-f]+", raw):
+        return None
+    length = int(raw[6:8], 16) & 0x0F
+    return length if length in (2, 3) else None
+
+
+def home_network(imsi: str | None, mnc_length: int | None, registered: str | None) -> str | None:
+    """The SIM's home network (MCC + MNC) from its IMSI.
+
+    The IMSI does not say whether its MNC has two digits or three. EF_AD does (``mnc_length``);
+    without it, a registered network whose code begins the IMSI is the SIM's own (the modem
+    reports the network's code with its real MNC length); otherwise the home network is not
+    known, which is no loss for deciding roaming: the SIM is then on another network.
+    """
+    if not imsi or not imsi.isdigit() or len(imsi) < 6:
+        return None
+    if mnc_length in (2, 3):
+        return imsi[: 3 + mnc_length]
+    if registered and imsi.startswith(registered):
+        return registered
+    return None
+
+
+def roaming(
+    registration: str,
+    registered: str | None,
+    home: str | None,
+    extra_home: Sequence[str] = (),
+) -> bool | None:
+    """Whether a SIM registered on ``registered`` (MCCMNC) is roaming; None when not registered.
+
+    ``home`` is the SIM's own home network (see ``home_network``), ``extra_home`` the networks
+    configured as home for this SIM on top of it (IoT SIMs often register as roaming in their
+    own country). A network that says home (stat 1) is home. A roaming registration is home
+    only on the SIM's own network or a listed one: national roaming onto another operator,
+    even one that is another SIM's home, is roaming.
+    """
+    if registration not in (REG_HOME, REG_ROAMING):
+        return None
+    if registration == REG_HOME:
+        return False
+    if registered is None:
+        return True
+    return registered != home and registered not in extra_home

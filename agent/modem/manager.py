@@ -52,6 +52,12 @@ class ModemManager:
                 policy.min_rsrp_dbm,
                 policy.min_rssi_dbm,
             )
+        if policy.home_networks:
+            log.warning(
+                "[modems] home_networks is deprecated: it makes one SIM's home network home for "
+                "every SIM; each SIM's own home comes from its IMSI, and a [[modem]] "
+                "home_networks list adds to it"
+            )
         self._search = tuple(search)
         self.on_switch = on_switch
         pins = PinLedger(pin_ledger)

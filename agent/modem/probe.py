@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 ICCID_COMMANDS: tuple[str, ...] = ("AT+QCCID", "AT+CCID", "AT+ICCID", "AT+CRSM=176,12258,0,0,10")
 AT_TRIES = 3
+EF_AD_COMMAND = "AT+CRSM=176,28589,0,0,4"  # EF_AD: the length of the MNC in the IMSI
 
 
 class PinLedger:
@@ -67,6 +68,7 @@ class ProbeMemory:
     """What a probe remembers about one modem between runs (owned by one modem handle)."""
 
     iccid_command: str | None = None
+    mnc_length: dict[str, int | None] = field(default_factory=dict)  # per ICCID, from EF_AD
     pin_entries: int = 0
     warned: set[str] = field(default_factory=set)  # one warning per SIM problem, not per check
 
@@ -120,13 +122,13 @@ def _sim_state(t: AtTransport) -> str:
     return f.sim_state_from_cme(r.code, r.final)
 
 
-def _roaming(operator: str | None, registration: str, home: Sequence[str]) -> bool | None:
-    if registration not in (f.REG_HOME, f.REG_ROAMING):
-        return None
-    if home:
-        # IoT SIMs often register as roaming in their own country: the list decides.
-        return operator not in home if operator else registration == f.REG_ROAMING
-    return registration == f.REG_ROAMING
+def _mnc_length(t: AtTransport, iccid: str | None, memory: ProbeMemory) -> int | None:
+    """From the SIM's EF_AD, once per SIM (a modem without AT+CRSM answers ERROR: unknown)."""
+    key = iccid or ""
+    if key not in memory.mnc_length:
+        r = _ask(t, EF_AD_COMMAND)
+        memory.mnc_length[key] = f.parse_mnc_length(r.lines) if r is not None and r.ok else None
+    return memory.mnc_length[key]
 
 
 def probe(
@@ -138,6 +140,9 @@ def probe(
     pins: PinLedger | None = None,
 ) -> ModemReport:
     """Ask everything once. ``pins`` None: never enter a PIN (observe only).
+
+    Roaming is judged against the SIM's own home network (from its IMSI) plus the modem's
+    ``home_networks`` (or, for a modem without its own list, the ``home_networks`` given here).
 
     Raises PortGone when the port fails; every other problem ends up in the report.
     """
@@ -212,6 +217,9 @@ def probe(
     else:
         signal, source = csq_dbm, ("csq" if csq_dbm is not None else None)
 
+    home = f.home_network(imsi, _mnc_length(t, iccid, mem) if imsi else None, operator)
+    extra_home = cfg.home_networks if cfg.home_networks is not None else home_networks
+
     cgatt = _ask(t, "AT+CGATT?")
     attached = f.parse_cgatt(cgatt.lines) if cgatt is not None and cgatt.ok else None
 
@@ -224,9 +232,10 @@ def probe(
         imsi=imsi,
         operator=operator,
         registration=registration,
-        roaming=_roaming(operator, registration, home_networks),
+        roaming=f.roaming(registration, operator, home, extra_home),
         signal_dbm=signal,
         signal_source=source,
         attached=attached,
         cs_registration=regs["+CREG:"],
+        home_network=home,
     )

@@ -2,8 +2,9 @@
 
 Serves one ``os.openpty()`` pair from a thread: the agent opens the slave path (or a symlink to
 it) exactly like a USB modem port and talks AT to it. Scenarios set the starting state (healthy,
-no SIM, PIN or PUK locked, searching, denied, roaming, weak or fading signal, hung, garbage and
-URC storms, hung until reset, registered for voice only, detached from packet data); tests
+no SIM, PIN or PUK locked, searching, denied, roaming abroad or nationally, weak or fading
+signal, hung, garbage and URC storms, hung until reset, registered for voice only, detached
+from packet data); tests
 change the state with calls (``set``, ``hang``, ``urc``, ``reenumerate``), never by wall time,
 except the short silence after ``AT+CFUN=1,1``. Each simulated modem has its own
 ICCID/IMSI/operator and answers one ICCID command variant.
@@ -50,9 +51,11 @@ SCENARIOS: tuple[str, ...] = (
     "reset",
     "voice_only",
     "detached",
+    "national_roaming",
 )
 ICCID_VARIANTS = ("AT+QCCID", "AT+CCID", "AT+ICCID", "AT+CRSM")
 FOREIGN_OPERATOR = "23415"
+NATIONAL_OPERATOR = "26202"  # another network in the home country of the default IMSI
 
 _STORM = (
     "+CREG: 1",
@@ -72,7 +75,8 @@ class ModemState:
 
     iccid: str
     imsi: str
-    operator: str = "26201"
+    operator: str = "26201"  # the network registered on (the IMSI's home network: 26201)
+    mnc_length: int | None = 2  # in EF_AD; None: the SIM's EF_AD has no MNC length byte
     iccid_command: str = "AT+QCCID"
     sim: str = "ready"  # ready, absent, pin, puk
     pin: str = "1234"
@@ -133,6 +137,8 @@ def scenario_state(scenario: str, ident: int = 0, **overrides: Any) -> ModemStat
         s.reg, s.creg = 2, 1  # registered for calls, still searching for packet service
     elif scenario == "detached":
         s.attached = False  # registered, but packet data detached (or barred)
+    elif scenario == "national_roaming":
+        s.reg, s.operator = 5, NATIONAL_OPERATOR
     return replace(s, **overrides)
 
 
@@ -388,6 +394,8 @@ class ModemSimulator:
             return [f"+CPIN: {word}"], "OK"
         if upper.startswith("AT+CPIN="):
             return self._enter_pin(cmd)
+        if upper == "AT+CRSM=176,28589,0,0,4":
+            return self._ef_ad()
         if upper in ("AT+QCCID", "AT+CCID", "AT+ICCID") or upper.startswith("AT+CRSM="):
             return self._iccid(upper)
         err = self._sim_error()
@@ -433,6 +441,13 @@ class ModemSimulator:
             st.sim = "puk"
         return [], self._error(16)  # incorrect password
 
+    def _ef_ad(self) -> tuple[list[str], str]:
+        st = self.state
+        if st.sim == "absent":
+            return [], self._error(10)
+        data = "000000" if st.mnc_length is None else f"000000{st.mnc_length:02X}"
+        return [f'+CRSM: 144,0,"{data}"'], "OK"
+
     def _iccid(self, upper: str) -> tuple[list[str], str]:
         st = self.state
         variant = "AT+CRSM" if upper.startswith("AT+CRSM") else upper
@@ -457,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--operator", default=None, help="numeric MCCMNC")
     ap.add_argument("--iccid-command", default=None, choices=ICCID_VARIANTS)
     ap.add_argument("--rssi", type=int, default=None)
+    ap.add_argument("--imsi", default=None, help="the SIM's IMSI (its home network)")
     args = ap.parse_args(argv)
     overrides: dict[str, Any] = {}
     if args.operator:
@@ -465,6 +481,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         overrides["iccid_command"] = args.iccid_command
     if args.rssi is not None:
         overrides["rssi"] = args.rssi
+    if args.imsi:
+        overrides["imsi"] = args.imsi
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -51,7 +51,7 @@ def _config(tmp_path: Path, channel: str, port: int, sims: dict[str, ModemSimula
             "[updates]\nmax_age = 0.05\n"
             + modems
             + f"[modems]\ncheck_interval = 0.05\nweak_checks = {WEAK_CHECKS}\n"
-            f'pin_ledger = "{tmp_path / "pins"}"\nhome_networks = ["26201"]\n'
+            f'pin_ledger = "{tmp_path / "pins"}"\n'
             "command_timeout = 2.0\nreturn_delay = 3600.0\n"
         ),
     )

@@ -62,7 +62,6 @@ class Rig:
         **policy: Any,
     ) -> ModemManager:
         params: dict[str, Any] = {
-            "home_networks": ["26201"],
             "check_interval": 0.05,
             "command_timeout": 1.0,
             "weak_checks": 2,

@@ -16,10 +16,8 @@ from agent.modem import fields as f
 from agent.modem.command import modems_report, render_json, render_table
 from agent.modem.probe import PinLedger, ProbeMemory, probe
 from agent.modem.report import AtTimeout, PortGone
-from agent.modem.simulator import FOREIGN_OPERATOR, ModemSimulator, identity
+from agent.modem.simulator import FOREIGN_OPERATOR, NATIONAL_OPERATOR, ModemSimulator, identity
 from agent.modem.transport import AtTransport
-
-HOME = ["26201"]
 
 
 @pytest.fixture
@@ -33,9 +31,11 @@ def sims() -> Iterator[Any]:
 
 
 def probe_sim(sim: ModemSimulator, *, timeout: float = 2.0, **kw: Any) -> Any:
-    cfg = ModemConfig(name="m", port=sim.port, pin=kw.pop("pin", None))
+    cfg = ModemConfig(
+        name="m", port=sim.port, pin=kw.pop("pin", None), home_networks=kw.pop("home", None)
+    )
     with AtTransport(sim.port, timeout=timeout) as t:
-        return probe(t, cfg, home_networks=kw.pop("home", HOME), **kw)
+        return probe(t, cfg, home_networks=kw.pop("all_home", ()), **kw)
 
 
 def config(modems: list[dict[str, Any]], **policy: Any) -> Config:
@@ -44,7 +44,7 @@ def config(modems: list[dict[str, Any]], **policy: Any) -> Config:
             "vehicle": {"vin": "WVWZZZ1JZXW000001"},
             "bus": [{"name": "can0", "interface": "replay", "log": "x.log", "dbc": ["x.dbc"]}],
             "modem": modems,
-            "modems": {"home_networks": HOME, "command_timeout": 2.0, **policy},
+            "modems": {"command_timeout": 2.0, **policy},
         }
     )
 
@@ -57,6 +57,7 @@ def test_healthy_modem_every_iccid_variant(sims: Any, variant: str) -> None:
     assert r.responding and r.sim == f.SIM_READY
     assert (r.iccid, r.imsi, r.operator) == (iccid, imsi, "26201")
     assert (r.registration, r.roaming, r.attached) == (f.REG_HOME, False, True)
+    assert r.home_network == "26201"
     assert r.signal_dbm == -73.0 and r.signal_source == "csq"
 
 
@@ -69,6 +70,10 @@ def test_healthy_modem_every_iccid_variant(sims: Any, variant: str) -> None:
         ("searching", {"sim": f.SIM_READY, "registration": f.REG_SEARCHING, "roaming": None}),
         ("denied", {"registration": f.REG_DENIED, "operator": None}),
         ("roaming", {"registration": f.REG_ROAMING, "roaming": True, "operator": FOREIGN_OPERATOR}),
+        (
+            "national_roaming",
+            {"roaming": True, "operator": NATIONAL_OPERATOR, "home_network": "26201"},
+        ),
         ("iot_home", {"registration": f.REG_ROAMING, "roaming": False, "operator": "26201"}),
         ("weak", {"signal_dbm": -107.0}),
         # Data needs packet service: CREG alone (voice, SMS) is not what the report calls
@@ -232,3 +237,40 @@ def test_a_primary_above_its_rsrp_minimum_is_chosen_at_start(sims: Any) -> None:
     )
     assert rep.reports[0].signal_dbm == -101.0 and rep.reports[0].signal_source == "rsrp"
     assert (rep.chosen, rep.why.text) == ("a", "a chosen at start: the primary")
+
+
+def test_home_is_per_sim(sims: Any) -> None:
+    # Two SIMs of two German operators, both on 26202: home for b's SIM (its IMSI says 26202),
+    # national roaming for a's, even though 26202 is another SIM's home.
+    a = sims("national_roaming", ident=1)
+    b = sims("healthy", ident=2, imsi="262020000000002", operator=NATIONAL_OPERATOR)
+    ra, rb = probe_sim(a), probe_sim(b)
+    assert (ra.home_network, ra.operator, ra.roaming) == ("26201", "26202", True)
+    assert (rb.home_network, rb.operator, rb.roaming) == ("26202", "26202", False)
+    # The deprecated list for every modem still applies to a modem without its own...
+    assert probe_sim(a, all_home=["26202"]).roaming is False
+    # ... and a modem's own list replaces it.
+    assert probe_sim(a, all_home=["26202"], home=[]).roaming is True
+    assert probe_sim(a, home=["26202"]).roaming is False
+
+
+def test_a_network_that_says_home_is_home_even_if_unlisted(sims: Any) -> None:
+    sim = sims("healthy", operator=FOREIGN_OPERATOR)  # stat 1 on a network not in any list
+    r = probe_sim(sim, home=["26203"])
+    assert (r.registration, r.roaming, r.home_network) == (f.REG_HOME, False, "26201")
+
+
+@pytest.mark.parametrize("mnc_length", [3, None])
+def test_three_digit_mnc(sims: Any, mnc_length: int | None) -> None:
+    # A US SIM (MCC 310, MNC 410) that its own network reports as roaming: home either way,
+    # from EF_AD's MNC length or, without it, from the registered network's code.
+    imsi = "310410000000001"
+    sim = sims("iot_home", imsi=imsi, operator="310410", mnc_length=mnc_length)
+    r = probe_sim(sim)
+    assert (r.registration, r.home_network, r.roaming) == (f.REG_ROAMING, "310410", False)
+    # On another network of the same country, with the MNC length unknown: roaming, and the
+    # home network is honestly not known.
+    sim.set(operator="310260")
+    r = probe_sim(sim)
+    assert r.roaming is True
+    assert r.home_network == ("310410" if mnc_length == 3 else None)

@@ -114,3 +114,63 @@ def test_operator_and_attach() -> None:
     assert f.parse_cgatt(["+CGATT: 1"]) is True
     assert f.parse_cgatt(["+CGATT: 0"]) is False
     assert f.parse_imsi(["262010000000001"]) == "262010000000001"
+
+
+@pytest.mark.parametrize(
+    ("lines", "length"),
+    [
+        (['+CRSM: 144,0,"00000002"'], 2),
+        (['+CRSM: 144,0,"00000003"'], 3),
+        (['+CRSM: 144,0,"01000103"'], 3),  # other bits of byte 4 are not the length
+        (['+CRSM: 144,0,"000000"'], None),  # an old SIM without the length byte
+        (['+CRSM: 144,0,"0000000F"'], None),
+        (['+CRSM: 106,130,""'], None),
+        (["+CRSM: 144,0,zz"], None),
+        ([], None),
+    ],
+)
+def test_mnc_length_from_ef_ad(lines: list[str], length: int | None) -> None:
+    assert f.parse_mnc_length(lines) == length
+
+
+@pytest.mark.parametrize(
+    ("imsi", "mnc_length", "registered", "home"),
+    [
+        ("262010000000001", 2, "26202", "26201"),
+        ("310410000000001", 3, None, "310410"),
+        ("310410000000001", None, "310410", "310410"),  # the network it is on says the length
+        ("262010000000001", None, "26201", "26201"),
+        ("262010000000001", None, "26202", None),  # ambiguous and not on its own network
+        ("262010000000001", None, None, None),
+        (None, 2, "26201", None),
+        ("26201", 2, "26201", None),  # too short to be an IMSI
+    ],
+)
+def test_home_network_from_the_imsi(
+    imsi: str | None, mnc_length: int | None, registered: str | None, home: str | None
+) -> None:
+    assert f.home_network(imsi, mnc_length, registered) == home
+
+
+@pytest.mark.parametrize(
+    ("registration", "registered", "home", "extra", "roaming"),
+    [
+        (f.REG_HOME, "26201", "26201", [], False),
+        (f.REG_HOME, "23415", "26201", ["26203"], False),  # stat 1 on an unlisted network
+        (f.REG_ROAMING, "26201", "26201", [], False),  # its own network reporting roaming
+        (f.REG_ROAMING, "26202", "26201", [], True),  # national roaming is roaming
+        (f.REG_ROAMING, "26202", "26201", ["26202"], False),  # listed for this SIM
+        (f.REG_ROAMING, "26202", None, [], True),
+        (f.REG_ROAMING, None, "26201", [], True),
+        (f.REG_SEARCHING, "26201", "26201", [], None),
+        (f.REG_DENIED, None, "26201", [], None),
+    ],
+)
+def test_roaming_per_sim(
+    registration: str,
+    registered: str | None,
+    home: str | None,
+    extra: list[str],
+    roaming: bool | None,
+) -> None:
+    assert f.roaming(registration, registered, home, extra) is roaming

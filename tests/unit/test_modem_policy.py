@@ -45,7 +45,6 @@ def reports(**changes: dict[str, Any]) -> dict[str, ModemReport]:
 def make(**cfg: Any) -> tuple[SelectionPolicy, Clock]:
     clock = Clock()
     params: dict[str, Any] = {
-        "home_networks": ["26201"],
         "return_delay": 600.0,
         "return_delay_max": 2400.0,
     }
