@@ -10,7 +10,7 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -21,18 +21,9 @@ from agent.config import ModemConfig, ModemPolicyConfig
 from agent.modem.handle import Recovery
 from agent.modem.manager import ModemManager
 from agent.modem.simulator import FOREIGN_OPERATOR, ModemSimulator
+from tests.support.wait import wait_for
 
 DEADLINE = 30.0
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Rig:
@@ -84,7 +75,7 @@ class Rig:
         self.manager = mgr
         mgr.start()
         self.stack.callback(mgr.stop)
-        wait_for(lambda: mgr.active() is not None, "a first choice")
+        wait_for(lambda: mgr.active() is not None, DEADLINE, "a first choice")
         return mgr
 
 
@@ -123,13 +114,17 @@ def test_primary_fades_out_and_the_link_command_runs(rig: Rig) -> None:
     assert rig.switches[0] == ("a", "initial")
 
     rig.sims["a"].set(rssi=2)  # -109 dBm, below -105
-    wait_for(lambda: switched_to(mgr, "b", "weak_signal"), "a switch away from the weak primary")
+    wait_for(
+        lambda: switched_to(mgr, "b", "weak_signal"),
+        DEADLINE,
+        "a switch away from the weak primary",
+    )
     status = mgr.status()
     assert "-109" in status["reason"]["text"]
     assert status["switches"][-1]["from"] == "a" and status["switches"][-1]["to"] == "b"
     assert status["modems"]["a"]["problem"]["code"] == "weak_signal"
     # link_up runs first, then the uplink is told (on_switch).
-    wait_for(lambda: ("b", "weak_signal") in rig.switches, "the on_switch callback")
+    wait_for(lambda: ("b", "weak_signal") in rig.switches, DEADLINE, "the on_switch callback")
     assert marker.exists()
     assert marker.read_text() == f"b {status['modems']['b']['report']['iccid']}"
     json.dumps(status)  # JSON-able
@@ -157,7 +152,7 @@ def test_primary_failure_switches_with_its_reason(
     mgr = rig.start(command_timeout=0.5 if change.get("hung") else 2.0)
     assert mgr.active() == "a"
     rig.sims["a"].set(**change)
-    wait_for(lambda: switched_to(mgr, "b", code), f"a switch for {code}")
+    wait_for(lambda: switched_to(mgr, "b", code), DEADLINE, f"a switch for {code}")
     assert mgr.status()["modems"]["a"]["usable"] is False
 
 
@@ -166,7 +161,7 @@ def test_garbage_and_urc_storm_do_not_cause_switches(rig: Rig) -> None:
     rig.sim("b", "urc_storm", ident=2)
     mgr = rig.start(primary="b", fallback=["a"], command_timeout=2.0)
     assert mgr.active() == "b"
-    wait_for(lambda: mgr.status()["counters"]["checks"] >= 8, "several checks")
+    wait_for(lambda: mgr.status()["counters"]["checks"] >= 8, DEADLINE, "several checks")
     status = mgr.status()
     assert [s["code"] for s in status["switches"]] == ["initial"]
     assert status["modems"]["a"]["counters"]["noise_bytes"] > 0
@@ -179,7 +174,7 @@ def test_data_path_failures_switch(rig: Rig) -> None:
     mgr = rig.start(data_failures=3, command_timeout=2.0)
     for _ in range(3):
         mgr.report_data_failure("broker unreachable through a")
-    wait_for(lambda: switched_to(mgr, "b", "data_failure"), "a data-failure switch")
+    wait_for(lambda: switched_to(mgr, "b", "data_failure"), DEADLINE, "a data-failure switch")
     mgr.report_data_ok()
     assert mgr.status()["data_failures"] == 0
 
@@ -189,11 +184,15 @@ def test_hung_primary_is_reset_and_taken_back(rig: Rig) -> None:
     mgr = rig.start(command_timeout=0.5, return_delay=0.5)
     sim_a = rig.sims["a"]
     sim_a.set(hung=True, obeys_reset=True)
-    wait_for(lambda: switched_to(mgr, "b", "not_responding"), "a switch away from the hung one")
-    wait_for(lambda: sim_a.resets >= 1, "AT+CFUN=1,1 reaching the modem")
+    wait_for(
+        lambda: switched_to(mgr, "b", "not_responding"), DEADLINE, "a switch away from the hung one"
+    )
+    wait_for(lambda: sim_a.resets >= 1, DEADLINE, "AT+CFUN=1,1 reaching the modem")
     counters = mgr.status()["modems"]["a"]["counters"]
     assert counters["reopens"] >= 1 and counters["resets"] >= 1
-    wait_for(lambda: switched_to(mgr, "a", "return_to_primary"), "the return to the primary")
+    wait_for(
+        lambda: switched_to(mgr, "a", "return_to_primary"), DEADLINE, "the return to the primary"
+    )
     codes = [s["code"] for s in mgr.status()["switches"]]
     assert codes[:2] == ["initial", "not_responding"] and codes[-1] == "return_to_primary"
 
@@ -203,7 +202,9 @@ def test_re_enumerated_modem_is_found_again_by_iccid(rig: Rig) -> None:
     for i, n in enumerate("abc", start=1):
         rig.sim(n, ident=i, link=byid / f"usb-modem-{n}")
     mgr = rig.start(search=(str(byid / "usb-*"),), command_timeout=0.5)
-    iccid_a = wait_for(lambda: mgr.status()["modems"]["a"]["report"]["iccid"], "a's ICCID")
+    iccid_a = wait_for(
+        lambda: mgr.status()["modems"]["a"]["report"]["iccid"], DEADLINE, "a's ICCID"
+    )
 
     new_path = rig.sims["a"].reenumerate(byid / "usb-modem-a-if02")
     assert not (byid / "usb-modem-a").exists()
@@ -213,7 +214,7 @@ def test_re_enumerated_modem_is_found_again_by_iccid(rig: Rig) -> None:
         r = m["report"]
         return bool(m["port"] == new_path and r["responding"] and r["iccid"] == iccid_a)
 
-    wait_for(found, "a at its new path")
+    wait_for(found, DEADLINE, "a at its new path")
     assert mgr.status()["modems"]["a"]["counters"]["found_again"] >= 1
     assert mgr.active() in ("a", "b")
 
@@ -223,7 +224,11 @@ def test_hung_modem_never_blocks_status_or_stop(rig: Rig) -> None:
     rig.sim("b", ident=2)
     mgr = rig.start(command_timeout=0.5)
     assert mgr.active() == "b"
-    wait_for(lambda: mgr.status()["modems"]["a"]["counters"]["failures"] >= 2, "two failed checks")
+    wait_for(
+        lambda: mgr.status()["modems"]["a"]["counters"]["failures"] >= 2,
+        DEADLINE,
+        "two failed checks",
+    )
     status = mgr.status()
     assert status["modems"]["a"]["problem"]["code"] == "not_responding"
     start = time.monotonic()

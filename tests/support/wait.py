@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.02) -> bool:
     """Poll ``predicate`` until it is true or ``timeout`` seconds pass; return its last value."""
     deadline = time.monotonic() + timeout
     while True:
@@ -17,7 +20,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         time.sleep(interval)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
-    """Like wait_until, but a timeout fails the test, naming what was awaited."""
-    if not wait_until(predicate, timeout, interval=0.01):
+def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+    """Like wait_until, but return the predicate's first true value; a timeout fails the test,
+    naming what was awaited."""
+    found: list[T] = []
+
+    def hit() -> bool:
+        value = predicate()
+        if value:
+            found.append(value)
+        return bool(value)
+
+    if not wait_until(hit, timeout, interval=0.01):
         raise AssertionError(f"timed out waiting for {what}")
+    return found[0]
