@@ -1270,8 +1270,8 @@ def run(plan: Plan, work: Path) -> Report:
     bench_trigger_load(plan, report, frames, work, base_cpu)
     bench_compactness(report, demo_sink, demo_cost, work)
     bench_rss(plan, report, drive, work)
-    # Errors and notices only: logging every packet would cost the broker time being measured.
-    broker = Mosquitto(work / "broker", log_types=("error", "warning", "notice"))
+    # No per-packet log: it would cost the broker time being measured.
+    broker = Mosquitto(work / "broker", log_types=("error", "warning", "notice", "information"))
     with broker:
         port = broker.port
         bench_drain(plan, report, demo_sink.payloads, port, work)

@@ -175,6 +175,7 @@ class Mosquitto:
     port: int = 0
     host: str = "127.0.0.1"
     # "all" logs every packet (tests read it); the bench keeps the broker's own cost low.
+    # error, notice and information are always logged (start() needs them).
     log_types: tuple[str, ...] = ("all",)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _port_chosen: bool = field(default=False, init=False, repr=False)
@@ -204,8 +205,9 @@ class Mosquitto:
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.directory}/",
             f"log_dest file {self.log_path}",
-            # The "running" notice is what start() waits for.
-            *(f"log_type {t}" for t in sorted({*self.log_types, "error", "notice"})),
+            # start() waits for the "running" notice; mosquitto 2.0 leaves its log file
+            # unflushed unless "information" is logged too (checked with 2.0.11).
+            *(f"log_type {t}" for t in sorted({*self.log_types, "error", "notice", "information"})),
         ]
         if self.max_inflight_messages is not None:
             lines.append(f"max_inflight_messages {self.max_inflight_messages}")
