@@ -3,12 +3,15 @@
 Takes the vehicle's own settings (VIN, primary SIM, broker, TLS material, the owner's consent)
 from flags, or asks for the missing ones on a terminal, checks all of them before writing
 anything, and writes ``--config`` = ``--base`` + [vehicle] vin + [mqtt] host/port/tls +
-[modems] primary + [consent] granted. Checks: the VIN (agent.vin), the consent categories, the
-TLS files (CA parses; client certificate and key parse and match; nothing expired), the final
-config loads and passes ``agent.daemon.prepare`` (DBCs, signals), the chosen SIM is present and
+[modems] primary + [consent] granted. The values are validated by the config models that
+`spime-agent check` uses (agent.config: VIN and its check digit, host, port, consent
+categories), on the very text that will be written, so the two never disagree; a model error
+about a value the dealer gave is named by its flag (``--port: ...``). Then: the TLS files
+(agent.tlscheck: parse, key matches certificate, nothing expired, loadable by the uplink), the
+final config passes ``agent.daemon.prepare`` (DBCs, signals), the chosen SIM is present and
 ready (one probe of every modem), and the broker completes a TLS handshake and answers an MQTT
-CONNECT when it is reachable (``--offline`` skips that). Problems come out one line each, with a
-non-zero exit, and nothing is written.
+CONNECT when it is reachable (``--offline`` skips that). Problems come out one line each, with
+a non-zero exit, and nothing is written.
 
 Writing: temporary file in the config's folder, fsync, rename, fsync of the folder; mode 0600,
 owned by the ``spime-agent`` user when run as root and that user exists; the previous file kept
@@ -35,12 +38,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+import tomli_w
+from pydantic import ValidationError
+
 from agent.atomicfile import write_atomic
-from agent.config import COARSE_LOCATION, CONSENT_CATEGORIES, Config, parse_config
+from agent.config import (
+    COARSE_LOCATION,
+    CONSENT_CATEGORIES,
+    Config,
+    TlsConfig,
+    error_message,
+    field_path,
+)
 from agent.errors import AgentError
 from agent.tlscheck import check_broker, tls_problems
-from agent.tomlwrite import dumps_toml
-from agent.vin import normalize, uses_check_digit, vin_problems
+from agent.vin import uses_check_digit
 
 if TYPE_CHECKING:  # the catalog pulls in cantools: the CLI imports this module for its flags
     from agent.catalog import Catalog
@@ -112,7 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vin", help="the vehicle's 17-character VIN")
     p.add_argument("--primary", help="the primary SIM: a [[modem]] name of the base, or an ICCID")
     p.add_argument("--host", help="MQTT broker host name")
-    p.add_argument("--port", type=int, help=f"MQTT broker TLS port (default {DEFAULT_PORT})")
+    p.add_argument("--port", help=f"MQTT broker TLS port (default {DEFAULT_PORT})")
     p.add_argument("--ca", type=Path, help="CA certificate(s) that signed the broker's certificate")
     p.add_argument("--cert", type=Path, help="the car's client certificate (PEM)")
     p.add_argument("--key", type=Path, help="the client certificate's private key (PEM)")
@@ -134,14 +146,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class Choices:
-    vin: str
+    """The vehicle's settings as the dealer gave them (None: missing); validated later, by the
+    config models, once they are in the config text."""
+
+    vin: str | None
     primary: str | None
-    host: str
-    port: int
-    ca: Path
-    cert: Path
-    key: Path
-    granted: tuple[str, ...]
+    host: str | None
+    port: int | str | None
+    ca: Path | None
+    cert: Path | None
+    key: Path | None
+    granted: list[str] | None
 
 
 def _ask(out: TextIO, question: str, default: str | None) -> str | None:
@@ -154,29 +169,28 @@ def _ask(out: TextIO, question: str, default: str | None) -> str | None:
     return answer or default
 
 
-def parse_consent(text: str, coarse: bool) -> tuple[tuple[str, ...], list[str]]:
-    """Granted categories in canonical order, and problems."""
-    items = [c.strip().lower() for c in text.split(",") if c.strip()]
+def parse_consent(text: str, coarse: bool) -> tuple[list[str], list[str]]:
+    """The categories the flag names (known ones in canonical order), and syntax problems.
+    Whether the categories exist and go together is the config model's to say."""
+    items = list(dict.fromkeys(c.strip().lower() for c in text.split(",") if c.strip()))
     problems = []
     if "none" in items:
         if len(items) > 1:
             problems.append("--consent: none cannot be combined with categories")
         items = []
-    bad = [c for c in items if c not in GRANTABLE]
-    if bad:
-        problems.append(
-            f"--consent: unknown categories {', '.join(bad)} (choose from {', '.join(GRANTABLE)}"
-            ", or none)"
-        )
-    chosen = set(items) | ({COARSE} if coarse else set())
-    if {"location", COARSE} <= chosen:
-        problems.append("--consent: grant either location or coarse location, not both")
-    return tuple(c for c in GRANTABLE if c in chosen), problems
+    chosen = [*items, COARSE] if coarse and COARSE not in items else items
+    known = [c for c in GRANTABLE if c in chosen]
+    return known + [c for c in chosen if c not in GRANTABLE], problems
+
+
+def _port(text: str) -> int | str:
+    # Digits become an integer; anything else goes to the model as written, which refuses it.
+    return int(text) if text.strip().isdigit() else text
 
 
 def gather(
     args: argparse.Namespace, out: TextIO, stdin_is_tty: bool, modem_names: list[str]
-) -> tuple[Choices | None, list[str]]:
+) -> tuple[Choices, list[str]]:
     """Flags first; on a terminal, ask for the missing ones; else each missing one is a problem."""
     problems: list[str] = []
 
@@ -208,38 +222,63 @@ def gather(
     elif args.primary is not None:
         problems.append(f"--primary {args.primary}: the base config has no [[modem]]")
     host = get("host", "MQTT broker host")
-    port_text = get("port", "MQTT broker port", str(DEFAULT_PORT), batch_default=True)
-    ca = get("ca", "CA certificate file")
-    cert = get("cert", "Client certificate file")
-    key = get("key", "Client key file")
+    port = get("port", "MQTT broker port", str(DEFAULT_PORT), batch_default=True)
+    ca, cert, key = (
+        Path(f).expanduser().absolute() if f else None
+        for f in (
+            get("ca", "CA certificate file"),
+            get("cert", "Client certificate file"),
+            get("key", "Client key file"),
+        )
+    )
     consent_text = get(
         "consent", f"Owner's consent ({', '.join(GRANTABLE)}; comma-separated, or none)", "none"
     )
-
-    if vin is not None:
-        vin = normalize(vin)
-        problems += vin_problems(vin)
-    port = 0
-    if port_text is not None:
-        try:
-            port = int(port_text)
-            if not 1 <= port <= 65535:
-                raise ValueError
-        except ValueError:
-            problems.append(f"--port {port_text}: not a port number (1-65535)")
-    if host is not None and (not host or "://" in host or any(c.isspace() for c in host)):
-        problems.append(f"--host {host!r}: a host name or address only (no scheme, no spaces)")
-    granted: tuple[str, ...] = ()
+    granted = None
     if consent_text is not None:
         granted, consent_problems = parse_consent(consent_text, args.coarse_location)
         problems += consent_problems
-    files = [Path(f).expanduser().absolute() for f in (ca, cert, key) if f]
-    if len(files) == 3:
-        problems += tls_problems(files[0], files[1], files[2])
-    if problems or vin is None or host is None or len(files) != 3 or consent_text is None:
+    port_value = _port(port) if port is not None else None
+    return Choices(vin, primary, host, port_value, ca, cert, key, granted), problems
+
+
+# The config fields the dealer's flags set, for naming a model error by its flag.
+_FLAGS = {
+    "vehicle.vin": "--vin",
+    "mqtt.host": "--host",
+    "mqtt.port": "--port",
+    "mqtt.tls.ca": "--ca",
+    "mqtt.tls.cert": "--cert",
+    "mqtt.tls.key": "--key",
+    "consent.granted": "--consent",
+    "modems.primary": "--primary",
+}
+
+
+def validate(
+    data: dict[str, Any], c: Choices, config_dir: Path, base_path: Path
+) -> tuple[Config | None, list[str]]:
+    """The final config through the same models as `check`; problems named by flag where the
+    dealer gave the value, by the base's field otherwise. Fields the dealer left out were
+    already reported as missing."""
+    try:
+        return Config.model_validate(data, context={"base": config_dir}), []
+    except ValidationError as err:
+        missing = {
+            f for f, v in zip(_FLAGS, (c.vin, c.host, c.port, c.ca, c.cert, c.key,
+                                       c.granted, c.primary), strict=True) if v is None
+        }  # fmt: skip
+        problems = []
+        for e in err.errors():
+            where = field_path(e["loc"])
+            field = where.split("[")[0]
+            if field in missing:
+                continue
+            if field in _FLAGS:
+                problems.append(f"{_FLAGS[field]}: {error_message(e)}")
+            else:
+                problems.append(f"{base_path}: {where}: {error_message(e)}")
         return None, problems
-    ca_path, cert_path, key_path = files
-    return Choices(vin, primary, host, port, ca_path, cert_path, key_path, granted), []
 
 
 # -- building the config ---------------------------------------------------------------------
@@ -277,24 +316,27 @@ def build_config(
         _rebase_paths(data, base_dir)
     vehicle = data.pop("vehicle", None)
     vehicle = dict(vehicle) if isinstance(vehicle, dict) else {}
-    vehicle["vin"] = c.vin
+    if c.vin is not None:
+        vehicle["vin"] = c.vin.strip().upper()
     mqtt = _table(data, "mqtt")
     tls = _table(mqtt, "tls")
-    data["mqtt"] = {
-        **mqtt,
-        "host": c.host,
-        "port": c.port,
-        "tls": {**tls, "ca": str(c.ca), "cert": str(c.cert), "key": str(c.key)},
-    }
+    files = {k: str(v) for k, v in (("ca", c.ca), ("cert", c.cert), ("key", c.key)) if v}
+    given = {k: v for k, v in (("host", c.host), ("port", c.port)) if v is not None}
+    data["mqtt"] = {**mqtt, **given, "tls": {**tls, **files}}
     if c.primary is not None:
         modems = _table(data, "modems")
         data["modems"] = {**modems, "primary": c.primary}
     consent = _table(data, "consent")
     data["consent"] = {
-        "granted": list(c.granted),
+        "granted": list(c.granted or ()),
         **{k: v for k, v in consent.items() if k != "granted"},
     }
     return {"vehicle": vehicle, **data}
+
+
+def config_text(data: dict[str, Any], base: Path) -> str:
+    """The config file as written: a header saying where it came from, then the TOML."""
+    return HEADER.format(base=base) + "\n" + tomli_w.dumps(data)
 
 
 def _load_base(path: Path) -> tuple[dict[str, Any] | None, list[str]]:
@@ -331,22 +373,24 @@ def backup_path(config: Path) -> Path:
 
 # -- the command -----------------------------------------------------------------------------
 def _summary(
-    cfg: Config, catalog: Catalog, c: Choices, sim_line: str, notes: list[str]
+    cfg: Config, catalog: Catalog, primary: str | None, sim_line: str, notes: list[str]
 ) -> list[str]:
     assert cfg.mqtt is not None and cfg.consent is not None
+    m, tls, vin = cfg.mqtt, cfg.mqtt.tls_config, cfg.vehicle.vin
+    assert tls is not None
     lines = [
-        f"vehicle {c.vin}"
-        + ("" if uses_check_digit(c.vin) else " (check digit not used in its region)"),
-        f"broker {c.host}:{c.port} over TLS (CA {c.ca}, certificate {c.cert})",
+        f"vehicle {vin}"
+        + ("" if uses_check_digit(vin) else " (check digit not used in its region)"),
+        f"broker {m.host}:{m.port} over TLS (CA {tls.ca}, certificate {tls.cert})",
     ]
     lines += [f"  {n}" for n in notes]
     if sim_line:
         lines.append(f"primary SIM {sim_line}")
     elif cfg.modem:
-        lines.append(f"primary SIM {c.primary}")
+        lines.append(f"primary SIM {primary}")
     else:
         lines.append("no modems configured: the car uses the system's network")
-    lines.append(f"consent granted: {', '.join(c.granted) or 'nothing'}")
+    lines.append(f"consent granted: {', '.join(cfg.consent.granted) or 'nothing'}")
     counts = Counter((s.category or "uncategorized", s.coarse) for s in catalog.selected)
     sent = ", ".join(
         f"{cat} {n}" + (f" (coarse, {cfg.consent.coarse_grid:g}-degree grid)" if coarse else "")
@@ -377,20 +421,35 @@ def run_activate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin_is_tt
     problems += input_problems
     if not config_path.parent.is_dir():
         problems.append(f"--config {config_path}: folder {config_path.parent} does not exist")
-    if problems or base is None or choices is None:
+    elif config_path.is_dir():
+        problems.append(f"--config {config_path}: is a folder; give the config file's path")
+    if base is None:
         return fail(problems)
 
+    data = build_config(base, choices, base_path.parent, config_path.parent)
     try:
-        data = build_config(base, choices, base_path.parent, config_path.parent)
-        text = HEADER.format(base=base_path) + "\n" + dumps_toml(data)
-        # Problems are named after the base: that is the file the integrator fixes.
-        cfg = parse_config(
-            tomllib.loads(text), base=config_path.absolute().parent, source=str(base_path)
-        ).model_copy(update={"source": base_path})
-        catalog = prepare(cfg)
-    except (AgentError, ValueError) as e:
-        problems = list(e.problems) if isinstance(e, AgentError) else [f"{base_path}: {e}"]
+        text = config_text(data, base_path)
+    except (TypeError, ValueError) as e:  # tomli-w refuses what TOML cannot hold
+        return fail([*problems, f"{base_path}: cannot write as TOML: {e}"])
+    # Validate what will be written, exactly as `check` will read it.
+    cfg, model_problems = validate(
+        tomllib.loads(text), choices, config_path.absolute().parent, base_path
+    )
+    problems += model_problems
+    if None not in (choices.ca, choices.cert, choices.key):
+        assert choices.ca is not None and choices.cert is not None and choices.key is not None
+        problems += tls_problems(
+            TlsConfig(ca=choices.ca, cert=choices.cert, key=choices.key),
+            {"ca": "--ca", "cert": "--cert", "key": "--key"},
+        )
+    if problems or cfg is None:
         return fail(problems)
+    # Problems are named after the base: that is the file the integrator fixes.
+    cfg = cfg.model_copy(update={"source": base_path})
+    try:
+        catalog = prepare(cfg)
+    except AgentError as e:
+        return fail(list(e.problems))
 
     sim_line = ""
     if choices.primary is not None:
@@ -417,7 +476,7 @@ def run_activate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin_is_tt
     if problems:
         return fail(problems)
 
-    summary = _summary(cfg, catalog, choices, sim_line, notes)
+    summary = _summary(cfg, catalog, choices.primary, sim_line, notes)
     if args.dry_run:
         out.write(text + "\n" + "\n".join(summary) + "\n")
         out.write(f"dry run: {config_path} not written\n")
@@ -431,7 +490,7 @@ def run_activate(args: argparse.Namespace, out: TextIO, err: TextIO, stdin_is_tt
     owner = (user.pw_uid, user.pw_gid) if user is not None and os.geteuid() == 0 else None
     if user is not None:
         for what, path in (("--ca", choices.ca), ("--cert", choices.cert), ("--key", choices.key)):
-            if not _readable_by(path, user):
+            if path is not None and not _readable_by(path, user):
                 err.write(f"warning: {what} {path}: user {SERVICE_USER} cannot read it\n")
     had_file = config_path.exists()
     try:

@@ -5,12 +5,14 @@ matching entry wins), assigns schema ids and wire names, builds the spime schema
 lookup keys and the kernel CAN filters for each bus. Resolves the ``[[trigger]]`` sections: the
 signals their conditions read (decoded even when not sent, "read-only") and the signals they
 capture (added to the schema as capture-only when not otherwise sent); consent bounds both.
-It reads cantools objects but does not decode frames (agent.decode) nor hold runtime state
-(agent.pipeline).
+Names the closest signals when a glob selects nothing, and lists every ``Message.Signal`` of a
+config's buses. It reads cantools objects but does not decode frames (agent.decode) nor hold
+runtime state (agent.pipeline).
 """
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -199,6 +201,35 @@ def load_dbcs(cfg: Config) -> dict[str, list[DbcFile]]:
     return out
 
 
+def signal_names(cfg: Config, dbcs: dict[str, list[DbcFile]]) -> list[tuple[str, str]]:
+    """(bus, ``Message.Signal``) of every signal in the DBCs of each bus, in DBC order."""
+    out: list[tuple[str, str]] = []
+    for bus in cfg.bus:
+        seen: set[str] = set()
+        for dbc in dbcs[bus.name]:
+            for msg in dbc.messages:
+                for sig in msg.signals:
+                    name = f"{msg.name}.{sig.name}"
+                    if name not in seen:
+                        seen.add(name)
+                        out.append((bus.name, name))
+    return out
+
+
+def closest_names(pattern: str, names: Iterable[str], n: int = 3) -> list[str]:
+    """The names nearest to a pattern that matched none of them, best first. Case is ignored
+    (a wrong case is the commonest miss); a glob's message part is also compared with
+    ``Message.*``, so ``ECM_Engin1.*`` finds ``ECM_Engine1.*``."""
+    candidates: dict[str, str] = {}
+    for name in names:
+        candidates.setdefault(name.casefold(), name)
+        message = name.split(".", 1)[0]
+        if any(c in pattern for c in "*?["):
+            candidates.setdefault(f"{message}.*".casefold(), f"{message}.*")
+    found = difflib.get_close_matches(pattern.casefold(), candidates, n=n, cutoff=0.6)
+    return [candidates[f] for f in found]
+
+
 def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> Catalog:
     """Select the signals the config asks for; raise ConfigError naming every problem."""
     dbcs = dbcs if dbcs is not None else load_dbcs(cfg)
@@ -228,13 +259,21 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
                             used_entries.add(i)
                             candidates.append((bus, msg, sig, entry))
                             break
-    for i, entry in enumerate(cfg.signal):
-        if i not in used_entries:
-            where = f" on bus {entry.bus!r}" if entry.bus else ""
-            problems.append(
-                f"{src}: signal[{i}].match {entry.match!r} matches no signal{where} "
-                "(patterns are Message.Signal as in the DBC, case-sensitive)"
-            )
+    unused = [i for i in range(len(cfg.signal)) if i not in used_entries]
+    known = signal_names(cfg, dbcs) if unused else []
+    for i in unused:
+        entry = cfg.signal[i]
+        where = f" on bus {entry.bus!r}" if entry.bus else ""
+        near = closest_names(entry.match, (n for b, n in known if entry.bus in (None, b)))
+        hint = (
+            f"; closest: {', '.join(near)}"
+            if near
+            else f"; `spime-agent check --list --config {src}` lists them"
+        )
+        problems.append(
+            f"{src}: signal[{i}].match {entry.match!r} matches no signal{where} "
+            f"(patterns are Message.Signal as in the DBC, case-sensitive){hint}"
+        )
     # Consent: signals of categories the owner did not grant are not selected at all, so
     # their frames are never decoded and their values never stored or sent.
     consented: list[tuple[BusConfig, Message, Any, SignalConfig | None, str | None, bool]] = []

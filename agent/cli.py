@@ -16,10 +16,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.errors import AgentError
+from agent.errors import AgentError, InputError
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 log = logging.getLogger("agent")
 
@@ -40,9 +43,20 @@ def _emit_json(obj: dict[str, Any]) -> None:
 def cmd_check(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.daemon import prepare
+    from agent.errors import ConfigError
+    from agent.tlscheck import config_tls_problems
 
     cfg = load_config(args.config)
-    catalog = prepare(cfg)
+    if args.list:
+        return _list_signals(cfg)
+    # Load what `run` loads: the TLS files too, and report them with the DBC problems at once.
+    tls = config_tls_problems(cfg)
+    try:
+        catalog = prepare(cfg)
+    except ConfigError as err:
+        raise ConfigError(*tls, *err.problems) from None
+    if tls:
+        raise ConfigError(*tls)
     for w in catalog.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"config {args.config}: OK (vin {cfg.vehicle.vin})")
@@ -74,6 +88,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _list_signals(cfg: Config) -> int:
+    """`check --list`: every Message.Signal of the config's buses, one per line; with several
+    buses each line names its bus (bus/Message.Signal, as wire names do)."""
+    from agent.catalog import load_dbcs, signal_names
+
+    dbcs = load_dbcs(cfg)
+    for f in {id(f): f for fs in dbcs.values() for f in fs}.values():
+        for w in f.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+    several = len(cfg.bus) > 1
+    for bus, name in signal_names(cfg, dbcs):
+        sys.stdout.write(f"{bus}/{name}\n" if several else f"{name}\n")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.daemon import prepare
@@ -81,7 +110,10 @@ def cmd_schema(args: argparse.Namespace) -> int:
     catalog = prepare(load_config(args.config))
     text = catalog.schema.dumps(indent=2) + "\n"
     if args.out:
-        Path(args.out).write_text(text, encoding="utf-8")
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as err:
+            raise InputError(f"--out {args.out}: cannot write: {err.strerror or err}") from None
     else:
         sys.stdout.write(text)
     return 0
@@ -101,7 +133,7 @@ def cmd_decode(args: argparse.Namespace) -> int:
         try:
             payload, where = Path(args.file).read_bytes(), args.file
         except OSError as err:
-            raise AgentError(f"{args.file}: cannot read: {err.strerror or err}") from None
+            raise InputError(f"{args.file}: cannot read: {err.strerror or err}") from None
     try:
         _emit_json(decode_update(payload, schema))
     except AgentError as err:
@@ -262,6 +294,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="validate a config and its DBC files, print a summary")
     c.add_argument("--config", required=True, type=Path)
+    c.add_argument(
+        "--list",
+        action="store_true",
+        help="list every Message.Signal of the config's DBC files (for [[signal]] match)",
+    )
     c.set_defaults(func=cmd_check)
 
     r = sub.add_parser("run", help="run the agent")

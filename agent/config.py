@@ -2,22 +2,29 @@
 
 Loads one TOML file, validates every key (unknown keys are errors), resolves relative paths
 against the config file's folder, and reports every problem as one line naming the file and the
-field (or the line, for TOML syntax errors). It does not open buses, DBCs or brokers: checks that
-need those live where those are opened.
+field (or the line, for TOML syntax errors). Types are strict: a boolean is `true` or `false`,
+never `1` or `"yes"`; an integer is never `true`; only a float field takes an integer. The same
+models validate what `spime-agent activate` writes, so `check` and `activate` accept the same
+values. It does not open buses, DBCs, TLS files or brokers: checks that need those live where
+those are opened (agent.catalog, agent.tlscheck).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import json
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -39,7 +46,10 @@ COARSE_LOCATION = "coarse_location"
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has real booleans and integers; `port = true` or `compress = "yes"` is a
+    # mistake to name, not a value to coerce. Paths are the one exception (TOML has no path
+    # type): they are declared with FilePath below.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
@@ -53,8 +63,39 @@ def _resolve(value: Path | None, info: ValidationInfo) -> Path | None:
     return value
 
 
+# A path is written as a string; strict mode alone would ask for a Path object.
+FilePath = Annotated[Path, Field(strict=False)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
 NonNegSeconds = Annotated[float, Field(ge=0)]
+
+
+def _port(v: int) -> int:
+    if not 1 <= v <= 65535:
+        raise ValueError(f"{v} is not a port number (1-65535)")
+    return v
+
+
+Port = Annotated[int, AfterValidator(_port)]
+
+
+def _host(v: str) -> str:
+    """A host name or an IP address: a URL or a "host:port" is the commonest mistake."""
+    if "://" in v:
+        raise ValueError(
+            f"{v!r} is a URL: give the host name or address only (no scheme; the port is port)"
+        )
+    if not v or any(c.isspace() for c in v) or "/" in v:
+        raise ValueError(f"{v!r} is not a host name or address (no spaces, no slashes)")
+    if ":" in v:
+        try:
+            ipaddress.IPv6Address(v.strip("[]"))
+        except ValueError:
+            raise ValueError(f"{v!r}: give the host only; the port is port") from None
+        return v.strip("[]")
+    return v
+
+
+Host = Annotated[str, AfterValidator(_host)]
 
 
 class VehicleConfig(_Model):
@@ -78,14 +119,14 @@ class BusConfig(_Model):
     bitrate: int | None = Field(default=None, gt=0)
     fd: bool = False
     data_bitrate: int | None = Field(default=None, gt=0)
-    dbc: list[Path] = Field(min_length=1)
+    dbc: list[FilePath] = Field(min_length=1)
     # Load the DBC with the documented lenient rules (see README): defects are warnings.
     lenient_dbc: bool = False
     # J1939: match frames by PGN (priority and source address masked out).
     j1939: bool = False
     frame_id_mask: int | None = Field(default=None, gt=0, le=0x1FFFFFFF)
     # Replay only.
-    log: Path | None = None
+    log: FilePath | None = None
     speed: float = Field(default=0.0, ge=0)
     # "log": stamp data with the log's own times; "now": shift the log so it starts now.
     time: Literal["log", "now"] = "log"
@@ -207,9 +248,9 @@ class UpdatesConfig(_Model):
 
 
 class TlsConfig(_Model):
-    ca: Path | None = None
-    cert: Path | None = None
-    key: Path | None = None
+    ca: FilePath | None = None
+    cert: FilePath | None = None
+    key: FilePath | None = None
     # Never disable in production: only for brokers with self-signed names in a lab.
     check_hostname: bool = True
 
@@ -221,8 +262,33 @@ class TlsConfig(_Model):
     @model_validator(mode="after")
     def _pair(self) -> TlsConfig:
         if (self.cert is None) != (self.key is None):
-            raise ValueError("cert and key go together")
+            given, absent = ("cert", "key") if self.key is None else ("key", "cert")
+            raise ValueError(f"{given} is given without {absent}: the two go together")
         return self
+
+
+# Union tags: internal names, left out of the field paths users see.
+_TLS_BOOL, _TLS_TABLE = "tls-bool", "tls-table"
+_TAGS = {_TLS_BOOL, _TLS_TABLE}
+
+
+def _tls_kind(v: Any) -> str | None:
+    if isinstance(v, bool):
+        return _TLS_BOOL
+    if isinstance(v, dict | TlsConfig):
+        return _TLS_TABLE
+    return None
+
+
+# Tagged, so that a bad table is reported once, as itself, not also as "not a boolean".
+TlsSetting = Annotated[
+    Annotated[bool, Tag(_TLS_BOOL)] | Annotated[TlsConfig, Tag(_TLS_TABLE)],
+    Discriminator(
+        _tls_kind,
+        custom_error_type="tls_type",
+        custom_error_message="must be true, false or a table { ca = ..., cert = ..., key = ... }",
+    ),
+]
 
 
 def is_loopback(host: str) -> bool:
@@ -235,11 +301,11 @@ def is_loopback(host: str) -> bool:
 
 
 class MqttConfig(_Model):
-    host: str = Field(min_length=1)
-    port: int = Field(default=1883, ge=1, le=65535)
+    host: Host
+    port: Port = 1883
     protocol: Literal["5", "3.1.1"] = "5"
     # None: TLS unless the broker is on this box (loopback), see README.
-    tls: bool | TlsConfig | None = None
+    tls: TlsSetting | None = None
     username: str | None = None
     password: str | None = None
     keepalive: int = Field(default=60, ge=5, le=65535)
@@ -276,7 +342,7 @@ class MqttConfig(_Model):
 
 
 class OutboxConfig(_Model):
-    path: Path
+    path: FilePath
     max_bytes: int = Field(default=256 * 1024 * 1024, ge=64 * 1024)
     commit_interval: PositiveSeconds = 1.0
     # Memory buffer used while the disk cannot be written (full, read-only).
@@ -352,7 +418,7 @@ class ModemPolicyConfig(_Model):
     reset_interval: PositiveSeconds = 900.0  # at most one reset per modem per this long
     rescan_interval: PositiveSeconds = 30.0
     # On a tmpfs, so "a PIN at most once per boot" survives agent restarts but not reboots.
-    pin_ledger: Path | None = Path("/run/spime-agent/pin-tried")
+    pin_ledger: FilePath | None = Path("/run/spime-agent/pin-tried")
     history: int = Field(default=20, ge=1)  # switches kept for the status
 
     @field_validator("home_networks")
@@ -397,11 +463,13 @@ class ConsentConfig(_Model):
         bad = [c for c in v if c not in known]
         if bad:
             raise ValueError(f"unknown categories {bad}; known: {', '.join(known)}")
+        if "location" in v and COARSE_LOCATION in v:
+            raise ValueError(f"grant either location or {COARSE_LOCATION}, not both")
         return v
 
 
 class StatusConfig(_Model):
-    path: Path | None = None
+    path: FilePath | None = None
     interval: PositiveSeconds = 5.0
 
     @field_validator("path", mode="after")
@@ -490,17 +558,48 @@ def _loc(loc: tuple[Any, ...]) -> str:
     return out or "(top level)"
 
 
+def _shown(value: Any) -> str:
+    """A value as it was written in TOML, shortened."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    text = json.dumps(value) if isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+_TYPE_NAMES = {
+    "bool_type": "true or false",
+    "int_type": "an integer",
+    "float_type": "a number",
+    "string_type": "a string",
+    "list_type": "a list",
+    "dict_type": "a table",
+    "model_type": "a table",
+}
+
+
+def field_path(loc: tuple[Any, ...]) -> str:
+    """The dotted path of a pydantic error location, as the user writes it in TOML."""
+    return _loc(tuple(p for p in loc if not str(p).startswith("function-") and p not in _TAGS))
+
+
+def error_message(e: Any) -> str:
+    """One pydantic error as a sentence about the value the user wrote."""
+    kind = e["type"]
+    if kind == "extra_forbidden":
+        return "unknown key (check the spelling; see README, Configuration)"
+    if kind == "missing":
+        return "required key is missing"
+    if kind in _TYPE_NAMES:
+        return f"must be {_TYPE_NAMES[kind]}, not {_shown(e['input'])}"
+    return str(e["msg"]).removeprefix("Value error, ")
+
+
 def format_validation_error(source: str, err: ValidationError) -> list[str]:
-    lines = []
-    for e in err.errors():
-        loc = _loc(tuple(p for p in e["loc"] if not str(p).startswith("function-")))
-        msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key (check the spelling; see README, Configuration)"
-        elif e["type"] == "missing":
-            msg = "required key is missing"
-        lines.append(f"{source}: {loc}: {msg}")
-    return lines
+    return [f"{source}: {field_path(e['loc'])}: {error_message(e)}" for e in err.errors()]
 
 
 def parse_config(data: dict[str, Any], *, base: Path, source: str) -> Config:

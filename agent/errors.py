@@ -31,6 +31,12 @@ class DbcError(ConfigError):
     """A DBC file cannot be loaded; one line per defect with file, line, what and how to fix."""
 
 
+class InputError(AgentError):
+    """A file named on the command line cannot be read, or an output file cannot be written."""
+
+    exit_code = 2
+
+
 class SchemaError(AgentError):
     """A spime schema document is malformed, or an update names a schema we do not hold."""
 

@@ -1,102 +1,70 @@
-"""Checks of TLS material and of the broker, for activation.
+"""Checks of TLS material and of the broker, for `check` and activation.
 
-Parses PEM/DER certificates with the standard library (validity dates, key match through
-ssl), and probes a broker with a TLS handshake and a minimal MQTT CONNECT, so the dealer learns
+The certificate part reads the CA file, the client certificate and its private key with
+``cryptography`` (PEM, or DER where the agent cannot use it, to say so), checks validity dates
+and that the key belongs to the certificate, and then builds the same ``ssl`` context the
+uplink builds, so what passes here is what ``run`` loads. Every problem is one line naming the
+file as the caller labels it (``mqtt.tls.cert`` in a config, ``--cert`` in activation). The
+broker part probes a broker with a TLS handshake and an MQTT CONNECT, so the dealer learns
 before anything is written whether the car will be able to connect. It does not write configs
 (agent.activation) nor publish (agent.uplink).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import datetime as dt
-import re
 import socket
 import ssl
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.config import Config
+from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+
+from agent.config import Config, TlsConfig
+from agent.errors import AgentError
 
 BROKER_TIMEOUT = 10.0
 
 
 # -- TLS material ----------------------------------------------------------------------------
-_PEM = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\s*(.*?)\s*-----END \1-----", re.S)
+_PUBLIC = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def _pem_blocks(data: bytes, kind: str) -> list[bytes]:
-    return [
-        base64.b64decode(m.group(2)) for m in _PEM.finditer(data) if m.group(1) == kind.encode()
-    ]
-
-
-def _tlv(der: bytes, i: int) -> tuple[int, int, int]:
-    """(tag, start of content, end of content) of the DER element at ``i``."""
-    tag, first = der[i], der[i + 1]
-    if first < 0x80:
-        start, length = i + 2, first
-    else:
-        n = first & 0x7F
-        start, length = i + 2 + n, int.from_bytes(der[i + 2 : i + 2 + n], "big")
-    if start + length > len(der):
-        raise ValueError("truncated DER")
-    return tag, start, start + length
-
-
-def _der_time(tag: int, raw: bytes) -> dt.datetime:
-    text = raw.decode("ascii")
-    if tag == 0x17:  # UTCTime: two-digit year, 50-99 are 19xx (RFC 5280)
-        yy = int(text[:2])
-        text = f"{1900 + yy if yy >= 50 else 2000 + yy}{text[2:]}"
-    elif tag != 0x18:  # GeneralizedTime
-        raise ValueError("not a time")
-    return dt.datetime.strptime(text, "%Y%m%d%H%M%SZ").replace(tzinfo=dt.UTC)
-
-
-def certificate_validity(der: bytes) -> tuple[dt.datetime, dt.datetime]:
-    """(notBefore, notAfter) of an X.509 certificate in DER; ValueError if it is not one."""
-    try:
-        _, cert, _ = _tlv(der, 0)
-        tag, i, tbs_end = _tlv(der, cert)
-        if tag != 0x30:
-            raise ValueError("not a certificate")
-        if der[i] == 0xA0:  # explicit version
-            i = _tlv(der, i)[2]
-        for _ in range(3):  # serial, signature algorithm, issuer
-            i = _tlv(der, i)[2]
-        tag, i, _ = _tlv(der, i)
-        if tag != 0x30:
-            raise ValueError("no validity")
-        t1, s1, e1 = _tlv(der, i)
-        t2, s2, e2 = _tlv(der, e1)
-        return _der_time(t1, der[s1:e1]), _der_time(t2, der[s2:e2])
-    except (IndexError, UnicodeDecodeError) as err:
-        raise ValueError(f"malformed certificate ({err})") from None
-
-
-def _read(path: Path, what: str, problems: list[str]) -> bytes | None:
+def _read(path: Path, label: str, problems: list[str]) -> bytes | None:
     try:
         return path.read_bytes()
     except OSError as err:
-        problems.append(f"{what} {path}: cannot read: {err.strerror or err}")
+        problems.append(f"{label} {path}: cannot read: {err.strerror or err}")
         return None
 
 
-def _check_certs(path: Path, what: str, data: bytes, now: dt.datetime) -> list[str]:
-    blocks = _pem_blocks(data, "CERTIFICATE")
-    if not blocks:
-        return [f"{what} {path}: no PEM certificate in the file"]
-    problems = []
-    for n, der in enumerate(blocks, 1):
-        which = f"{what} {path}" + (f" (certificate {n})" if len(blocks) > 1 else "")
+def _certificates(path: Path, label: str, data: bytes) -> tuple[list[x509.Certificate], str]:
+    """The certificates of a PEM file, or a problem; DER is recognised only to name it."""
+    if b"-----BEGIN" not in data:
         try:
-            not_before, not_after = certificate_validity(der)
-        except ValueError as err:
-            problems.append(f"{which}: cannot parse: {err}")
-            continue
+            x509.load_der_x509_certificate(data)
+        except ValueError:
+            return [], f"{label} {path}: no PEM certificate in the file"
+        return [], (
+            f"{label} {path}: a DER certificate; the agent reads PEM "
+            f"(convert: openssl x509 -inform der -in {path} -out {path.stem}.pem)"
+        )
+    try:
+        return x509.load_pem_x509_certificates(data), ""
+    except ValueError as err:
+        return [], f"{label} {path}: cannot parse: {err}"
+
+
+def _dates(certs: list[x509.Certificate], path: Path, label: str, now: dt.datetime) -> list[str]:
+    problems = []
+    for n, cert in enumerate(certs, 1):
+        which = f"{label} {path}" + (f" (certificate {n})" if len(certs) > 1 else "")
+        not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
         if not_after < now:
             problems.append(f"{which}: expired on {not_after:%Y-%m-%d %H:%M} UTC")
         elif not_before > now:
@@ -106,43 +74,65 @@ def _check_certs(path: Path, what: str, data: bytes, now: dt.datetime) -> list[s
     return problems
 
 
-def tls_problems(ca: Path, cert: Path, key: Path, now: dt.datetime | None = None) -> list[str]:
-    """Every problem with the CA file, the client certificate and its key."""
+def _private_key(path: Path, label: str, data: bytes) -> tuple[bytes | None, str]:
+    """The DER public key of a PEM private key, or a problem."""
+    if b"-----BEGIN" not in data or b"PRIVATE KEY-----" not in data:
+        return None, f"{label} {path}: no PEM private key in the file"
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:  # cryptography's way of saying "encrypted, and no password given"
+        return None, f"{label} {path}: the key is encrypted; the agent needs it unencrypted"
+    except (ValueError, UnsupportedAlgorithm) as err:
+        return None, f"{label} {path}: cannot parse the private key: {err}"
+    return key.public_key().public_bytes(*_PUBLIC), ""
+
+
+TLS_FIELDS = ("ca", "cert", "key")
+
+
+def config_tls_problems(cfg: Config, now: dt.datetime | None = None) -> list[str]:
+    """:func:`tls_problems` for a loaded config's ``[mqtt] tls``, named by config field."""
+    tls = cfg.mqtt.tls_config if cfg.mqtt is not None else None
+    if tls is None:
+        return []
+    source = str(cfg.source or "config")
+    return tls_problems(tls, {f: f"{source}: mqtt.tls.{f}" for f in TLS_FIELDS}, now)
+
+
+def tls_problems(
+    tls: TlsConfig, labels: Mapping[str, str], now: dt.datetime | None = None
+) -> list[str]:
+    """Every problem with the CA file, the client certificate and its key, each line starting
+    with the file's label and path. Empty when the uplink will load them."""
+    from agent.uplink import tls_context
+
     now = now or dt.datetime.now(dt.UTC)
     problems: list[str] = []
-    ca_data = _read(ca, "--ca", problems)
-    cert_data = _read(cert, "--cert", problems)
-    key_data = _read(key, "--key", problems)
-    if ca_data is not None:
-        ca_problems = _check_certs(ca, "--ca", ca_data, now)
-        if not ca_problems:
-            try:
-                ssl.create_default_context(cafile=str(ca))
-            except ssl.SSLError as err:
-                ca_problems.append(f"--ca {ca}: not usable as a CA file: {err.reason or err}")
-        problems += ca_problems
-    cert_ok = cert_data is not None and not (
-        cert_problems := _check_certs(cert, "--cert", cert_data, now)
-    )
-    if cert_data is not None and not cert_ok:
-        problems += cert_problems
-    key_ok = False
-    if key_data is not None:
-        if b"ENCRYPTED" in key_data:
-            problems.append(f"--key {key}: the key is encrypted; the agent needs it unencrypted")
-        elif not re.search(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----", key_data):
-            problems.append(f"--key {key}: no PEM private key in the file")
-        else:
-            key_ok = True
-    if cert_ok and key_ok:
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if tls.ca is not None and (data := _read(tls.ca, labels["ca"], problems)) is not None:
+        certs, problem = _certificates(tls.ca, labels["ca"], data)
+        problems += [problem] if problem else _dates(certs, tls.ca, labels["ca"], now)
+    cert: x509.Certificate | None = None
+    if tls.cert is not None and (data := _read(tls.cert, labels["cert"], problems)) is not None:
+        certs, problem = _certificates(tls.cert, labels["cert"], data)
+        problems += [problem] if problem else _dates(certs, tls.cert, labels["cert"], now)
+        cert = certs[0] if certs else None
+    public: bytes | None = None
+    if tls.key is not None and (data := _read(tls.key, labels["key"], problems)) is not None:
+        public, problem = _private_key(tls.key, labels["key"], data)
+        problems += [problem] if problem else []
+    if (
+        cert is not None
+        and public is not None
+        and cert.public_key().public_bytes(*_PUBLIC) != public
+    ):
+        problems.append(f"{labels['key']} {tls.key}: does not match the certificate {tls.cert}")
+    if not problems:
+        # What the files hold is fine; the uplink's own loader must agree (e.g. a key type
+        # this OpenSSL does not take).
         try:
-            ctx.load_cert_chain(str(cert), str(key))
-        except ssl.SSLError as err:
-            if "KEY_VALUES_MISMATCH" in str(err) or "key values mismatch" in str(err):
-                problems.append(f"--key {key}: does not match the certificate {cert}")
-            else:
-                problems.append(f"--key {key}: cannot load with {cert}: {err.reason or err}")
+            tls_context(tls)
+        except AgentError as err:
+            problems += err.problems
     return problems
 
 

@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+import tomli_w
 
 from agent.activation import add_arguments, backup_path, run_activate
 from agent.config import load_config
 from agent.daemon import prepare
 from agent.modem.simulator import ModemSimulator, identity
-from agent.tomlwrite import dumps_toml
+from tests.support.agentrun import cli
 from tests.support.broker import Mosquitto, TlsFiles, free_port, make_tls_material
 from tests.support.data import DEMO_DBC
 
@@ -258,11 +257,13 @@ def _refused(setup: Setup, argv: list[str], *expected: str) -> list[str]:
     [
         ({"vin": "1M8GDM9AXKP042789"}, (), "check digit"),
         ({"vin": "WVWZZZ1JZXWQ00001"}, (), "'Q'"),
-        ({"consent": "location,telemetry"}, (), "unknown categories telemetry"),
+        ({"consent": "location,telemetry"}, (), "unknown categories ['telemetry']"),
         ({"consent": "location"}, ("--coarse-location",), "either location or coarse"),
         ({"consent": "none,driving"}, (), "none cannot be combined"),
-        ({"host": "mqtts://broker"}, (), "no scheme"),
-        ({"port": "70000"}, (), "not a port number"),
+        ({"host": "mqtts://broker"}, (), "--host: 'mqtts://broker' is a URL"),
+        ({"host": "broker:8883"}, (), "the port is port"),
+        ({"port": "70000"}, (), "--port: 70000 is not a port number"),
+        ({"port": "http"}, (), '--port: must be an integer, not "http"'),
         ({"vin": None}, (), "missing --vin (stdin is not a terminal)"),
         ({"consent": None}, (), "missing --consent"),
     ],
@@ -439,48 +440,112 @@ def test_broker_name_must_match_its_certificate(
     assert "127.0.0.2" in line
 
 
-# -- the TOML writer -------------------------------------------------------------------------
-def test_toml_escapes_round_trip() -> None:
-    data = {
-        "a b": {'quote"back\\slash': "tab\there\nnew\x00nul\x7fdel é 漢"},
-        "list": [1, -2.5, True, "s", [1, 2], {"inline": "table"}],
-        "empty": [],
-        "floats": [1e-07, 1e300, float("inf"), -0.0],
-        "tables": [{"x": 1, "sub": {"y": 2}, "deeper": [{"z": 3}]}, {"x": 2}],
-    }
-    assert tomllib.loads(dumps_toml(data)) == data
-
-
-scalars = (
-    st.booleans()
-    | st.integers(-(2**63), 2**63 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-)
-keys = st.text(max_size=8)
-
-
-def _documents() -> st.SearchStrategy[dict[str, Any]]:
-    values = st.recursive(
-        scalars,
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(keys, inner, max_size=3),
-        max_leaves=12,
-    )
-    return st.dictionaries(keys, values, max_size=5)
-
-
-@settings(max_examples=300, deadline=None)
-@given(_documents())
-def test_toml_round_trip(data: dict[str, Any]) -> None:
-    assert tomllib.loads(dumps_toml(data)) == data
-
-
 def test_config_folder_must_exist(setup: Setup, tmp_path: Path) -> None:
     r = setup.run(setup.args("--offline", config=tmp_path / "nowhere" / "agent.toml"))
     assert r.code == 2 and "does not exist" in r.err
     assert not (tmp_path / "nowhere").exists()
 
 
-def test_toml_keys_with_a_trailing_newline_are_quoted() -> None:
-    data = {"0\n": {}, "key\n": [], "k": {"x\n": [{"y\n": 1}]}}
-    assert tomllib.loads(dumps_toml(data)) == data
+# -- `check` refuses what activation refuses -------------------------------------------------
+def _activated(setup: Setup) -> dict[str, Any]:
+    r = setup.run(setup.args("--offline"))
+    assert r.code == 0, r.err
+    return tomllib.loads(setup.config.read_text())
+
+
+def _check(config: Path) -> subprocess.CompletedProcess[str]:
+    return cli("check", "--config", str(config))
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "field", "written", "expected"),
+    [
+        ("vin", "1M8GDM9AXKP042789", "vehicle.vin", "1M8GDM9AXKP042789", "check digit"),
+        ("vin", "1M8GDM9AXKP0427", "vehicle.vin", "1M8GDM9AXKP0427", "not 17"),
+        ("host", "mqtts://broker", "mqtt.host", "mqtts://broker", "is a URL"),
+        ("host", "broker:8883", "mqtt.host", "broker:8883", "the port is port"),
+        ("port", "0", "mqtt.port", 0, "0 is not a port number"),
+        ("port", "65536", "mqtt.port", 65536, "65536 is not a port number"),
+        ("port", "true", "mqtt.port", True, "must be an integer, not"),
+        ("consent", "telemetry", "consent.granted", ["telemetry"], "unknown categories"),
+        ("consent", "location,coarse_location", "consent.granted",
+         ["location", "coarse_location"], "either location or coarse_location"),
+    ],
+)  # fmt: skip
+def test_check_and_activate_refuse_the_same_values(
+    setup: Setup, flag: str, value: str, field: str, written: Any, expected: str
+) -> None:
+    data = _activated(setup)
+    section, key = field.split(".")
+    data[section][key] = written
+    edited = setup.base.parent / "edited.toml"
+    edited.write_text(tomli_w.dumps(data))
+    r = _check(edited)
+    assert r.returncode == 2, r.stdout
+    (line,) = r.stderr.splitlines()
+    assert line.startswith(f"{edited}: {field}: ") and expected in line, line
+
+    setup.config.unlink()
+    (line,) = _refused(setup, setup.args("--offline", **{flag: value}), expected)
+    assert line.startswith(f"--{flag}: "), line
+
+
+def test_check_loads_the_tls_files_as_run_does(setup: Setup, tmp_path: Path) -> None:
+    data = _activated(setup)
+    assert _check(setup.config).returncode == 0
+    m = setup.material
+    cases = [
+        ({"ca": str(tmp_path / "nope.pem")}, "mqtt.tls.ca", "cannot read: No such file"),
+        ({"ca": str(m.garbage)}, "mqtt.tls.ca", "cannot parse"),
+        ({"cert": str(m.garbage)}, "mqtt.tls.cert", "cannot parse"),
+        ({"key": str(m.tls.server_key)}, "mqtt.tls.key", "does not match the certificate"),
+        ({"cert": str(m.expired_cert), "key": str(m.expired_key)}, "mqtt.tls.cert", "expired on"),
+        ({"key": str(m.tls.ca)}, "mqtt.tls.key", "no PEM private key"),
+    ]
+    for change, label, expected in cases:
+        edited = setup.base.parent / "edited.toml"
+        edited.write_text(tomli_w.dumps({**data, "mqtt": {**data["mqtt"], "tls": {
+            **data["mqtt"]["tls"], **change}}}))  # fmt: skip
+        r = _check(edited)
+        assert r.returncode == 2, (change, r.stdout)
+        (line,) = r.stderr.splitlines()
+        assert line.startswith(f"{edited}: {label} ") and expected in line, line
+
+
+def test_a_certificate_without_its_key_is_one_line(setup: Setup) -> None:
+    data = _activated(setup)
+    del data["mqtt"]["tls"]["key"]
+    edited = setup.base.parent / "edited.toml"
+    edited.write_text(tomli_w.dumps(data))
+    r = _check(edited)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [
+        f"{edited}: mqtt.tls: cert is given without key: the two go together"
+    ]
+
+
+def test_der_certificate_is_named_as_such(setup: Setup, tmp_path: Path) -> None:
+    der = tmp_path / "ca.der"
+    _openssl("x509", "-in", setup.material.tls.ca, "-outform", "der", "-out", der, cwd=tmp_path)
+    (line,) = _refused(setup, setup.args("--offline", ca=der), "a DER certificate")
+    assert line.startswith(f"--ca {der}: ") and "openssl x509 -inform der" in line
+
+
+def test_encrypted_key_is_refused(setup: Setup, tmp_path: Path) -> None:
+    enc = tmp_path / "enc.key"
+    _openssl("pkey", "-in", setup.material.tls.client_key, "-aes256", "-passout", "pass:x",
+             "-out", enc, cwd=tmp_path)  # fmt: skip
+    (line,) = _refused(setup, setup.args("--offline", key=enc), "the key is encrypted")
+    assert line.startswith(f"--key {enc}: ")
+
+
+def test_written_config_is_the_base_plus_the_vehicle(setup: Setup) -> None:
+    data = _activated(setup)
+    text = setup.config.read_text()
+    assert text.startswith("# Written by `spime-agent activate` from ")
+    base = tomllib.loads(BASE)
+    assert data["bus"] == base["bus"] and data["signal"] == base["signal"]
+    assert data["consent"]["rules"] == base["consent"]["rules"]
+    assert data["mqtt"]["topic_prefix"] == "spime/v1" and data["vehicle"] == {"vin": VIN}
+    cfg = load_config(setup.config)
+    assert cfg.outbox is not None and cfg.outbox.path == setup.base.parent / "outbox.db"
