@@ -104,7 +104,7 @@ def tls_problems(
 ) -> list[str]:
     """Every problem with the CA file, the client certificate and its key, each line starting
     with the file's label and path. Empty when the uplink will load them."""
-    from agent.uplink import tls_context
+    from agent.mqttclient import tls_context
 
     now = now or dt.datetime.now(dt.UTC)
     problems: list[str] = []

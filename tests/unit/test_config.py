@@ -52,7 +52,7 @@ def _problems(tmp_path: Path, text: str) -> list[str]:
 def test_unknown_keys_and_bad_values_are_each_named(tmp_path: Path) -> None:
     text = GOOD.replace("speed = 0", "speed = -1\nspeeed = 2").replace("W000001", "W00000I")
     lines = _problems(tmp_path, text)
-    assert any("vehicle.vin" in p and "never I, O or Q" in p for p in lines)
+    assert any("vehicle.vin" in p and "without I, O or Q" in p for p in lines)
     assert any("bus[1].speeed: unknown key" in p for p in lines)
     assert any("bus[1].speed" in p for p in lines)
     assert all(p.startswith(str(tmp_path / "agent.toml")) for p in lines)
@@ -207,7 +207,7 @@ def test_a_bad_tls_table_is_reported_once_as_itself(
     [
         ("1M8GDM9AXKP042789", "check digit (position 9) is 'X', expected '1'"),
         ("1M8GDM9AXKP04278", "has 16 characters, not 17"),
-        ("WVWZZZ1JZXWQ00001", "characters not allowed in a VIN: 'Q'"),
+        ("WVWZZZ1JZXWQ00001", "characters not allowed: 'Q'"),
     ],
 )
 def test_vin_rules_are_those_of_activation(tmp_path: Path, vin: str, expected: str) -> None:
