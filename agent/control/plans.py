@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,43 +287,3 @@ def _notes(catalog: Catalog) -> str:
     notes += [f"trigger {name} not armed: {why}" for name, why in sorted(catalog.disabled.items())]
     return "; ".join(notes)
 
-
-class LatestPlan:
-    """Hands retained plan messages from the uplink's thread to one worker thread. Only the
-    newest waiting message is kept (a retained topic holds one desired state; a flood of
-    messages replaces one another and is counted in ``replaced``), so the uplink never waits
-    for a plan to be applied and memory stays bounded."""
-
-    def __init__(self, apply: Callable[[bytes], object]) -> None:
-        self._apply = apply
-        self._pending: bytes | None = None
-        self._cond = threading.Condition()
-        self._stopped = False
-        self.replaced = 0
-        self._thread = threading.Thread(target=self._run, name="plans", daemon=True)
-        self._thread.start()
-
-    def offer(self, payload: bytes) -> None:
-        with self._cond:
-            if self._pending is not None:
-                self.replaced += 1
-            self._pending = payload
-            self._cond.notify()
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while self._pending is None and not self._stopped:
-                    self._cond.wait()
-                payload, self._pending = self._pending, None
-                if self._stopped or payload is None:
-                    return
-            try:
-                self._apply(payload)
-            except Exception as err:  # a plan must never take the agent down
-                log.error("retained plan failed: %s", err)
