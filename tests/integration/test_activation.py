@@ -549,3 +549,29 @@ def test_written_config_is_the_base_plus_the_vehicle(setup: Setup) -> None:
     assert data["mqtt"]["topic_prefix"] == "spime/v1" and data["vehicle"] == {"vin": VIN}
     cfg = load_config(setup.config)
     assert cfg.outbox is not None and cfg.outbox.path == setup.base.parent / "outbox.db"
+
+
+def test_every_kind_of_base_value_is_written_back_unchanged(setup: Setup) -> None:
+    # Strings with quotes, backslashes, control characters and non-ASCII; floats, integers,
+    # booleans; inline tables and nested lists in options; arrays of tables.
+    extra = (
+        "\n[updates]\nmax_age = 0.25\ncompress = false\nmax_samples = 1000\n"
+        "\n[status]\ninterval = 2.5\n"
+    )
+    setup.base.write_text(
+        BASE.replace(
+            'channel = "activation-test"\n',
+            'channel = "activation-test"\n'
+            'options = { note = "tab\\there \\"q\\" back\\\\slash é 漢", list = [1, 2.5, '
+            'true, ["x"]], table = { depth = 2 } }\n',
+        )
+        + extra
+    )
+    data = _activated(setup)
+    base = tomllib.loads(setup.base.read_text())
+    for key in ("bus", "signal", "updates", "status"):  # outbox.path: made absolute
+        assert data[key] == base[key], key
+    assert {k: v for k, v in data["consent"].items() if k != "granted"} == base["consent"]
+    cfg = load_config(setup.config)
+    assert cfg.bus[0].options["note"] == 'tab\there "q" back\\slash é 漢'
+    assert cfg.updates.max_age == 0.25 and cfg.updates.compress is False
