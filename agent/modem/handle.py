@@ -1,9 +1,10 @@
 """One configured modem as the manager sees it: its port, its probe memory, its recovery.
 
-``ModemHandle.check()`` opens the port if needed, probes, and when the modem does not answer
-escalates step by step, each step rate limited: reopen the port, repeated ``AT`` (every probe
-tries several), then ``AT+CFUN=1,1``. A port that is gone (USB re-enumeration) is looked for
-again among candidate paths and recognised by its ICCID. It never decides which modem is active.
+``ModemHandle.check()`` opens the port if needed, probes, and when the modem does not answer (or
+answers ``AT`` and then nothing useful) escalates step by step, each step rate limited: reopen
+the port, repeated ``AT`` (every probe tries several), then ``AT+CFUN=1,1``. A port that is gone
+(USB re-enumeration) is looked for again among candidate paths and recognised by its ICCID. It
+never decides which modem is active.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -65,8 +67,10 @@ class ModemHandle:
         pins: PinLedger | None = None,
         recovery: Recovery | None = None,
         clock: Callable[[], float] = time.monotonic,
+        abort: threading.Event | None = None,
     ) -> None:
         self.cfg = cfg
+        self._abort = abort  # set when the owner stops: commands in flight give up at once
         self._timeout = command_timeout
         self._home = tuple(home_networks)
         self._pins = pins
@@ -171,8 +175,13 @@ class ModemHandle:
         self.port = found
         return self._try_open(found)
 
+    def _transport(self, path: str) -> AtTransport:
+        return AtTransport(
+            path, baudrate=self.cfg.baudrate, timeout=self._timeout, abort=self._abort
+        )
+
     def _try_open(self, path: str) -> bool:
-        t = AtTransport(path, baudrate=self.cfg.baudrate, timeout=self._timeout)
+        t = self._transport(path)
         try:
             t.open()
         except PortGone as err:
@@ -187,7 +196,7 @@ class ModemHandle:
         if self.iccid is None:
             return own[0] if own else None
         for path in [*own, *[p for p in paths if p not in own]]:
-            t = AtTransport(path, baudrate=self.cfg.baudrate, timeout=self._timeout)
+            t = self._transport(path)
             try:
                 with t:
                     if not responds(t, tries=1):

@@ -1,10 +1,14 @@
 """The modem manager thread: probe every modem periodically, apply the policy, act on switches.
 
 Every ``check_interval`` it probes all modems in parallel (each probe bounded by command
-timeouts), feeds the reports to the pure ``SelectionPolicy``, and on a switch logs it at WARNING,
-runs ``link_down``/``link_up`` and calls ``on_switch(active, reason_code)``. Its own thread, all
-I/O with timeouts, every exception caught and counted: it can never stall the CAN pipeline or
-the outbox. The uplink reports data-path health with ``report_data_failure``/``report_data_ok``.
+timeouts), feeds the reports to the pure ``SelectionPolicy``, and on a switch logs it at
+WARNING, runs ``link_down``/``link_up`` and calls ``on_switch(active, reason_code)``. A round
+waits only for the active modem's probe (at start: the primary's, and for the others only if the
+primary is not usable): a slow or wedged standby never delays the failover of the active one;
+its probe runs on, is not started again until it ends, and the policy keeps its last report
+meanwhile. Its own thread, all I/O with timeouts, every exception caught and counted: it can
+never stall the CAN pipeline or the outbox; stopping abandons commands in flight. The uplink
+reports data-path health with ``report_data_failure``/``report_data_ok``.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +49,8 @@ class ModemManager:
         history: int = 20,
     ) -> None:
         self._cfg = policy
+        self._stop = threading.Event()
+        self._wake = threading.Event()
         if policy.min_signal_dbm is not None:
             log.warning(
                 "[modems] min_signal_dbm is deprecated: it sets both thresholds; use "
@@ -68,6 +74,7 @@ class ModemManager:
                 home_networks=policy.home_networks,
                 pins=pins,
                 recovery=recovery,
+                abort=self._stop,
             )
             for m in modems
         ]
@@ -77,8 +84,7 @@ class ModemManager:
         )
         self._lock = threading.Lock()
         self._reports: dict[str, ModemReport] = {}
-        self._stop = threading.Event()
-        self._wake = threading.Event()
+        self._pending: dict[str, Future[ModemReport]] = {}  # probes running (manager thread)
         self._thread: threading.Thread | None = None
         self._checks = 0
         self._errors = 0
@@ -180,6 +186,7 @@ class ModemManager:
         with ThreadPoolExecutor(
             max_workers=max(1, len(self._handles)), thread_name_prefix="modem-probe"
         ) as pool:
+            self._pending = {}
             while not self._stop.is_set():
                 try:
                     self._round(pool)
@@ -189,14 +196,37 @@ class ModemManager:
                 self._wake.clear()
 
     def _round(self, pool: ThreadPoolExecutor) -> None:
-        futures = {h.name: pool.submit(self._check, h) for h in self._handles}
-        reports = {name: fut.result() for name, fut in futures.items()}
+        for h in self._handles:
+            if h.name not in self._pending:
+                self._pending[h.name] = pool.submit(self._check, h)
+        with self._lock:
+            active = self._policy.active
+            leader = active or self._policy.primary()
+        lead = self._pending.get(leader) if leader else None
+        switch = None
+        if lead is not None:
+            wait([lead])  # bounded by the leader's own command timeouts
+            if active is None:
+                # At start the primary alone decides when it is usable; no standby delays that.
+                switch = self._update({leader: self._take(leader)} if leader else {})
+        with self._lock:
+            started = self._policy.active is not None
+        if not started:
+            wait(list(self._pending.values()))  # no active modem yet: the first choice needs all
+        done = [name for name, fut in self._pending.items() if fut.done()]
+        switch = self._update({name: self._take(name) for name in done}) or switch
         with self._lock:
             self._checks += 1
-            self._reports = reports
-            switch = self._policy.update(reports)
         if switch is not None:
             self._apply(switch)
+
+    def _take(self, name: str) -> ModemReport:
+        return self._pending.pop(name).result()
+
+    def _update(self, fresh: dict[str, ModemReport]) -> Switch | None:
+        with self._lock:
+            self._reports.update(fresh)
+            return self._policy.update(fresh)
 
     def _check(self, h: ModemHandle) -> ModemReport:
         try:

@@ -2,7 +2,10 @@
 
 Runs the fixed sequence (AT, ATE0, AT+CMEE=1, SIM state, ICCID, IMSI, operator, signal,
 registration, attach) with the transport's per-command timeouts, and enters a configured PIN at
-most once per boot per SIM (never a PUK). It leaves opening, reopening and resetting ports to the
+most once per boot per SIM (never a PUK). ``AT`` is tried a few times; once it has answered, the
+first command left without an answer ends the probe: a half-wedged modem (answers ``AT``, then
+nothing) costs one timeout and is reported as not answering usefully, so that the handle's
+escalation (reopen, reset) sees it. It leaves opening, reopening and resetting ports to the
 modem handle, and deciding between modems to the policy.
 """
 
@@ -78,13 +81,9 @@ class ProbeMemory:
             log.warning(msg, *args)
 
 
-def _ask(t: AtTransport, cmd: str) -> AtResponse | None:
-    """A command whose failure to answer is not fatal for the probe."""
-    try:
-        return t.command(cmd)
-    except AtTimeout as err:
-        log.debug("%s", err)
-        return None
+def _ask(t: AtTransport, cmd: str) -> AtResponse:
+    """A command after ``AT`` answered: a timeout (AtTimeout) ends the probe."""
+    return t.command(cmd)
 
 
 def read_iccid(t: AtTransport, memory: ProbeMemory) -> str | None:
@@ -94,8 +93,8 @@ def read_iccid(t: AtTransport, memory: ProbeMemory) -> str | None:
         order = (memory.iccid_command, *[c for c in ICCID_COMMANDS if c != memory.iccid_command])
     for cmd in order:
         r = _ask(t, cmd)
-        if r is None or not r.ok:
-            if r is not None and r.code == f.CME_NO_SIM:
+        if not r.ok:
+            if r.code == f.CME_NO_SIM:
                 return None
             continue
         iccid = f.parse_iccid(r.lines)
@@ -107,16 +106,17 @@ def read_iccid(t: AtTransport, memory: ProbeMemory) -> str | None:
 
 def responds(t: AtTransport, tries: int = AT_TRIES) -> bool:
     for _ in range(tries):
-        r = _ask(t, "AT")
-        if r is not None:
-            return True
+        try:
+            t.command("AT")
+        except AtTimeout as err:
+            log.debug("%s", err)
+            continue
+        return True
     return False
 
 
 def _sim_state(t: AtTransport) -> str:
     r = _ask(t, "AT+CPIN?")
-    if r is None:
-        return f.SIM_UNKNOWN
     if r.ok:
         return f.sim_state_from_cpin(r.lines)
     return f.sim_state_from_cme(r.code, r.final)
@@ -127,7 +127,7 @@ def _mnc_length(t: AtTransport, iccid: str | None, memory: ProbeMemory) -> int |
     key = iccid or ""
     if key not in memory.mnc_length:
         r = _ask(t, EF_AD_COMMAND)
-        memory.mnc_length[key] = f.parse_mnc_length(r.lines) if r is not None and r.ok else None
+        memory.mnc_length[key] = f.parse_mnc_length(r.lines) if r.ok else None
     return memory.mnc_length[key]
 
 
@@ -147,9 +147,28 @@ def probe(
     Raises PortGone when the port fails; every other problem ends up in the report.
     """
     mem = memory if memory is not None else ProbeMemory()
-    name, port = cfg.name, t.url
     if not responds(t):
-        return ModemReport(name, port, responding=False, error="no answer to AT")
+        return ModemReport(cfg.name, t.url, responding=False, error="no answer to AT")
+    try:
+        return _probe(t, cfg, home_networks, mem, pins)
+    except AtTimeout as err:
+        return ModemReport(
+            cfg.name,
+            t.url,
+            responding=False,
+            error=f"no useful answer: answers AT, then nothing to {err.command} "
+            f"within {err.timeout:g} s",
+        )
+
+
+def _probe(
+    t: AtTransport,
+    cfg: ModemConfig,
+    home_networks: Sequence[str],
+    mem: ProbeMemory,
+    pins: PinLedger | None,
+) -> ModemReport:
+    name, port = cfg.name, t.url
     for setup in ("ATE0", "AT+CMEE=1"):
         _ask(t, setup)
 
@@ -172,8 +191,8 @@ def probe(
                 "modem %s: entering the configured PIN for SIM %s (once per boot)", name, key
             )
             r = _ask(t, f'AT+CPIN="{cfg.pin}"')
-            if r is None or not r.ok:
-                log.warning("modem %s: PIN refused (%s)", name, r.final if r else "no answer")
+            if not r.ok:
+                log.warning("modem %s: PIN refused (%s)", name, r.final)
             sim = _sim_state(t)
             if sim == f.SIM_READY and iccid is None:
                 iccid = read_iccid(t, mem)
@@ -188,15 +207,15 @@ def probe(
         )
 
     imsi_r = _ask(t, "AT+CIMI")
-    imsi = f.parse_imsi(imsi_r.lines) if imsi_r is not None and imsi_r.ok else None
+    imsi = f.parse_imsi(imsi_r.lines) if imsi_r.ok else None
     _ask(t, "AT+COPS=3,2")
     cops = _ask(t, "AT+COPS?")
-    operator = f.parse_cops_numeric(cops.lines) if cops is not None and cops.ok else None
+    operator = f.parse_cops_numeric(cops.lines) if cops.ok else None
 
     regs: dict[str, str | None] = {}
     for prefix, cmd in (("+CEREG:", "AT+CEREG?"), ("+CGREG:", "AT+CGREG?"), ("+CREG:", "AT+CREG?")):
         r = _ask(t, cmd)
-        regs[prefix] = f.parse_reg(r.lines, prefix) if r is not None and r.ok else None
+        regs[prefix] = f.parse_reg(r.lines, prefix) if r.ok else None
     # Data needs packet service (EPS or GPRS); circuit service (CREG) only carries voice and
     # SMS. CREG stands in only for a modem that answers neither packet query.
     packet = [regs["+CEREG:"], regs["+CGREG:"]]
@@ -206,9 +225,9 @@ def probe(
         registration = f.best_registration([regs["+CREG:"]])
 
     csq = _ask(t, "AT+CSQ")
-    csq_dbm = f.parse_csq_dbm(csq.lines) if csq is not None and csq.ok else None
+    csq_dbm = f.parse_csq_dbm(csq.lines) if csq.ok else None
     cesq = _ask(t, "AT+CESQ")
-    rsrp = f.parse_cesq_rsrp(cesq.lines) if cesq is not None and cesq.ok else None
+    rsrp = f.parse_cesq_rsrp(cesq.lines) if cesq.ok else None
     lte = regs["+CEREG:"] in (f.REG_HOME, f.REG_ROAMING)
     signal: float | None
     source: str | None
@@ -221,7 +240,7 @@ def probe(
     extra_home = cfg.home_networks if cfg.home_networks is not None else home_networks
 
     cgatt = _ask(t, "AT+CGATT?")
-    attached = f.parse_cgatt(cgatt.lines) if cgatt is not None and cgatt.ok else None
+    attached = f.parse_cgatt(cgatt.lines) if cgatt.ok else None
 
     return ModemReport(
         name,

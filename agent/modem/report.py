@@ -23,6 +23,11 @@ class PortGone(ModemError):
 class AtTimeout(ModemError):
     """A command got no final result within its timeout."""
 
+    def __init__(self, message: str, command: str = "", timeout: float = 0.0) -> None:
+        super().__init__(message)
+        self.command = command
+        self.timeout = timeout
+
 
 @dataclass(frozen=True)
 class ModemReport:

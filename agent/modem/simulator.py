@@ -3,11 +3,11 @@
 Serves one ``os.openpty()`` pair from a thread: the agent opens the slave path (or a symlink to
 it) exactly like a USB modem port and talks AT to it. Scenarios set the starting state (healthy,
 no SIM, PIN or PUK locked, searching, denied, roaming abroad or nationally, weak or fading
-signal, hung, garbage and URC storms, hung until reset, registered for voice only, detached
-from packet data); tests
-change the state with calls (``set``, ``hang``, ``urc``, ``reenumerate``), never by wall time,
-except the short silence after ``AT+CFUN=1,1``. Each simulated modem has its own
-ICCID/IMSI/operator and answers one ICCID command variant.
+signal, hung, half-wedged (answers AT, then nothing), garbage and URC storms, hung until reset,
+registered for voice only, detached from packet data); tests change the state with calls
+(``set``, ``hang``, ``urc``, ``reenumerate``), never by wall time, except the short silence
+after ``AT+CFUN=1,1``. Each simulated modem has its own ICCID/IMSI/operator and answers one
+ICCID command variant.
 
 Shell use (kept running until killed; the symlink follows re-enumerations)::
 
@@ -52,6 +52,7 @@ SCENARIOS: tuple[str, ...] = (
     "voice_only",
     "detached",
     "national_roaming",
+    "half_wedged",
 )
 ICCID_VARIANTS = ("AT+QCCID", "AT+CCID", "AT+ICCID", "AT+CRSM")
 FOREIGN_OPERATOR = "23415"
@@ -89,6 +90,7 @@ class ModemState:
     rsrp: int | None = None  # AT+CESQ raw value (None: answers 255, unknown)
     fade: tuple[int, ...] = ()  # rssi per AT+CSQ, the last one sticks
     hung: bool = False
+    wedged: bool = False  # answers AT, then nothing (until a reset)
     obeys_reset: bool = True  # a hung modem that still acts on AT+CFUN=1,1
     garbage: bool = False
     urc_storm: bool = False
@@ -137,6 +139,8 @@ def scenario_state(scenario: str, ident: int = 0, **overrides: Any) -> ModemStat
         s.reg, s.creg = 2, 1  # registered for calls, still searching for packet service
     elif scenario == "detached":
         s.attached = False  # registered, but packet data detached (or barred)
+    elif scenario == "half_wedged":
+        s.wedged = True
     elif scenario == "national_roaming":
         s.reg, s.operator = 5, NATIONAL_OPERATOR
     return replace(s, **overrides)
@@ -301,7 +305,7 @@ class ModemSimulator:
             silent = self._silent_until
             if silent is not None and time.monotonic() >= silent:
                 self._silent_until = None
-                self.state.hung = False
+                self.state.hung = self.state.wedged = False
                 out.append(b"\r\nRDY\r\n")
         for chunk in out:
             self._write(chunk)
@@ -326,7 +330,7 @@ class ModemSimulator:
             upper = cmd.upper()
             if self._silent_until is not None:
                 return
-            if st.hung:
+            if st.hung or (st.wedged and upper != "AT"):
                 if st.obeys_reset and upper == "AT+CFUN=1,1":
                     self._start_reset()
                 return

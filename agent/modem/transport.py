@@ -10,6 +10,7 @@ the probe interprets answers, the manager decides what to do with a silent port.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -43,8 +44,12 @@ class AtTransport:
         baudrate: int = 115200,
         timeout: float = 5.0,
         urc_limit: int = 64,
+        abort: threading.Event | None = None,
     ) -> None:
         self.url = url
+        # Set by the owner's owner when stopping: a command waiting for a silent modem gives up
+        # at the next read slice instead of at its timeout.
+        self._abort = abort
         self.baudrate = baudrate
         self.timeout = timeout
         self._serial: serial.SerialBase | None = None
@@ -123,10 +128,15 @@ class AtTransport:
                     return AtResponse(command, event.ok, tuple(lines), event.text, event.code)
                 elif isinstance(event, Echo):
                     continue
+            if self._abort is not None and self._abort.is_set():
+                self._parser.reset()
+                raise PortGone(f"{self.url}: stopping, {command} abandoned")
             if time.monotonic() >= deadline:
                 self._parser.reset()
                 self.timeouts += 1
-                raise AtTimeout(f"{self.url}: no answer to {command} within {limit:g} s")
+                raise AtTimeout(
+                    f"{self.url}: no answer to {command} within {limit:g} s", command, limit
+                )
 
     def _require(self) -> serial.SerialBase:
         if self._serial is None:

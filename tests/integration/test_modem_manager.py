@@ -179,11 +179,13 @@ def test_data_path_failures_switch(rig: Rig) -> None:
     assert mgr.status()["data_failures"] == 0
 
 
-def test_hung_primary_is_reset_and_taken_back(rig: Rig) -> None:
+@pytest.mark.parametrize("stuck", ["hung", "wedged"])
+def test_hung_primary_is_reset_and_taken_back(rig: Rig, stuck: str) -> None:
+    # hung: silent; wedged: answers AT, then nothing. Both are escalated to a reset.
     three(rig)
     mgr = rig.start(command_timeout=0.5, return_delay=0.5)
     sim_a = rig.sims["a"]
-    sim_a.set(hung=True, obeys_reset=True)
+    sim_a.set(**{stuck: True, "obeys_reset": True})
     wait_for(
         lambda: switched_to(mgr, "b", "not_responding"), DEADLINE, "a switch away from the hung one"
     )
@@ -245,3 +247,30 @@ def test_deprecated_min_signal_dbm_is_warned_about(
         ModemManager(modems, ModemPolicyConfig(pin_ledger=None))
     warned = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
     assert len(warned) == 1 and "min_rsrp_dbm" in warned[0] and "-100" in warned[0]
+
+
+def test_a_wedged_standby_does_not_delay_the_failover_of_the_active_modem(rig: Rig) -> None:
+    # b answers AT, then nothing; with a 60 s command timeout its probe outlasts every wait
+    # here, so a first choice or a failover that waited for it would time out.
+    rig.sim("a", ident=1)
+    rig.sim("b", "half_wedged", ident=2, iccid_command="AT+CCID", obeys_reset=False)
+    rig.sim("c", ident=3, iccid_command="AT+CRSM")
+    mgr = rig.start(command_timeout=60.0)
+    assert mgr.active() == "a"
+    seen_by_b: list[list[str]] = []
+
+    def spy(active: str | None, reason: str) -> None:
+        seen_by_b.append(list(rig.sims["b"].commands))
+        rig.on_switch(active, reason)
+
+    mgr.on_switch = spy
+    rig.sims["a"].set(sim="absent")
+    wait_for(lambda: switched_to(mgr, "c", "sim_missing"), DEADLINE, "the failover to c")
+    assert seen_by_b == [["AT", "ATE0"]]  # b was still in its first probe
+    status = mgr.status()
+    assert status["modems"]["b"]["problem"]["code"] == "not_responding"
+    assert status["modems"]["b"]["report"] is None  # never reported yet: never a candidate
+    # Stopping abandons b's command in flight instead of waiting out its timeout.
+    start = time.monotonic()
+    mgr.stop(timeout=DEADLINE)
+    assert time.monotonic() - start < DEADLINE / 2

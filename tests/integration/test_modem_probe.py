@@ -129,6 +129,15 @@ def test_hung_modem_is_reported_within_the_timeouts(sims: Any) -> None:
     assert sim.commands == ["AT", "AT", "AT"]  # retried AT, nothing else sent to a silent modem
 
 
+def test_half_wedged_modem_costs_one_timeout_and_is_no_useful_answer(sims: Any) -> None:
+    sim = sims("half_wedged")
+    r = probe_sim(sim, timeout=0.3)
+    assert not r.responding
+    assert r.error == "no useful answer: answers AT, then nothing to ATE0 within 0.3 s"
+    # Nothing more was asked after the first command left without an answer.
+    assert sim.commands == ["AT", "ATE0"]
+
+
 def test_pin_is_entered_once_per_boot_and_never_a_puk(sims: Any, tmp_path: Path) -> None:
     sim = sims("pin", pin="4321")
     ledger_path = tmp_path / "run" / "pin-tried"
