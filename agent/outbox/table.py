@@ -1,0 +1,298 @@
+"""The outbox's rows in SQL: reading them, and one transaction that deletes, expires, evicts
+and inserts.
+
+A ``Table`` wraps one open connection (agent.outbox.dbfile opens it). Its methods run on the
+caller's thread while the caller holds the database lock. A transaction's effect on the
+counters is collected in a ``Tx`` and applied to the ``Counters`` by the caller once it has
+committed, so a rolled-back transaction changes no counter. This module keeps no buffer and no
+thread (agent.outbox.committer) and exposes nothing to the rest of the agent
+(agent.outbox.queue does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+log = logging.getLogger("agent.outbox")
+
+# Bytes counted per row on top of its payload, for max_bytes and memory_bytes.
+ROW_OVERHEAD = 64
+
+EVENT, TELEMETRY = 0, 1
+RANK = {"event": EVENT, "telemetry": TELEMETRY}
+PRIORITY = {EVENT: "event", TELEMETRY: "telemetry"}
+
+# Host parameters per statement, well under SQLite's limit.
+CHUNK = 500
+
+_OLDEST = """
+SELECT min(c) FROM (
+    SELECT (SELECT created FROM outbox WHERE rank = 0 ORDER BY id LIMIT 1) AS c
+    UNION ALL
+    SELECT (SELECT created FROM outbox WHERE rank = 1 ORDER BY id LIMIT 1)
+)
+"""
+
+# Rows to insert, per rank: (created wall time, payload), oldest first.
+Rows = tuple[Sequence[tuple[float, bytes]], Sequence[tuple[float, bytes]]]
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    priority: str
+    created: float  # wall seconds
+    payload: bytes
+
+
+@dataclass
+class Tx:
+    """Changes made by one transaction, applied to the counters only once it commits."""
+
+    rows: list[int] = field(default_factory=lambda: [0, 0])
+    bytes: list[int] = field(default_factory=lambda: [0, 0])
+    evicted: list[int] = field(default_factory=lambda: [0, 0])
+    committed: int = 0
+    acked: int = 0
+    purged: int = 0
+    expired: int = 0
+
+    def removed(self, rank: int, rows: int, size: int) -> None:
+        self.rows[rank] -= rows
+        self.bytes[rank] -= size
+
+
+@dataclass
+class Counters:
+    """What the file holds (rows, bytes per rank) and what happened to rows since open."""
+
+    rows: list[int] = field(default_factory=lambda: [0, 0])
+    bytes: list[int] = field(default_factory=lambda: [0, 0])
+    evicted: list[int] = field(default_factory=lambda: [0, 0])
+    committed: int = 0
+    acked: int = 0
+    purged: int = 0
+    expired: int = 0
+
+    def apply(self, tx: Tx) -> None:
+        for rank in (EVENT, TELEMETRY):
+            self.rows[rank] += tx.rows[rank]
+            self.bytes[rank] += tx.bytes[rank]
+            self.evicted[rank] += tx.evicted[rank]
+        self.committed += tx.committed
+        self.acked += tx.acked
+        self.purged += tx.purged
+        self.expired += tx.expired
+
+
+def errcode(err: BaseException) -> int | None:
+    """SQLite's primary result code of an error (extended codes carry it in the low byte)."""
+    code = getattr(err, "sqlite_errorcode", None)
+    return None if code is None else code & 0xFF
+
+
+def is_full(err: BaseException) -> bool:
+    return errcode(err) == sqlite3.SQLITE_FULL
+
+
+def _chunks(ids: list[int]) -> Iterator[list[int]]:
+    for i in range(0, len(ids), CHUNK):
+        yield ids[i : i + CHUNK]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+class Table:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+
+    # -------------------------------------------------------------------------------- reading
+
+    def counters(self) -> Counters:
+        """Counters for the rows the file holds now (at open)."""
+        counters = Counters()
+        for rank, n, size in self._conn.execute(
+            "SELECT rank, count(*), sum(length(payload)) FROM outbox GROUP BY rank"
+        ):
+            if rank in PRIORITY:
+                counters.rows[rank] = n
+                counters.bytes[rank] = (size or 0) + n * ROW_OVERHEAD
+        return counters
+
+    def unsent(self, limit: int, skip: set[int]) -> list[OutboxEntry]:
+        """Up to ``limit`` rows whose ids are not in ``skip``: events oldest first, then
+        telemetry."""
+        # The id scan reads only the (rank, id) index; payloads are fetched for the chosen.
+        ids: list[int] = []
+        cur = self._conn.execute("SELECT id FROM outbox ORDER BY rank, id")
+        for (rid,) in cur:
+            if rid not in skip:
+                ids.append(rid)
+                if len(ids) >= limit:
+                    break
+        cur.close()
+        rows: dict[int, OutboxEntry] = {}
+        for chunk in _chunks(ids):
+            marks = _marks(len(chunk))
+            sql = f"SELECT id, rank, created, payload FROM outbox WHERE id IN ({marks})"
+            for rid, rank, created, payload in self._conn.execute(sql, chunk):
+                rows[rid] = OutboxEntry(rid, PRIORITY[rank], created, payload)
+        return [rows[i] for i in ids]
+
+    def page(self, after: int) -> list[OutboxEntry]:
+        """The next ``CHUNK`` rows with an id above ``after``, by id."""
+        return [
+            OutboxEntry(rid, PRIORITY[rank], created, payload)
+            for rid, rank, created, payload in self._conn.execute(
+                "SELECT id, rank, created, payload FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+                (after, CHUNK),
+            )
+        ]
+
+    def oldest(self) -> float | None:
+        """Wall time of the first stored row of either priority: two index lookups, no scan."""
+        with contextlib.suppress(sqlite3.Error):
+            value = self._conn.execute(_OLDEST).fetchone()[0]
+            return None if value is None else float(value)
+        return None
+
+    # -------------------------------------------------------------------------------- writing
+
+    def rewrite(self, row_id: int, payload: bytes) -> tuple[int, int] | None:
+        """Replace one row's payload, committed at once: ``(rank, old payload size)``, or None
+        if the row is gone or the disk refused (the row is then unchanged)."""
+        conn = self._conn
+        try:
+            found = conn.execute(
+                "SELECT rank, length(payload) FROM outbox WHERE id = ?", (row_id,)
+            ).fetchone()
+            if found is None:
+                return None
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (payload, row_id))
+            conn.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            log.warning("outbox: cannot rewrite row %d: %s", row_id, err)
+            return None
+        return int(found[0]), int(found[1])
+
+    def transaction(
+        self,
+        *,
+        acks: set[int],
+        purges: set[int],
+        max_age: Mapping[int, float] | None,
+        wall: float,
+        rows: Rows,
+        stored_bytes: int,
+        max_bytes: int,
+    ) -> Tx:
+        """One transaction: delete ``acks`` and ``purges``, expire rows older than ``max_age``
+        (per rank, seconds; 0 = never; None = skip), then insert ``rows`` evicting the oldest
+        to stay within ``max_bytes``. On an error it is rolled back and the error raised."""
+        conn = self._conn
+        tx = Tx()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            self._delete(acks, tx, purge=False)
+            self._delete(purges, tx, purge=True)
+            if max_age is not None:
+                self._expire(max_age, wall, tx)
+            self._insert(rows, tx, stored_bytes, max_bytes)
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        return tx
+
+    def _rollback(self) -> None:
+        if self._conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
+    def _delete(self, ids: set[int], tx: Tx, *, purge: bool) -> None:
+        for chunk in _chunks(sorted(ids)):
+            gone = self._conn.execute(
+                f"DELETE FROM outbox WHERE id IN ({_marks(len(chunk))}) "
+                "RETURNING rank, length(payload)",
+                chunk,
+            ).fetchall()
+            for rank, size in gone:
+                tx.removed(rank, 1, size + ROW_OVERHEAD)
+            if purge:
+                tx.purged += len(gone)
+            else:
+                tx.acked += len(gone)
+
+    def _expire(self, max_age: Mapping[int, float], wall: float, tx: Tx) -> None:
+        for rank, age in max_age.items():
+            if age <= 0:
+                continue
+            gone = self._conn.execute(
+                "DELETE FROM outbox WHERE rank = ? AND created < ? RETURNING length(payload)",
+                (rank, wall - age),
+            ).fetchall()
+            if gone:
+                tx.removed(rank, len(gone), sum(s for (s,) in gone) + len(gone) * ROW_OVERHEAD)
+                tx.expired += len(gone)
+
+    def _insert(self, batch: Rows, tx: Tx, stored_bytes: int, max_bytes: int) -> None:
+        # Works on copies: if the transaction fails, the caller's batch is intact.
+        rows = [list(batch[EVENT]), list(batch[TELEMETRY])]
+        incoming = sum(len(p) + ROW_OVERHEAD for q in rows for _, p in q)
+        if not incoming:
+            return
+        need = stored_bytes + sum(tx.bytes) + incoming - max_bytes
+        # Eviction order: stored telemetry, new telemetry, stored events, new events.
+        for rank in (TELEMETRY, EVENT):
+            if need > 0:
+                need -= self._evict_stored(rank, need, tx)
+            drop = 0
+            while need > 0 and drop < len(rows[rank]):
+                need -= len(rows[rank][drop][1]) + ROW_OVERHEAD
+                drop += 1
+            if drop:
+                tx.evicted[rank] += drop
+                del rows[rank][:drop]
+        for rank in (EVENT, TELEMETRY):
+            if not rows[rank]:
+                continue
+            self._conn.executemany(
+                "INSERT INTO outbox (rank, created, payload) VALUES (?, ?, ?)",
+                ((rank, created, payload) for created, payload in rows[rank]),
+            )
+            n = len(rows[rank])
+            tx.rows[rank] += n
+            tx.bytes[rank] += sum(len(p) for _, p in rows[rank]) + n * ROW_OVERHEAD
+            tx.committed += n
+
+    def _evict_stored(self, rank: int, need: int, tx: Tx) -> int:
+        freed = n = 0
+        last: int | None = None
+        cur = self._conn.execute(
+            "SELECT id, length(payload) FROM outbox WHERE rank = ? ORDER BY id", (rank,)
+        )
+        for rid, size in cur:
+            freed += size + ROW_OVERHEAD
+            n += 1
+            last = rid
+            if freed >= need:
+                break
+        cur.close()
+        if last is None:
+            return 0
+        self._conn.execute("DELETE FROM outbox WHERE rank = ? AND id <= ?", (rank, last))
+        tx.removed(rank, n, freed)
+        tx.evicted[rank] += n
+        return freed
