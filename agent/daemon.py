@@ -214,7 +214,7 @@ class Agent:
         from agent.uplink import Uplink
 
         assert self.cfg.outbox is not None and self.cfg.mqtt is not None
-        self.outbox = Outbox(self.cfg.outbox)
+        self.outbox = Outbox(self.cfg.outbox, tag_of=peek_schema_id)
         self.outbox.open()
         try:
             self.schemas = SchemaStore(Path(f"{self.cfg.outbox.path}.schemas"))
@@ -318,7 +318,8 @@ class Agent:
     def _publish_stored_schemas(self) -> None:
         """Rows of an earlier config may wait in the outbox: publish their schemas too."""
         assert self.outbox is not None and self.schemas is not None
-        ids = {peek_schema_id(row.payload) for row in self.outbox.iter_rows()}
+        # From the outbox's index of schema ids in use: no stored row is read.
+        ids = self.outbox.tags()
         ids.discard(self.catalog.schema.id)
         for sid in sorted(ids):
             schema = self.schemas.load(sid)

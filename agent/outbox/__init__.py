@@ -22,6 +22,9 @@ committer retries each window. Updates waiting in memory are published once the 
 them, and are lost if the process ends before that. A file that cannot be written at all is
 refused at open.
 
+Tags: with ``tag_of`` each row is stored with a tag computed from its payload (the daemon: its
+schema id), in an indexed column, so ``tags()`` lists the tags in use without reading the rows.
+
 The parts, each readable on its own:
 
 - ``queue``: ``Outbox``, the public face (put, next_batch, ack, wait_for_data, iter_rows,

@@ -2,6 +2,7 @@
 
 ``open_table`` creates the folder, opens the SQLite file, runs ``PRAGMA quick_check``, refuses a
 file written by a newer agent, switches to WAL with ``synchronous=FULL``, creates the table, and
+adds the tag column and its index to a file that lacks them, and
 writes to the file once, so that a file the agent can read but not write is refused at start
 (an OutboxError naming the file) instead of failing every commit later.
 
@@ -35,10 +36,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     rank INTEGER NOT NULL,
     created REAL NOT NULL,
-    payload BLOB NOT NULL
+    payload BLOB NOT NULL,
+    tag TEXT
 );
 CREATE INDEX IF NOT EXISTS outbox_rank_id ON outbox (rank, id);
 """
+# The tag column came later, without a new schema version: an older agent's inserts name their
+# columns and leave it NULL, and untagged rows are tagged at the next open.
+_TAG_INDEX = "CREATE INDEX IF NOT EXISTS outbox_tag ON outbox (tag)"
 
 
 class _Corrupt(Exception):
@@ -47,8 +52,11 @@ class _Corrupt(Exception):
         self.conn = conn
 
 
-def open_table(path: Path, wall: Callable[[], float]) -> tuple[Table, list[str]]:
-    """The checked, writable outbox at ``path`` and the corrupt files moved aside on the way."""
+def open_table(
+    path: Path, wall: Callable[[], float], tag_of: Callable[[bytes], str] | None = None
+) -> tuple[Table, list[str]]:
+    """The checked, writable outbox at ``path`` (its untagged rows tagged with ``tag_of``) and
+    the corrupt files moved aside on the way."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -68,7 +76,13 @@ def open_table(path: Path, wall: Callable[[], float]) -> tuple[Table, list[str]]
         except _Corrupt as again:
             again.conn.close()
             raise OutboxError(f"{path}: fresh outbox is corrupt at once: {again}") from None
-    return Table(conn), moved
+    table = Table(conn, tag_of)
+    try:
+        table.tag_untagged()
+    except sqlite3.Error as err:
+        table.close()
+        raise OutboxError(f"{path}: cannot tag stored rows: {err}") from None
+    return table, moved
 
 
 def _connect(path: Path, wall: Callable[[], float], *, seed: bool) -> sqlite3.Connection:
@@ -98,6 +112,9 @@ def _connect(path: Path, wall: Callable[[], float], *, seed: bool) -> sqlite3.Co
         for stmt in _SCHEMA.split(";"):
             if stmt.strip():
                 conn.execute(stmt)
+        if "tag" not in {row[1] for row in conn.execute("PRAGMA table_info(outbox)")}:
+            conn.execute("ALTER TABLE outbox ADD COLUMN tag TEXT")
+        conn.execute(_TAG_INDEX)
         # Written on every start, also when unchanged: a real write now refuses a file the
         # agent can read but not write (read-only or immutable file, read-only mount) that
         # would otherwise be accepted and then fail every commit.

@@ -4,7 +4,8 @@ ack, wait_for_data), the consent purge (iter_rows, purge_ids, replace) and the s
 It opens the file (agent.outbox.dbfile), holds the locks, the counters and the open/closed
 state, and starts the committer (agent.outbox.committer) that does every write but ``replace``.
 Only committed rows are handed to the uplink: ``next_batch`` reads the database, never the
-memory buffer.
+memory buffer. With ``tag_of`` (the daemon passes the schema id reader), ``tags()`` tells which
+tags the stored rows carry without reading them.
 """
 
 from __future__ import annotations
@@ -61,8 +62,10 @@ class Outbox:
         *,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        tag_of: Callable[[bytes], str] | None = None,
     ) -> None:
         self._cfg = cfg
+        self._tag_of = tag_of
         self._path = Path(cfg.path)
         self._clock = clock
         self._wall = wall
@@ -83,7 +86,7 @@ class Outbox:
         """Check the file (moving a corrupt one aside), create the schema, start committing."""
         if self._opened:
             raise RuntimeError("outbox already opened")
-        table, moved = open_table(self._path, self._wall)
+        table, moved = open_table(self._path, self._wall, self._tag_of)
         counters = table.counters()
         committer = Committer(
             self._cfg,
@@ -246,6 +249,12 @@ class Outbox:
             return True
 
     # --------------------------------------------------------------------------------- stats
+
+    def tags(self) -> set[str]:
+        """The tags (``tag_of`` of the payloads) of the committed rows, without reading them.
+        Rows acked a few milliseconds ago may still count."""
+        with self._db_lock:
+            return self._table.tags() if self._table is not None else set()
 
     def stats(self) -> OutboxStats:
         with self._db_lock:

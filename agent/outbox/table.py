@@ -1,5 +1,6 @@
 """The outbox's rows in SQL: reading them, and one transaction that deletes, expires, evicts
-and inserts.
+and inserts. Each row may carry a tag (the daemon: its schema id), indexed, so the tags in use
+are known without reading the rows.
 
 A ``Table`` wraps one open connection (agent.outbox.dbfile opens it). Its methods run on the
 caller's thread while the caller holds the database lock. A transaction's effect on the
@@ -14,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 log = logging.getLogger("agent.outbox")
@@ -35,6 +36,16 @@ SELECT min(c) FROM (
     UNION ALL
     SELECT (SELECT created FROM outbox WHERE rank = 1 ORDER BY id LIMIT 1)
 )
+"""
+
+# Distinct tags by skipping through the tag index: min(tag), then the next above it, and so on.
+_TAGS = """
+WITH RECURSIVE t(tag) AS (
+    SELECT min(tag) FROM outbox
+    UNION ALL
+    SELECT (SELECT min(tag) FROM outbox WHERE tag > t.tag) FROM t WHERE t.tag IS NOT NULL
+)
+SELECT tag FROM t WHERE tag IS NOT NULL
 """
 
 # Rows to insert, per rank: (created wall time, payload), oldest first.
@@ -109,8 +120,22 @@ def _marks(n: int) -> str:
 
 
 class Table:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    """``tag_of`` names a payload's tag (the daemon: its schema id); rows it cannot name, or
+    all rows without it, are stored untagged."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, tag_of: Callable[[bytes], str] | None = None
+    ) -> None:
         self._conn = conn
+        self._tag_of = tag_of
+
+    def _tag(self, payload: bytes) -> str | None:
+        if self._tag_of is None:
+            return None
+        try:
+            return self._tag_of(payload)
+        except Exception:  # a payload the tagger cannot read is still kept, untagged
+            return None
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -159,6 +184,11 @@ class Table:
             )
         ]
 
+    def tags(self) -> set[str]:
+        """The distinct tags of the stored rows: one index lookup per tag, no row read."""
+        found = self._conn.execute(_TAGS).fetchall()
+        return {str(tag) for (tag,) in found}
+
     def oldest(self) -> float | None:
         """Wall time of the first stored row of either priority: two index lookups, no scan."""
         with contextlib.suppress(sqlite3.Error):
@@ -179,13 +209,45 @@ class Table:
             if found is None:
                 return None
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (payload, row_id))
+            if self._tag_of is None:
+                conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (payload, row_id))
+            else:
+                conn.execute(
+                    "UPDATE outbox SET payload = ?, tag = ? WHERE id = ?",
+                    (payload, self._tag(payload), row_id),
+                )
             conn.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()
             log.warning("outbox: cannot rewrite row %d: %s", row_id, err)
             return None
         return int(found[0]), int(found[1])
+
+    def tag_untagged(self) -> None:
+        """Tag the rows stored without a tag (by an agent before tags, or untaggable then)."""
+        if self._tag_of is None:
+            return
+        conn, last = self._conn, -1
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            while True:
+                page = conn.execute(
+                    "SELECT id, payload FROM outbox WHERE tag IS NULL AND id > ? "
+                    "ORDER BY id LIMIT ?",
+                    (last, CHUNK),
+                ).fetchall()
+                if not page:
+                    break
+                tagged = [(self._tag(payload), rid) for rid, payload in page]
+                conn.executemany(
+                    "UPDATE outbox SET tag = ? WHERE id = ?",
+                    [(tag, rid) for tag, rid in tagged if tag is not None],
+                )
+                last = page[-1][0]
+            conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def transaction(
         self,
@@ -269,8 +331,8 @@ class Table:
             if not rows[rank]:
                 continue
             self._conn.executemany(
-                "INSERT INTO outbox (rank, created, payload) VALUES (?, ?, ?)",
-                ((rank, created, payload) for created, payload in rows[rank]),
+                "INSERT INTO outbox (rank, created, payload, tag) VALUES (?, ?, ?, ?)",
+                ((rank, created, p, self._tag(p)) for created, p in rows[rank]),
             )
             n = len(rows[rank])
             tx.rows[rank] += n
