@@ -19,7 +19,6 @@ import io
 import itertools
 import logging
 import queue
-import random
 import socket
 import struct
 import threading
@@ -32,6 +31,7 @@ from typing import Any
 
 import can
 
+from agent.backoff import Backoff
 from agent.config import BusConfig, Config
 from agent.errors import ConfigError, SourceError
 from agent.ratelimit import RateLimitedLog
@@ -577,19 +577,24 @@ class Source:
         )
 
     def _live(self) -> None:
-        delay = self.cfg.reopen_min
+        # The delays start over only once a bus stayed up as long as the longest wait: one that
+        # opens and fails at once (bus-off, a flapping adapter) keeps backing off.
+        backoff = Backoff(
+            self.cfg.reopen_min,
+            self.cfg.reopen_max,
+            stable_after=self.cfg.reopen_max,
+            clock=self.clock,
+        )
         while not self.stop.is_set():
             try:
                 bus = self._open()
             except (can.CanError, OSError, ValueError) as err:
                 self._set_state("down", f"cannot open: {err}")
                 self.status.reopens += 1
-                # Full jitter: a fleet of boxes must not retry in lock-step.
-                if self.stop.wait(random.uniform(0, delay)):
+                if self.stop.wait(backoff.next_delay()):
                     return
-                delay = min(delay * 2, self.cfg.reopen_max)
                 continue
-            delay = self.cfg.reopen_min
+            backoff.succeeded()
             self._last_frame = self.clock()
             self._set_state("up")
             self._bus = bus
@@ -598,7 +603,7 @@ class Source:
             except (can.CanError, OSError, ValueError) as err:
                 self._set_state("down", str(err) or type(err).__name__)
                 self.status.reopens += 1
-                if self.stop.wait(random.uniform(0, delay)):
+                if self.stop.wait(backoff.next_delay()):
                     return
             finally:
                 self._bus = None
