@@ -8,8 +8,10 @@ kept in the outbox for the next run).
 from __future__ import annotations
 
 import argparse
+import decimal
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -182,10 +184,29 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
-def _emit_brief(obj: dict[str, Any]) -> None:
+def _decimals(x: int | float) -> int:
+    """Digits after the point of a scale or offset as the DBC writes it (0.1 -> 1, 0.25 -> 2)."""
+    if isinstance(x, int) or not math.isfinite(x) or x.is_integer():
+        return 0
+    exponent = decimal.Decimal(repr(x)).as_tuple().exponent
+    return min(-exponent, 12) if isinstance(exponent, int) and exponent < 0 else 0
+
+
+def _brief_value(value: Any, sig: Any) -> str:
+    """A scaled integer signal at the precision its scale and offset imply (0.6, not
+    0.6000000000000001); labels, integers and IEEE float signals as they are."""
+    if sig is None or sig.kind != "int" or not isinstance(value, float) or not math.isfinite(value):
+        return str(value)
+    return f"{value:.{max(_decimals(sig.scale), _decimals(sig.offset))}f}"
+
+
+def _emit_brief(obj: dict[str, Any], schema: Any = None) -> None:
     """One human line per update: who, which, how many samples, and the first few values."""
     samples = obj["samples"]
-    head = ", ".join(f"{s['signal']}={s['value']}" for s in samples[:3])
+    by_name = {s.name: s for s in schema.signals} if schema is not None else {}
+    head = ", ".join(
+        f"{s['signal']}={_brief_value(s['value'], by_name.get(s['signal']))}" for s in samples[:3]
+    )
     more = f", ... (+{len(samples) - 3})" if len(samples) > 3 else ""
     kind = "snapshot" if obj.get("snapshot") else "update"
     span = ""
@@ -224,21 +245,24 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from agent.config import TlsConfig
     from agent.listen import Listener
+    from agent.mqttclient import ClientOptions
 
-    tls = None
-    if args.tls or args.ca or args.cert:
-        tls = TlsConfig(ca=args.ca, cert=args.cert, key=args.key)
+    opts = ClientOptions.from_args(args)
+
+    def brief(update: dict[str, Any]) -> None:
+        _emit_brief(update, listener.schema(update["schema"]))
+
     listener = Listener(
-        args.host,
-        args.port,
+        opts.host,
+        opts.port,
         vin=args.vin,
         prefix=args.prefix,
-        tls=tls,
-        username=args.username,
-        password=os.environ.get("SPIME_MQTT_PASSWORD"),
-        on_update=_emit_brief if args.brief else _emit_json,
+        tls=opts.tls,
+        username=opts.username,
+        password=opts.password,
+        protocol=opts.protocol,
+        on_update=brief if args.brief else _emit_json,
     )
 
     def _stop(_signum: int, _frame: Any) -> None:
@@ -342,17 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
 
     li = sub.add_parser("listen", help="subscribe, decode and print updates (backend side)")
-    li.add_argument("--host", default="127.0.0.1")
-    li.add_argument("--port", type=int, default=1883)
+    from agent.mqttclient import add_client_arguments
+
+    add_client_arguments(li)
     li.add_argument("--vin", help="only this vehicle (default: every vehicle)")
     li.add_argument("--prefix", default="spime/v1", help="topic prefix")
     li.add_argument("--count", type=int, help="exit after this many updates")
     li.add_argument("--timeout", type=float, help="exit after this many seconds")
-    li.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
-    li.add_argument("--ca", type=Path, help="CA file for TLS")
-    li.add_argument("--cert", type=Path, help="client certificate for TLS")
-    li.add_argument("--key", type=Path, help="client key for TLS")
-    li.add_argument("--username", help="password from $SPIME_MQTT_PASSWORD")
     li.add_argument("--brief", action="store_true", help="one human line per update, not JSON")
     li.set_defaults(func=cmd_listen)
 

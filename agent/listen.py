@@ -4,8 +4,10 @@ a broker, decodes each update once and hands it to a callback.
 It subscribes ``<prefix>/<vin or +>/schema/+`` and ``<prefix>/<vin or +>/data``, keeps the
 schemas it has seen by id, holds updates whose schema has not arrived yet in a bounded buffer
 (oldest dropped and counted), and drops duplicates (MQTT delivers at least once) by
-(vin, boot, seq) with a bounded memory. Printing and argument parsing are agent.cli's job; the
-wire format is agent.spime's.
+(vin, boot, seq) with a bounded memory. It connects through agent.mqttclient (MQTT 5, or 3.1.1
+when asked or when the broker refuses 5) and reconnects with the one backoff policy
+(agent.backoff). Printing and argument parsing are agent.cli's job; the wire format is
+agent.spime's.
 """
 
 from __future__ import annotations
@@ -19,18 +21,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 
 from agent import spime
+from agent.backoff import Backoff
 from agent.config import TlsConfig
 from agent.errors import AgentError
-from agent.mqttclient import describe_error, tls_context
+from agent.mqttclient import BrokerError, ClientOptions, connect_client, describe_error
 from agent.ratelimit import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
 MAX_SCHEMAS = 1024
-_RECONNECT_WAIT = 1.0
+# Reconnect delays: full-jitter exponential, starting over after a connection that lasted.
+_RECONNECT_MIN, _RECONNECT_MAX = 0.5, 30.0
 _LOOP_WAIT = 0.2
 
 Key = tuple[str, str, int]  # vin, boot, seq
@@ -61,6 +65,7 @@ class Listener:
         tls: TlsConfig | None = None,
         username: str | None = None,
         password: str | None = None,
+        protocol: str | None = None,
         on_update: Callable[[dict[str, Any]], None],
         max_held: int = 10_000,
         dedupe_window: int = 100_000,
@@ -71,8 +76,8 @@ class Listener:
         self._on_update = on_update
         self._max_held = max_held
         self._dedupe_window = dedupe_window
-        self._ctx = tls_context(tls) if tls is not None else None
-        self._username, self._password = username, password
+        self._opts = ClientOptions(host, port, tls, username, password, protocol)
+        self._backoff = Backoff(_RECONNECT_MIN, _RECONNECT_MAX, stable_after=_RECONNECT_MAX)
         self._ratelog = RateLimitedLog(log)
         self._stop = threading.Event()
         self._schemas: OrderedDict[str, spime.Schema] = OrderedDict()
@@ -84,6 +89,7 @@ class Listener:
         self._target: int | None = None
         self._subscribed = threading.Event()
         self._refused: str | None = None
+        self._accepted = False
 
     def stop(self) -> None:
         self._stop.set()
@@ -91,6 +97,10 @@ class Listener:
     def wait_subscribed(self, timeout: float) -> bool:
         """True once the broker acknowledged our subscriptions on the current connection."""
         return self._subscribed.wait(timeout)
+
+    def schema(self, schema_id: str) -> spime.Schema | None:
+        """A schema seen so far, by id (for the update handed to ``on_update``, always there)."""
+        return self._schemas.get(schema_id)
 
     def stats(self) -> ListenStats:
         with self._lock:
@@ -109,19 +119,18 @@ class Listener:
         cannot be reached at all at the start."""
         self._target = count
         deadline = None if timeout is None else time.monotonic() + timeout
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        if self._ctx is not None:
-            client.tls_set_context(self._ctx)
-        if self._username is not None:
-            client.username_pw_set(self._username, self._password)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        client.on_subscribe = lambda c, u, mid, codes, props: self._subscribed.set()
+
+        def setup(client: mqtt.Client) -> None:
+            client.on_connect = self._on_connect
+            client.on_disconnect = self._on_disconnect
+            client.on_message = self._on_message
+            client.on_subscribe = lambda c, u, mid, codes, props: self._subscribed.set()
+
         try:
-            client.connect(self.host, self.port)
-        except (OSError, ValueError) as err:
-            raise ListenError(describe_error(err, self.host, self.port)) from None
+            client = connect_client(self._opts, setup=setup, logger=log)
+        except BrokerError as err:
+            raise ListenError(*err.problems) from None
+        self._refused = None  # refusals of MQTT 5 before a 3.1.1 connection are no refusal
         try:
             while not self._done(deadline):
                 if self._refused is not None:
@@ -140,9 +149,13 @@ class Listener:
 
     def _reconnect(self, client: mqtt.Client, deadline: float | None) -> None:
         while not self._done(deadline):
-            self._stop.wait(_RECONNECT_WAIT)
+            delay = self._backoff.next_delay()
+            if deadline is not None:
+                delay = min(delay, max(0.0, deadline - time.monotonic()))
+            self._stop.wait(delay)
             try:
                 client.reconnect()
+                self._backoff.succeeded()
                 return
             except (OSError, ValueError) as err:
                 self._ratelog.warning(
@@ -157,6 +170,7 @@ class Listener:
         if reason_code.is_failure:
             self._refused = f"refused by broker: {reason_code}"
             return
+        self._accepted = True
         log.info("listening on %s:%d to %s", self.host, self.port, ", ".join(self.topics))
         client.subscribe([(t, 1) for t in self.topics])
 
@@ -164,7 +178,9 @@ class Listener:
         self, client: mqtt.Client, userdata: object, flags: Any, reason_code: Any, props: Any
     ) -> None:
         self._subscribed.clear()
-        if not self._stop.is_set():
+        # A connection the broker never accepted (e.g. MQTT 5 refused) was not "lost".
+        accepted, self._accepted = self._accepted, False
+        if accepted and not self._stop.is_set():
             self._ratelog.warning("lost", "listen: connection lost (%s); reconnecting", reason_code)
 
     def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:

@@ -6,20 +6,31 @@ The uplink (agent.uplink), ``listen`` (agent.listen) and the activation broker p
 one works for all. paho logs a socket error on every failed attempt ("failed to receive on
 socket: [Errno 104] ..."); ``PahoLog`` keeps those lines at DEBUG and hands the last one to the
 caller, who names it in its own failure reason and logs that once per change, never per
-attempt. It does not publish, subscribe or retry (the callers do).
+attempt. Backend-side tools (``listen``, ``command``) take their broker options from
+``add_client_arguments`` and connect with ``connect_client``: MQTT 5, or 3.1.1 when asked
+(``--protocol 3.1.1``) or when the broker refuses 5. It does not publish, subscribe or retry.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import os
 import socket
 import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from agent.config import TlsConfig
-from agent.errors import ConfigError
+from agent.errors import AgentError, ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def tls_context(tls: TlsConfig) -> ssl.SSLContext:
@@ -81,3 +92,142 @@ class PahoLog:
         """The last problem paho reported since the previous call, if any."""
         last, self._last = self._last, None
         return last
+
+
+# ---- backend-side tools (listen, command): broker options and a connected client ------------
+
+PROTOCOLS = ("5", "3.1.1")
+_PAHO_PROTOCOL = {"5": mqtt.MQTTv5, "3.1.1": mqtt.MQTTv311}
+_UNSUPPORTED_PROTOCOL = 0x84  # MQTT 5 reason code; paho maps a 3.1.1 CONNACK code 1 onto it
+CONNECT_TIMEOUT = 15.0
+
+
+class BrokerError(AgentError):
+    """The broker cannot be reached or refuses the connection."""
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """Where and how a backend tool connects. ``protocol`` None: MQTT 5, or 3.1.1 when the
+    broker refuses 5 (NATS's and RabbitMQ's MQTT gateways speak 3.1.1 only)."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    tls: TlsConfig | None = None
+    username: str | None = None
+    password: str | None = None
+    protocol: str | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ClientOptions:
+        tls = None
+        if args.tls or args.ca or args.cert:
+            try:
+                tls = TlsConfig(ca=args.ca, cert=args.cert, key=args.key)
+            except ValueError as err:  # pydantic: cert without key and the like
+                raise ConfigError(f"--cert/--key: {err}") from None
+        return cls(
+            host=args.host,
+            port=args.port,
+            tls=tls,
+            username=args.username,
+            password=os.environ.get("SPIME_MQTT_PASSWORD"),
+            protocol=args.protocol,
+        )
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """The broker options every backend-side tool takes (read back with ClientOptions)."""
+    g = parser.add_argument_group("broker")
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--port", type=int, default=1883)
+    g.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        help="MQTT version (default: 5, falling back to 3.1.1 if the broker refuses 5)",
+    )
+    g.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
+    g.add_argument("--ca", type=Path, help="CA file for TLS")
+    g.add_argument("--cert", type=Path, help="client certificate for TLS")
+    g.add_argument("--key", type=Path, help="client key for TLS")
+    g.add_argument("--username", help="password from $SPIME_MQTT_PASSWORD")
+
+
+def connect_client(
+    opts: ClientOptions,
+    *,
+    client_id: str = "",
+    setup: Callable[[mqtt.Client], None] | None = None,
+    logger: logging.Logger | None = None,
+    timeout: float = CONNECT_TIMEOUT,
+) -> mqtt.Client:
+    """A paho client whose connection the broker accepted (CONNACK received), its network loop
+    not started. ``setup`` attaches the caller's callbacks before connecting; its ``on_connect``
+    runs on every CONNACK, reconnects included. BrokerError says why not."""
+    ctx = tls_context(opts.tls) if opts.tls is not None else None
+    versions = [opts.protocol] if opts.protocol else ["5", "3.1.1"]
+    why = ""
+    for version in versions:
+        client, reason = _try_connect(opts, version, ctx, client_id, setup, logger, timeout)
+        if client is not None:
+            return client
+        why = reason
+        if not (version == "5" and _refused_v5(reason)):
+            break
+        (logger or log).info("%s:%d refuses MQTT 5; trying 3.1.1", opts.host, opts.port)
+    raise BrokerError(why)
+
+
+def _refused_v5(reason: str) -> bool:
+    # A 3.1.1-only broker answers an MQTT 5 CONNECT with code 1 or simply closes.
+    return "Unsupported protocol version" in reason or "before CONNACK" in reason
+
+
+def _try_connect(
+    opts: ClientOptions,
+    version: str,
+    ctx: ssl.SSLContext | None,
+    client_id: str,
+    setup: Callable[[mqtt.Client], None] | None,
+    logger: logging.Logger | None,
+    timeout: float,
+) -> tuple[mqtt.Client | None, str]:
+    where = f"{opts.host}:{opts.port}"
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=client_id, protocol=_PAHO_PROTOCOL[version]
+    )
+    paho_log = PahoLog(logger or log)
+    client.on_log = paho_log
+    if ctx is not None:
+        client.tls_set_context(ctx)
+    if opts.username is not None:
+        client.username_pw_set(opts.username, opts.password)
+    if setup is not None:
+        setup(client)
+    answer: list[Any] = []
+    theirs: Callable[..., None] | None = client.on_connect
+
+    def on_connect(c: mqtt.Client, u: Any, flags: Any, rc: Any, props: Any) -> None:
+        answer.append(rc)
+        if theirs is not None:
+            theirs(c, u, flags, rc, props)
+
+    client.on_connect = on_connect
+    try:
+        client.connect(opts.host, opts.port)
+    except (OSError, ValueError) as err:
+        return None, describe_error(err, opts.host, opts.port)
+    deadline = time.monotonic() + timeout
+    while not answer:
+        if time.monotonic() >= deadline:
+            client.disconnect()
+            return None, f"{where}: no CONNACK from the broker within {timeout:g} s"
+        if client.loop(0.2) != MQTTErrorCode.MQTT_ERR_SUCCESS and not answer:
+            detail = paho_log.take()
+            return None, f"{where}: connection closed before CONNACK" + (
+                f" ({detail})" if detail else ""
+            )
+    if answer[0].is_failure:
+        client.disconnect()
+        return None, f"{where}: refused by broker: {answer[0]} (MQTT {version})"
+    return client, ""

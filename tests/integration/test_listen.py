@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +26,8 @@ from tests.support.broker import (
     mosquitto,  # noqa: F401
     wait_until,
 )
+from tests.support.data import REPO
+from tests.support.proxy import TcpProxy
 
 VIN = "WDB12345678901234"
 OTHER_VIN = "WVWZZZ1JZXW000001"
@@ -164,3 +169,72 @@ def test_end_to_end_from_the_uplink(mosquitto: Mosquitto, tmp_path: Path) -> Non
 def test_unreachable_broker_is_one_clear_error() -> None:
     with pytest.raises(ListenError, match="connection refused"):
         Listener("127.0.0.1", free_port(), on_update=lambda u: None).run(timeout=5)
+
+
+def test_falls_back_to_311_when_the_broker_refuses_mqtt5(
+    mosquitto: Mosquitto, publisher: Publisher
+) -> None:
+    publisher.schema()
+    with TcpProxy(mosquitto.host, mosquitto.port, refuse_mqtt5=True) as gateway:
+        updates: list[dict[str, Any]] = []
+        listener = Listener(gateway.host, gateway.port, vin=VIN, on_update=updates.append)
+        result: list[int] = []
+        thread = threading.Thread(target=lambda: result.append(listener.run(count=2, timeout=WAIT)))
+        thread.start()
+        assert listener.wait_subscribed(WAIT)
+        publisher.data(1)
+        publisher.data(2)
+        thread.join(WAIT * 2)
+        assert gateway.refused_mqtt5 == 1  # tried 5 once, then spoke 3.1.1
+    assert result == [2] and [u["seq"] for u in updates] == [1, 2]
+    assert "(p2," in mosquitto.log_path.read_text()  # mosquitto logs MQTT 3.1.1 as p2
+
+
+def test_explicit_mqtt5_to_a_311_broker_is_one_clear_error(mosquitto: Mosquitto) -> None:
+    with TcpProxy(mosquitto.host, mosquitto.port, refuse_mqtt5=True) as gateway:
+        listener = Listener(gateway.host, gateway.port, protocol="5", on_update=lambda u: None)
+        with pytest.raises(ListenError, match="Unsupported protocol version"):
+            listener.run(timeout=5)
+
+
+SCALED = spime.Schema.build([spime.SignalDef(id=1, name="torque", scale=0.1, unit="Nm")])
+
+
+def _listen_cli(broker: Mosquitto, publisher: Publisher, *extra: str) -> str:
+    """`spime-agent listen --protocol 3.1.1 --count 1` as a process, fed until it exits."""
+    publisher.send(f"spime/v1/{VIN}/schema/{SCALED.id}", SCALED.dumps().encode(), retain=True)
+    argv = [sys.executable, "-m", "agent.cli", "listen", "--port", str(broker.port)]
+    argv += ["--protocol", "3.1.1", "--vin", VIN, "--count", "1", "--timeout", str(WAIT), *extra]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    seq = 0
+
+    def exited() -> bool:
+        nonlocal seq
+        seq += 1  # a new seq each time: the listener drops repeats as duplicates
+        samples = [(1_700_000_000_000, 1, 6)]  # 6 x 0.1 is 0.6000000000000001 in floats
+        payload = spime.encode_update(SCALED, boot=BOOT, seq=seq, vin=VIN, samples=samples)
+        publisher.send(f"spime/v1/{VIN}/data", payload)
+        return proc.poll() is not None
+
+    try:
+        assert wait_until(exited, WAIT, interval=0.2)
+        out, err = proc.communicate(timeout=WAIT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    return out.decode()
+
+
+def test_listen_cli_over_311_brief_at_the_scale_precision(
+    mosquitto: Mosquitto, publisher: Publisher
+) -> None:
+    out = _listen_cli(mosquitto, publisher, "--brief")
+    assert "torque=0.6" in out and "0.6000000000000001" not in out
+    assert "(p2," in mosquitto.log_path.read_text()
+
+
+def test_listen_cli_json_stays_exact(mosquitto: Mosquitto, publisher: Publisher) -> None:
+    out = _listen_cli(mosquitto, publisher)
+    assert json.loads(out)["samples"][0]["value"] == 6 * 0.1
