@@ -42,6 +42,7 @@ import tomli_w
 from pydantic import ValidationError
 
 from agent.atomicfile import write_atomic
+from agent.brokerprobe import check_broker
 from agent.config import (
     COARSE_LOCATION,
     CONSENT_CATEGORIES,
@@ -51,7 +52,7 @@ from agent.config import (
     field_path,
 )
 from agent.errors import AgentError
-from agent.tlscheck import check_broker, tls_problems
+from agent.tlscheck import tls_problems
 from agent.vin import uses_check_digit
 
 if TYPE_CHECKING:  # the catalog pulls in cantools: the CLI imports this module for its flags

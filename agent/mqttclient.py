@@ -2,7 +2,7 @@
 descriptions of connection failures, and paho's own log lines kept out of the log.
 
 The uplink (agent.uplink), ``listen`` (agent.listen) and the activation broker probe
-(agent.tlscheck) build their TLS context here, so a CA or client certificate that works for
+(agent.brokerprobe) build their TLS context here, so a CA or client certificate that works for
 one works for all. paho logs a socket error on every failed attempt ("failed to receive on
 socket: [Errno 104] ..."); ``PahoLog`` keeps those lines at DEBUG and hands the last one to the
 caller, who names it in its own failure reason and logs that once per change, never per
@@ -70,8 +70,8 @@ def describe_error(err: BaseException, host: str, port: int) -> str:
 
 
 class PahoLog:
-    """paho's log callback (``client.on_log``): every line goes to ``logger`` at DEBUG; the last
-    warning or error is kept until ``take()`` so that the caller's failure reason can name it.
+    """paho's log callback (``client.on_log``): every line goes to ``logger`` at DEBUG; the first
+    warning or error since ``take()`` is kept so that the caller's failure reason can name it.
 
     Set as ``on_log`` instead of ``enable_logger``: paho would log each socket error at ERROR,
     once per attempt, which is exactly the repetition the agent promises not to make.
@@ -81,17 +81,17 @@ class PahoLog:
 
     def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
-        self._last: str | None = None
+        self._first: str | None = None
 
     def __call__(self, client: Any, userdata: Any, level: int, buf: str) -> None:
-        if level in self._PROBLEMS:
-            self._last = buf
+        if level in self._PROBLEMS and self._first is None:
+            self._first = buf  # the first is the cause; "not connected" lines follow it
         self.logger.debug("paho: %s", buf)
 
     def take(self) -> str | None:
-        """The last problem paho reported since the previous call, if any."""
-        last, self._last = self._last, None
-        return last
+        """The first problem paho reported since the previous call, if any."""
+        first, self._first = self._first, None
+        return first
 
 
 # ---- backend-side tools (listen, command): broker options and a connected client ------------

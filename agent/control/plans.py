@@ -286,4 +286,3 @@ def _notes(catalog: Catalog) -> str:
     notes = [f"left out: {why} ({n})" for why, n in sorted(catalog.excluded.items())]
     notes += [f"trigger {name} not armed: {why}" for name, why in sorted(catalog.disabled.items())]
     return "; ".join(notes)
-
