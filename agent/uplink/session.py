@@ -220,7 +220,7 @@ class Session:
             exclude = set(self.in_flight.values()) | self._oversize
             batch = self._outbox.next_batch(self.window * _PREFETCH_WINDOWS, exclude=exclude)
             if not batch:
-                if not self.in_flight:
+                if not (self.in_flight or self.ctrl_in_flight or self.ctrl):
                     self._counters.saw_drained(iteration)
                 return False, None
             self._prefetch.extend(batch)

@@ -142,7 +142,8 @@ def test_birth_status_schema_and_clean_stop(mosquitto: Mosquitto, outbox: Outbox
     )
     up.start()
     try:
-        assert wait_until(lambda: up.stats().state == "connected", WAIT)
+        # Drained: the schemas and the birth status are acknowledged, so retained by now.
+        assert up.wait_drained(WAIT)
         # A subscriber arriving later gets the retained birth status and schema.
         with Subscriber(mosquitto, f"{PREFIX}/{VIN}/#") as sub:
             assert sub.wait_for(lambda m: len(m) >= 3, WAIT)
