@@ -143,15 +143,20 @@ class _Lines:
         """Yield ``replay``, then the file's next lines (a generator: readers may close it)."""
         yield from replay
         header = self.header
+        lines = enumerate(self.f, self.number + 1)
         try:
-            for line in self.f:
-                self.number += 1
-                if self.in_header:
-                    header.append(line)
-                    if len(header) > _PREAMBLE_MAX:
-                        # No header is this long: this is a log without frames so far.
-                        header.clear()
-                        self.in_header = False
+            for self.number, line in lines:
+                if not self.in_header:
+                    yield line
+                    break
+                header.append(line)
+                if len(header) > _PREAMBLE_MAX:
+                    # No header is this long: this is a log without frames so far.
+                    header.clear()
+                    self.in_header = False
+                yield line
+            # Past the header: nothing more to do per line than to count it.
+            for self.number, line in lines:
                 yield line
         except (OSError, EOFError, zlib.error):
             # The file itself failed (truncated or corrupt gzip, I/O error): unlike a line a
@@ -176,8 +181,9 @@ class _LineFile:
         self._lines = lines
         self._next = lines.__next__
 
-    def __iter__(self) -> _LineFile:
-        return self
+    def __iter__(self) -> Generator[str, None, None]:
+        # The lines themselves: a reader's loop then runs without a Python call per line.
+        return self._lines
 
     def __next__(self) -> str:
         return self._next()
