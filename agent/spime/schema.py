@@ -262,12 +262,12 @@ class Schema:
             raise SchemaError(f"{where}: not a spime schema of format {SCHEMA_FORMAT}")
         sigs = doc.get("signals")
         if not isinstance(sigs, list):
-            raise SchemaError(f"{where}.signals: must be a list")
+            raise SchemaError(f"{where}: signals: must be a list")
         declared = doc.get("id")
         if declared is not None and not isinstance(declared, str):
-            raise SchemaError(f"{where}.id: must be a string")
+            raise SchemaError(f"{where}: id: must be a string")
         schema = cls(
-            tuple(SignalDef.from_json(s, f"{where}.signals[{i}]") for i, s in enumerate(sigs))
+            tuple(SignalDef.from_json(s, f"{where}: signals[{i}]") for i, s in enumerate(sigs))
         )
         if declared is not None and declared != schema.id:
             raise SchemaError(

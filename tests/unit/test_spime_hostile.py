@@ -91,17 +91,17 @@ def test_any_json_shape_is_a_schema_or_a_schema_error(doc: Any, as_bytes: bool) 
 @pytest.mark.parametrize(
     ("doc", "where"),
     [
-        ('{"format": 1, "signals": [null]}', "schema.signals[0]: must be an object, not null"),
+        ('{"format": 1, "signals": [null]}', "schema: signals[0]: must be an object, not null"),
         (
             '{"format": 1, "signals": [{"id": 0, "name": "a", "choices": ["x"]}]}',
-            "schema.signals[0].choices: must be an object, not a list",
+            "schema: signals[0].choices: must be an object, not a list",
         ),
-        ('{"format": 1, "signals": [{"id": "0", "name": "a"}]}', "schema.signals[0].id"),
-        ('{"format": 1, "signals": [{"id": 0, "name": 5}]}', "schema.signals[0].name"),
+        ('{"format": 1, "signals": [{"id": "0", "name": "a"}]}', "schema: signals[0].id"),
+        ('{"format": 1, "signals": [{"id": 0, "name": 5}]}', "schema: signals[0].name"),
         ('{"format": 1, "signals": [{"id": 0, "name": "a", "scale": NaN}]}', ".scale"),
         ('{"format": 1, "signals": [{"id": 0, "name": "a", "wat": 1}]}', "unknown field 'wat'"),
         ('{"format": true, "signals": []}', "not a spime schema of format 1"),
-        ('{"format": 1, "signals": {}}', "schema.signals: must be a list"),
+        ('{"format": 1, "signals": {}}', "schema: signals: must be a list"),
         ("[" * 100_000, "not JSON"),
         (b"\xff\xfe\x00", "not JSON"),
     ],
