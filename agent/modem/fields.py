@@ -131,6 +131,15 @@ def parse_cops_numeric(lines: Sequence[str]) -> str | None:
     return oper if oper.isdigit() and len(oper) in (5, 6) else None
 
 
+def parse_cops_format(lines: Sequence[str]) -> int | None:
+    """``+COPS: <mode>,<format>,...`` -> the format (0 long name, 1 short, 2 numeric); None when
+    the answer has none (not registered: ``+COPS: 0``)."""
+    fields = _first(lines, "+COPS:")
+    if not fields or len(fields) < 2 or fields[1] not in ("0", "1", "2"):
+        return None
+    return int(fields[1])
+
+
 def parse_csq_dbm(lines: Sequence[str]) -> float | None:
     """``+CSQ: <rssi>,<ber>``: dBm = -113 + 2*rssi for 0..31; 99 is unknown."""
     fields = _first(lines, "+CSQ:")

@@ -25,7 +25,14 @@ from agent.modem.transport import AtResponse, AtTransport
 
 log = logging.getLogger(__name__)
 
-ICCID_COMMANDS: tuple[str, ...] = ("AT+QCCID", "AT+CCID", "AT+ICCID", "AT+CRSM=176,12258,0,0,10")
+# Quectel, 27.007-style, u-blox/Sierra, SIMCom, then the SIM file itself.
+ICCID_COMMANDS: tuple[str, ...] = (
+    "AT+QCCID",
+    "AT+CCID",
+    "AT+ICCID",
+    "AT+CICCID",
+    "AT+CRSM=176,12258,0,0,10",
+)
 AT_TRIES = 3
 EF_AD_COMMAND = "AT+CRSM=176,28589,0,0,4"  # EF_AD: the length of the MNC in the IMSI
 
@@ -122,6 +129,25 @@ def _sim_state(t: AtTransport) -> str:
     return f.sim_state_from_cme(r.code, r.final)
 
 
+def _operator(t: AtTransport) -> str | None:
+    """The registered network's numeric code, leaving the operator format as it was found.
+
+    ``AT+COPS=3,2`` changes the format for every later ``AT+COPS?`` on the modem, also another
+    user's; so the current format is read first and, when it was not numeric, put back.
+    """
+    r = _ask(t, "AT+COPS?")
+    fmt = f.parse_cops_format(r.lines) if r.ok else None
+    if fmt is None:
+        return None  # not registered: no operator in any format
+    if fmt == 2:
+        return f.parse_cops_numeric(r.lines)
+    if not _ask(t, "AT+COPS=3,2").ok:
+        return None
+    numeric = _ask(t, "AT+COPS?")
+    _ask(t, f"AT+COPS=3,{fmt}")
+    return f.parse_cops_numeric(numeric.lines) if numeric.ok else None
+
+
 def _mnc_length(t: AtTransport, iccid: str | None, memory: ProbeMemory) -> int | None:
     """From the SIM's EF_AD, once per SIM (a modem without AT+CRSM answers ERROR: unknown)."""
     key = iccid or ""
@@ -208,9 +234,7 @@ def _probe(
 
     imsi_r = _ask(t, "AT+CIMI")
     imsi = f.parse_imsi(imsi_r.lines) if imsi_r.ok else None
-    _ask(t, "AT+COPS=3,2")
-    cops = _ask(t, "AT+COPS?")
-    operator = f.parse_cops_numeric(cops.lines) if cops.ok else None
+    operator = _operator(t)
 
     regs: dict[str, str | None] = {}
     for prefix, cmd in (("+CEREG:", "AT+CEREG?"), ("+CGREG:", "AT+CGREG?"), ("+CREG:", "AT+CREG?")):

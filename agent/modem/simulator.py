@@ -54,7 +54,7 @@ SCENARIOS: tuple[str, ...] = (
     "national_roaming",
     "half_wedged",
 )
-ICCID_VARIANTS = ("AT+QCCID", "AT+CCID", "AT+ICCID", "AT+CRSM")
+ICCID_VARIANTS = ("AT+QCCID", "AT+CCID", "AT+ICCID", "AT+CICCID", "AT+CRSM")
 FOREIGN_OPERATOR = "23415"
 NATIONAL_OPERATOR = "26202"  # another network in the home country of the default IMSI
 
@@ -78,6 +78,7 @@ class ModemState:
     imsi: str
     operator: str = "26201"  # the network registered on (the IMSI's home network: 26201)
     mnc_length: int | None = 2  # in EF_AD; None: the SIM's EF_AD has no MNC length byte
+    cops_format: int = 0  # AT+COPS=3,<format>: 0 long name, 1 short name, 2 numeric
     iccid_command: str = "AT+QCCID"
     sim: str = "ready"  # ready, absent, pin, puk
     pin: str = "1234"
@@ -400,17 +401,23 @@ class ModemSimulator:
             return self._enter_pin(cmd)
         if upper == "AT+CRSM=176,28589,0,0,4":
             return self._ef_ad()
-        if upper in ("AT+QCCID", "AT+CCID", "AT+ICCID") or upper.startswith("AT+CRSM="):
+        if upper in ("AT+QCCID", "AT+CCID", "AT+ICCID", "AT+CICCID") or upper.startswith(
+            "AT+CRSM="
+        ):
             return self._iccid(upper)
         err = self._sim_error()
         if upper == "AT+CIMI":
             return ([], err) if err else ([st.imsi], "OK")
+        if upper.startswith("AT+COPS=3,") and upper[10:] in ("0", "1", "2"):
+            st.cops_format = int(upper[10:])
+            return [], "OK"
         if upper.startswith("AT+COPS="):
             return [], "OK"
         registered = err is None and (st.reg in (1, 5) or st.creg in (1, 5))
         if upper == "AT+COPS?":
             if registered:
-                return [f'+COPS: 0,2,"{st.operator}",7'], "OK"
+                name = {0: f"Network {st.operator}", 1: f"N{st.operator}"}.get(st.cops_format)
+                return [f'+COPS: 0,{st.cops_format},"{name or st.operator}",7'], "OK"
             return ["+COPS: 0"], "OK"
         if upper == "AT+CSQ":
             if st.fade:
@@ -465,6 +472,8 @@ class ModemSimulator:
             return [f'+CRSM: 144,0,"{_swap_nibbles(st.iccid)}"'], "OK"
         if variant == "AT+ICCID":
             return [st.iccid], "OK"
+        if variant == "AT+CICCID":  # SIMCom answers with the +ICCID prefix
+            return [f"+ICCID: {st.iccid}"], "OK"
         return [f"{variant[2:]}: {st.iccid}"], "OK"
 
 

@@ -50,7 +50,7 @@ def config(modems: list[dict[str, Any]], **policy: Any) -> Config:
     )
 
 
-@pytest.mark.parametrize("variant", ["AT+QCCID", "AT+CCID", "AT+ICCID", "AT+CRSM"])
+@pytest.mark.parametrize("variant", ["AT+QCCID", "AT+CCID", "AT+ICCID", "AT+CICCID", "AT+CRSM"])
 def test_healthy_modem_every_iccid_variant(sims: Any, variant: str) -> None:
     sim = sims("healthy", ident=7, iccid_command=variant)
     r = probe_sim(sim)
@@ -283,3 +283,31 @@ def test_three_digit_mnc(sims: Any, mnc_length: int | None) -> None:
     r = probe_sim(sim)
     assert r.roaming is True
     assert r.home_network == ("310410" if mnc_length == 3 else None)
+
+
+@pytest.mark.parametrize("fmt", [0, 1])
+def test_operator_format_is_put_back(sims: Any, fmt: int) -> None:
+    sim = sims("healthy", cops_format=fmt)
+    assert probe_sim(sim).operator == "26201"
+    assert sim.state.cops_format == fmt  # another user of the modem sees what it set
+    cops = [c for c in sim.commands if c.startswith("AT+COPS")]
+    assert cops == ["AT+COPS?", "AT+COPS=3,2", "AT+COPS?", f"AT+COPS=3,{fmt}"]
+
+
+def test_a_numeric_operator_format_is_left_untouched(sims: Any) -> None:
+    sim = sims("healthy", cops_format=2)
+    assert probe_sim(sim).operator == "26201"
+    assert [c for c in sim.commands if c.startswith("AT+COPS")] == ["AT+COPS?"]
+
+
+def test_reasons_name_each_modem_once(sims: Any) -> None:
+    a = sims("no_sim", ident=1)
+    b = sims("healthy", ident=2, iccid_command="AT+CICCID")
+    rep = modems_report(config([{"name": "a", "port": a.port}, {"name": "b", "port": b.port}]))
+    assert rep.why.text == (
+        "b chosen at start: the first usable modem in order (primary a: no SIM card)"
+    )
+    problem = rep.problems["a"]
+    assert problem is not None and problem.text == "no SIM card"
+    row_a = next(line for line in render_table(rep).splitlines() if line.startswith("a "))
+    assert row_a.endswith("  no SIM card")

@@ -174,3 +174,18 @@ def test_roaming_per_sim(
     roaming: bool | None,
 ) -> None:
     assert f.roaming(registration, registered, home, extra) is roaming
+
+
+@pytest.mark.parametrize(
+    ("lines", "fmt"),
+    [
+        (['+COPS: 0,0,"Telekom.de",7'], 0),
+        (['+COPS: 0,1,"TDG",7'], 1),
+        (['+COPS: 1,2,"26201",7'], 2),
+        (["+COPS: 0"], None),
+        (['+COPS: 0,9,"x"'], None),
+        ([], None),
+    ],
+)
+def test_operator_format(lines: list[str], fmt: int | None) -> None:
+    assert f.parse_cops_format(lines) == fmt
