@@ -80,6 +80,15 @@ def cmd_check(args: argparse.Namespace) -> int:
     if catalog.excluded:
         why = ", ".join(f"{reason} ({n})" for reason, n in sorted(catalog.excluded.items()))
         print(f"  left out by the owner's consent: {why}")
+    if cfg.mqtt is not None:
+        m, tls_cfg = cfg.mqtt, cfg.mqtt.tls_config
+        how = "plain TCP"
+        if tls_cfg is not None:
+            files = [
+                f"{k} {v}" for k, v in (("CA", tls_cfg.ca), ("certificate", tls_cfg.cert)) if v
+            ]
+            how = f"TLS ({', '.join(files) or 'system CAs'})"
+        print(f"  mqtt {m.host}:{m.port}: {how}")
     if cfg.consent is not None:
         print(f"  consent granted: {', '.join(cfg.consent.granted) or 'nothing'}")
     events = sum(1 for s in catalog.selected if s.policy.event)

@@ -492,7 +492,10 @@ def test_check_and_activate_refuse_the_same_values(
 
 def test_check_loads_the_tls_files_as_run_does(setup: Setup, tmp_path: Path) -> None:
     data = _activated(setup)
-    assert _check(setup.config).returncode == 0
+    r = _check(setup.config)
+    assert r.returncode == 0, r.stderr
+    t = setup.material.tls
+    assert f"TLS (CA {t.ca}, certificate {t.client_cert})" in r.stdout
     m = setup.material
     cases = [
         ({"ca": str(tmp_path / "nope.pem")}, "mqtt.tls.ca", "cannot read: No such file"),
