@@ -81,6 +81,13 @@ def _cell(value: object) -> str:
     return str(value)
 
 
+def _signal(m: ModemReport) -> str | None:
+    """RSRP and RSSI are different quantities: the table says which one a figure is."""
+    if m.signal_dbm is None:
+        return None
+    return f"{m.signal_dbm:g} {'RSRP' if m.signal_source == 'rsrp' else 'RSSI'}"
+
+
 COLUMNS = (
     "name",
     "port",
@@ -114,7 +121,7 @@ def render_table(r: ModemsReport) -> str:
                     m.operator,
                     m.registration if m.responding else None,
                     m.roaming,
-                    m.signal_dbm,
+                    _signal(m),
                     sim,
                     why,
                 )

@@ -244,9 +244,12 @@ def test_deprecated_min_signal_dbm_is_warned_about(
     modems = [ModemConfig(name="a", port=str(tmp_path / "none"))]
     with caplog.at_level(logging.WARNING, logger="agent.modem.manager"):
         ModemManager(modems, ModemPolicyConfig(min_signal_dbm=-100.0, pin_ledger=None))
+        ModemManager(modems, ModemPolicyConfig(home_networks=["26201"], pin_ledger=None))
         ModemManager(modems, ModemPolicyConfig(pin_ledger=None))
     warned = [r.getMessage() for r in caplog.records if "deprecated" in r.getMessage()]
-    assert len(warned) == 1 and "min_rsrp_dbm" in warned[0] and "-100" in warned[0]
+    assert len(warned) == 2
+    assert "min_rsrp_dbm" in warned[0] and "-100" in warned[0]
+    assert "home_networks" in warned[1] and "IMSI" in warned[1]
 
 
 def test_a_wedged_standby_does_not_delay_the_failover_of_the_active_modem(rig: Rig) -> None:

@@ -197,7 +197,7 @@ def test_modems_report_table_and_json(sims: Any, tmp_path: Path) -> None:
     row_c = next(line for line in table if line.startswith("c "))
     assert "absent" in row_c and "no SIM" in row_c
     row_a = next(line for line in table if line.startswith("a "))
-    assert "-107" in row_a
+    assert "-107 RSSI" in row_a
 
     doc = json.loads(render_json(rep))
     assert doc["chosen"] == "b"
@@ -246,6 +246,7 @@ def test_a_primary_above_its_rsrp_minimum_is_chosen_at_start(sims: Any) -> None:
     )
     assert rep.reports[0].signal_dbm == -101.0 and rep.reports[0].signal_source == "rsrp"
     assert (rep.chosen, rep.why.text) == ("a", "a chosen at start: the primary")
+    assert "-101 RSRP" in render_table(rep).splitlines()[1]
 
 
 def test_home_is_per_sim(sims: Any) -> None:
