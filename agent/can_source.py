@@ -57,6 +57,8 @@ _SO_MEMINFO = 55
 _SK_MEMINFO_DROPS = 8
 _MEMINFO = struct.Struct("=9I")
 _AF_CAN = getattr(socket, "AF_CAN", -1)
+# SO_RCVBUFFORCE (linux/asm-generic/socket.h): not exported by the socket module.
+_SO_RCVBUFFORCE = 33
 
 Item = tuple[int, Any]
 rlog = RateLimitedLog(log)
@@ -315,6 +317,35 @@ class _KernelDrops:
             self.name,
             lost,
             self.status.kernel_dropped,
+        )
+
+
+def _size_receive_buffer(bus: Any, name: str, size: int) -> None:
+    """Give a SocketCAN bus socket a receive buffer of ``size`` bytes.
+
+    SO_RCVBUFFORCE passes the system's rmem_max where the process may (CAP_NET_ADMIN); without
+    it SO_RCVBUF is capped at rmem_max, and the size the kernel granted is logged once.
+    """
+    sock = getattr(bus, "socket", None)
+    if not isinstance(sock, socket.socket) or sock.family != _AF_CAN:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        except OSError as err:
+            log.warning("bus %s: cannot size the receive buffer: %s", name, err)
+            return
+    # The kernel reports twice the usable size (it counts its bookkeeping).
+    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
+    if granted < size:
+        rlog.warning(
+            ("rcvbuf", name),
+            "bus %s: receive buffer %d bytes, less than the %d configured (net.core.rmem_max)",
+            name,
+            granted,
+            size,
         )
 
 
@@ -619,6 +650,7 @@ class Source:
                     log.debug("bus %s shutdown: %s", self.cfg.name, err)
 
     def _read(self, bus: Any) -> None:
+        _size_receive_buffer(bus, self.cfg.name, self.cfg.receive_buffer)
         drops = _KernelDrops.of(bus, self.cfg.name, self.status)
         try:
             self._read_loop(bus, drops)

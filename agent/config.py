@@ -132,6 +132,9 @@ class BusConfig(_Model):
     time: Literal["log", "now"] = "log"
     # Live only: frames buffered between the bus reader and the pipeline.
     queue_frames: int = Field(default=65536, ge=64)
+    # Live SocketCAN only: the kernel's receive buffer for the bus socket, in bytes, sized so a
+    # burst outlasts a scheduling hiccup of the reader (the kernel default holds ~200 frames).
+    receive_buffer: int = Field(default=4 * 1024 * 1024, ge=65536, le=256 * 1024 * 1024)
     # A live bus with no frame for this long is reported "silent" (never mistaken for healthy).
     silent_after: PositiveSeconds = 5.0
     reopen_min: PositiveSeconds = 0.5
