@@ -115,6 +115,7 @@ def _list_signals(cfg: Config) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
+    from agent.atomicfile import write_atomic
     from agent.config import load_config
     from agent.daemon import prepare
 
@@ -122,7 +123,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     text = catalog.schema.dumps(indent=2) + "\n"
     if args.out:
         try:
-            Path(args.out).write_text(text, encoding="utf-8")
+            write_atomic(Path(args.out), text.encode(), mode=0o644)
         except OSError as err:
             raise InputError(f"--out {args.out}: cannot write: {err.strerror or err}") from None
     else:
