@@ -32,7 +32,8 @@ The parts, each readable on its own:
 - ``committer``: the thread and the group commit: what is due, one transaction, failure and
   recovery;
 - ``buffer``: the bounded memory buffer of updates not yet committed;
-- ``table``: the SQL on the open file (select, insert with eviction, delete, expire);
+- ``table``: the SQL on the open file (select, insert with eviction, delete, expire, tags);
+- ``rows``: the values the parts share (priorities, a row, the counters a transaction changes);
 - ``dbfile``: opening the file: checks, schema, corrupt and unwritable files.
 
 This package is the only one importing ``sqlite3``. It leaves to others what a payload means
@@ -42,6 +43,6 @@ and status reporting (agent.daemon).
 
 from agent.errors import OutboxError
 from agent.outbox.queue import Outbox, OutboxStats
-from agent.outbox.table import ROW_OVERHEAD, OutboxEntry
+from agent.outbox.rows import ROW_OVERHEAD, OutboxEntry
 
 __all__ = ["ROW_OVERHEAD", "Outbox", "OutboxEntry", "OutboxError", "OutboxStats"]

@@ -13,7 +13,7 @@ from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 
-from agent.outbox.table import EVENT, ROW_OVERHEAD, TELEMETRY
+from agent.outbox.rows import EVENT, ROW_OVERHEAD, TELEMETRY
 from agent.ratelimit import RateLimitedLog
 
 Pending = deque[tuple[float, bytes]]

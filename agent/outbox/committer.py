@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterable
 
 from agent.config import OutboxConfig
 from agent.outbox.buffer import Batch, MemoryBuffer
-from agent.outbox.table import EVENT, TELEMETRY, Counters, Table, Tx, is_full
+from agent.outbox.rows import EVENT, TELEMETRY, Counters, Tx, is_full
+from agent.outbox.table import Table
 from agent.ratelimit import RateLimitedLog
 
 log = logging.getLogger("agent.outbox")

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from agent.atomicfile import fsync_dir
 from agent.errors import OutboxError
-from agent.outbox.table import Table, errcode
+from agent.outbox.rows import errcode
+from agent.outbox.table import Table
 
 log = logging.getLogger("agent.outbox")
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from agent.config import OutboxConfig
 from agent.outbox.committer import Committer
 from agent.outbox.dbfile import open_table
-from agent.outbox.table import EVENT, RANK, TELEMETRY, Counters, OutboxEntry, Table
+from agent.outbox.rows import EVENT, RANK, TELEMETRY, Counters, OutboxEntry
+from agent.outbox.table import Table
 from agent.ratelimit import RateLimitedLog
 
 log = logging.getLogger("agent.outbox")
