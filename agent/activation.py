@@ -138,6 +138,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="grant location only at reduced precision ([consent] coarse_grid degrees)",
     )
+    p.add_argument(
+        "--command-key",
+        type=Path,
+        help="the fleet's Ed25519 public command key (PEM): enables signed remote commands",
+    )
+    p.add_argument(
+        "--allow-remote-consent",
+        action="store_true",
+        help="let the backend grant consent categories too (revoking is always allowed)",
+    )
     p.add_argument("--base", type=Path, default=DEFAULT_BASE, help=f"default {DEFAULT_BASE}")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
     p.add_argument("--offline", action="store_true", help="do not contact the broker")
@@ -158,6 +168,8 @@ class Choices:
     cert: Path | None
     key: Path | None
     granted: list[str] | None
+    command_key: Path | None = None  # [remote] command_key; None: no remote commands
+    allow_remote_consent: bool = False
 
 
 def _ask(out: TextIO, question: str, default: str | None) -> str | None:
@@ -240,7 +252,21 @@ def gather(
         granted, consent_problems = parse_consent(consent_text, args.coarse_location)
         problems += consent_problems
     port_value = _port(port) if port is not None else None
-    return Choices(vin, primary, host, port_value, ca, cert, key, granted), problems
+    command_key = None
+    if args.command_key is not None:
+        from agent.control.envelope import load_public_key
+
+        command_key = Path(args.command_key).expanduser().absolute()
+        try:
+            load_public_key(command_key)
+        except AgentError as err:
+            problems += [f"--command-key {p}" for p in err.problems]
+    elif args.allow_remote_consent:
+        problems.append("--allow-remote-consent: needs --command-key (no remote commands without)")
+    allow = bool(args.allow_remote_consent)
+    return Choices(
+        vin, primary, host, port_value, ca, cert, key, granted, command_key, allow
+    ), problems
 
 
 # The config fields the dealer's flags set, for naming a model error by its flag.
@@ -332,6 +358,11 @@ def build_config(
         "granted": list(c.granted or ()),
         **{k: v for k, v in consent.items() if k != "granted"},
     }
+    if c.command_key is not None:
+        data["remote"] = {
+            "command_key": str(c.command_key),
+            "allow_remote_consent": c.allow_remote_consent,
+        }
     return {"vehicle": vehicle, **data}
 
 

@@ -481,6 +481,20 @@ class StatusConfig(_Model):
         return _resolve(v, info)
 
 
+class RemoteConfig(_Model):
+    """Remote commands: without this section the car accepts none (default deny)."""
+
+    # The fleet's Ed25519 public key (PEM), written by `activate --command-key`.
+    command_key: Path
+    # May the backend grant consent categories (revoking is always allowed)?
+    allow_remote_consent: bool = False
+
+    @field_validator("command_key", mode="after")
+    @classmethod
+    def _key_path(cls, v: Path, info: ValidationInfo) -> Path | None:
+        return _resolve(v, info)
+
+
 class Config(_Model):
     vehicle: VehicleConfig
     bus: list[BusConfig] = Field(min_length=1)
@@ -494,6 +508,7 @@ class Config(_Model):
     modems: ModemPolicyConfig = Field(default_factory=ModemPolicyConfig)
     consent: ConsentConfig | None = None
     status: StatusConfig = Field(default_factory=StatusConfig)
+    remote: RemoteConfig | None = None
 
     source: Path | None = Field(default=None, exclude=True)
 
