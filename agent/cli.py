@@ -155,9 +155,10 @@ def cmd_decode(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.config import load_config
-    from agent.daemon import Agent, prepare
+    from agent.daemon import Agent, effective_config, prepare
 
-    cfg = load_config(args.config)
+    base = load_config(args.config)
+    cfg = effective_config(base)
     catalog = prepare(cfg)
     for w in catalog.warnings:
         log.warning("%s", w)
@@ -172,6 +173,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         on_json=_emit_json if args.dry_run else None,
         drain_timeout=args.drain_timeout,
+        base_cfg=base,
     )
 
     def _stop(signum: int, _frame: Any) -> None:
@@ -313,6 +315,97 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+EXIT_NO_ANSWER = 3
+
+
+def _command_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.action == "plan":
+        try:
+            doc = json.loads(Path(args.file).read_text(encoding="utf-8"))
+        except OSError as err:
+            raise AgentError(f"{args.file}: cannot read plan: {err.strerror or err}") from None
+        except (UnicodeDecodeError, ValueError) as err:
+            raise AgentError(f"{args.file}: not a JSON plan: {err}") from None
+        if not isinstance(doc, dict):
+            raise AgentError(f"{args.file}: a plan is a JSON object")
+        return {"plan": doc}
+    if args.action == "consent":
+        out: dict[str, Any] = {}
+        if args.revoke:
+            out["revoke"] = args.revoke
+        if args.grant:
+            out["grant"] = args.grant
+        if not out:
+            raise AgentError("consent: name categories with --revoke CAT... and/or --grant CAT...")
+        return out
+    return {}
+
+
+def cmd_command(args: argparse.Namespace) -> int:
+    from agent.config import TlsConfig
+    from agent.control.envelope import load_private_key, seal
+    from agent.sender import CommandSender
+
+    key = load_private_key(args.key)
+    now = int(time.time() * 1000)
+    cid, envelope = seal(
+        key,
+        vin=args.vin,
+        command=args.action,
+        args=_command_args(args),
+        issued=now,
+        expires=now + int(args.ttl * 1000),
+    )
+    tls = None
+    if args.tls or args.ca or args.cert:
+        tls = TlsConfig(ca=args.ca, cert=args.cert, key=args.client_key)
+    sender = CommandSender(
+        args.host,
+        args.port,
+        vin=args.vin,
+        prefix=args.prefix,
+        protocol=args.protocol,
+        tls=tls,
+        username=args.username,
+        password=os.environ.get("SPIME_MQTT_PASSWORD"),
+    )
+    answer = sender.send(envelope, cid, ttl=args.ttl, timeout=args.timeout)
+    if answer is None:
+        print(f"command {cid}: no answer within {args.timeout:g} s", file=sys.stderr)
+        return EXIT_NO_ANSWER
+    _emit_json(answer)
+    return 0 if answer.get("status") == "ok" else 1
+
+
+def _add_command_parser(sub: Any) -> None:
+    from agent.control.remote import GRANTABLE
+
+    c = sub.add_parser("command", help="send a signed command to a car and print its answer")
+    c.add_argument("--host", default="127.0.0.1")
+    c.add_argument("--port", type=int, default=1883)
+    c.add_argument("--vin", required=True)
+    c.add_argument("--key", required=True, type=Path, help="the fleet's private command key")
+    c.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    c.add_argument("--ttl", type=float, default=60.0, help="seconds until the command expires")
+    c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
+    c.add_argument("--prefix", default="spime/v1", help="topic prefix")
+    c.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
+    c.add_argument("--ca", type=Path, help="CA file for TLS")
+    c.add_argument("--cert", type=Path, help="client certificate for TLS")
+    c.add_argument("--client-key", type=Path, help="the client certificate's key for TLS")
+    c.add_argument("--username", help="password from $SPIME_MQTT_PASSWORD")
+    acts = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    acts.add_parser("ping", help="the car's status summary")
+    acts.add_parser("snapshot", help="a snapshot of every signal now, as an event")
+    acts.add_parser("resend", help="the retained schema and status again")
+    pl = acts.add_parser("plan", help="apply a collection plan (JSON file)")
+    pl.add_argument("file", type=Path)
+    co = acts.add_parser("consent", help="revoke (or, where allowed, grant) consent categories")
+    co.add_argument("--revoke", nargs="+", metavar="CAT", choices=GRANTABLE, default=[])
+    co.add_argument("--grant", nargs="+", metavar="CAT", choices=GRANTABLE, default=[])
+    c.set_defaults(func=cmd_command)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="spime-agent",
@@ -390,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     kg.add_argument("--out", required=True, type=Path, help="private key file; public key .pub")
     kg.add_argument("--force", action="store_true", help="replace existing key files")
     kg.set_defaults(func=cmd_keygen)
+    _add_command_parser(sub)
     return p
 
 

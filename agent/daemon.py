@@ -42,7 +42,27 @@ SHUTDOWN_PUBLISH_SECONDS = 3.0
 def prepare(cfg: Config) -> Catalog:
     """Every check that needs no bus or broker; raises ConfigError/DbcError with all problems."""
     validate_sources(cfg)
+    if cfg.remote is not None:
+        from agent.control.envelope import load_public_key
+
+        load_public_key(cfg.remote.command_key, "[remote] command_key")
     return build_catalog(cfg)
+
+
+def control_dir(cfg: Config) -> Path | None:
+    """Where remote state lives on the box (beside the outbox): None without an outbox."""
+    return None if cfg.outbox is None else Path(f"{cfg.outbox.path}.control")
+
+
+def effective_config(cfg: Config) -> Config:
+    """The config as loaded, with what was changed remotely and kept on the box laid over it
+    (consent revoked or granted through the backend)."""
+    folder = control_dir(cfg)
+    if folder is None:
+        return cfg
+    from agent.control.consent import ConsentStore
+
+    return ConsentStore(folder / "consent.json").apply(cfg)
 
 
 @dataclass
@@ -64,6 +84,7 @@ class Agent:
         on_json: Callable[[dict[str, Any]], None] | None = None,
         drain_timeout: float | None = None,
         notifier: Notifier | None = None,
+        base_cfg: Config | None = None,
     ) -> None:
         self.dry_run = dry_run
         # Collection plans replace sections of the config file's own selection; a stored plan
@@ -73,6 +94,8 @@ class Agent:
         if plan_path is not None:
             cfg, catalog = self.planner.start(catalog, _now_ms())
         self.cfg = cfg
+        # The config as its file says, before remote changes (see effective_config).
+        self.base_cfg = base_cfg or cfg
         self.catalog = catalog
         self._plan_timer: threading.Timer | None = None
         self.on_json = on_json
@@ -86,6 +109,7 @@ class Agent:
         self.uplink: Any = None
         self.modems: Any = None
         self.schemas: SchemaStore | None = None
+        self.commands: Any = None
         self._stop = threading.Event()
         self._reload_lock = threading.Lock()
         self._next_ping = 0.0
@@ -162,6 +186,10 @@ class Agent:
                 "memory_dropped": o.memory_dropped,
                 "corrupt_moved": list(o.corrupt_moved),
             }
+        if self.commands is not None:
+            doc["remote"] = self.commands.status()
+        elif not self.dry_run:
+            doc["remote"] = {"commands": "disabled"}
         if self.uplink is not None:
             u = self.uplink.stats()
             doc["uplink"] = {
@@ -340,9 +368,9 @@ class Agent:
     def reload(self) -> bool:
         """Apply a changed signal selection, update settings or consent without a restart.
 
-        Changes to buses, broker, outbox, vehicle or modems need a restart and are refused
-        (the running config stays in force). Samples of categories whose consent was revoked
-        are purged from the outbox before they are sent.
+        Changes to buses, broker, outbox, vehicle, modems or [remote] need a restart and are
+        refused (the running config stays in force). Samples of categories whose consent was
+        revoked are purged from the outbox before they are sent.
         """
         from agent.config import load_config
         from agent.errors import AgentError
@@ -352,32 +380,131 @@ class Agent:
                 log.error("reload: the running config has no file to re-read")
                 return False
             try:
-                cfg = load_config(self.cfg.source)
-                catalog = prepare(cfg)
-                cfg, catalog = self.planner.rebase(cfg, catalog, _now_ms())
+                base = load_config(self.cfg.source)
             except AgentError as err:
                 for line in err.problems:
                     log.error("reload refused: %s", line)
                 return False
-            fixed = ("vehicle", "bus", "mqtt", "outbox", "modem", "modems", "status")
-            changed = [k for k in fixed if getattr(cfg, k) != getattr(self.cfg, k)]
-            if changed:
-                log.error(
-                    "reload refused: changes to %s need a restart (systemctl restart spime-agent)",
-                    ", ".join(changed),
+            problems = self._apply_config(base, effective_config(base), "reload accepted")
+            for line in problems:
+                log.error("reload refused: %s", line)
+            return not problems
+
+    def _apply_config(self, base: Config, cfg: Config, why: str) -> list[str]:
+        """Switch to ``cfg`` (``base`` laid over by remote changes; a plan in force is laid
+        over it here) through the reload path; problems, one line each (then nothing changed).
+        Call with _reload_lock held."""
+        from agent.errors import AgentError
+
+        try:
+            catalog = prepare(cfg)
+            cfg, catalog = self.planner.rebase(cfg, catalog, _now_ms())
+        except AgentError as err:
+            return list(err.problems)
+        fixed = ("vehicle", "bus", "mqtt", "outbox", "modem", "modems", "status", "remote")
+        changed = [k for k in fixed if getattr(cfg, k) != getattr(self.cfg, k)]
+        if changed:
+            return [
+                f"changes to {', '.join(changed)} need a restart (systemctl restart spime-agent)"
+            ]
+        revoked = _revoked(self.cfg, cfg)
+        self.base_cfg = base
+        self._switch(
+            cfg,
+            catalog,
+            why,
+            f"; consent revoked for {', '.join(sorted(revoked))}" if revoked else "",
+        )
+        self._arm_plan_expiry()
+        if revoked and self.outbox is not None:
+            self._purge_revoked(revoked)
+        return []
+
+    # -- remote commands (agent.control) --------------------------------------------------------
+
+    def _start_commands(self) -> None:
+        """With [remote]: the command worker, its replay memory and the uplink's subscription."""
+        if self.cfg.remote is None:
+            return
+        from agent.control.commands import execute
+        from agent.control.envelope import load_public_key
+        from agent.control.remote import Authorizer
+        from agent.control.service import CommandService, SeenStore
+
+        folder = control_dir(self.cfg)
+        assert folder is not None
+        store = SeenStore(folder / "seen.json")
+        authorizer = Authorizer(
+            vin=self.cfg.vehicle.vin,
+            key=load_public_key(self.cfg.remote.command_key),
+            seen=store.load(),
+            clock=lambda: int(time.time() * 1000),
+        )
+        allow = self.cfg.remote.allow_remote_consent
+        self.commands = CommandService(
+            authorizer,
+            store,
+            execute=lambda cmd: execute(self, cmd, allow_consent_grant=allow),
+            answer=self._answer,
+        )
+        self.commands.start()
+        log.info("remote commands enabled (key id %s)", authorizer.kid)
+
+    def _answer(self, request: Any, response: Any) -> None:
+        """Publish an answer: MQTT 5 to the request's Response Topic with its Correlation Data,
+        otherwise on ``<prefix>/<vin>/cmd/result``. Not through the outbox: an answer is not
+        spime data, and one lost with the connection is what the sender's timeout is for."""
+        from agent.mqttclient import response_properties
+
+        assert self.cfg.mqtt is not None and self.uplink is not None
+        topic = request.response_topic
+        props = None
+        if topic and self.cfg.mqtt.protocol == "5":
+            props = response_properties(request.correlation)
+        else:
+            topic = f"{self.cfg.mqtt.topic_prefix}/{self.cfg.vehicle.vin}/cmd/result"
+        self.uplink.publish(topic, response.to_json(), properties=props)
+
+    def _on_command(self, topic: str, payload: bytes, properties: Any) -> None:
+        """On the uplink's thread: hand over and return at once."""
+        from agent.control.service import Request
+
+        rt = getattr(properties, "ResponseTopic", None) if properties is not None else None
+        cd = getattr(properties, "CorrelationData", None) if properties is not None else None
+        self.commands.submit(Request(payload, rt or None, bytes(cd) if cd else None))
+
+    def request_snapshot(self, timeout: float) -> int | None:
+        if self.pipeline.stop_event.is_set():
+            return None
+        return self.pipeline.request_snapshot(timeout)
+
+    def resend(self) -> None:
+        if self.uplink is not None:
+            schema = self.catalog.schema
+            self.uplink.add_schema(schema.id, schema.dumps().encode(), current=True)
+            self.uplink.publish_status()
+
+    def consent_granted(self) -> list[str] | None:
+        return None if self.cfg.consent is None else list(self.cfg.consent.granted)
+
+    def change_consent(self, granted: frozenset[str]) -> list[str]:
+        """Remote consent change: stored on the box first, then the same path as a reload."""
+        from agent.control.consent import ConsentStore
+
+        folder = control_dir(self.cfg)
+        if folder is None or self.cfg.consent is None:
+            return ["no outbox folder to keep the consent change in"]
+        with self._reload_lock:
+            # From the config file's own sections (a plan in force is laid over again).
+            consent = self.cfg.consent.model_copy(update={"granted": sorted(granted)})
+            cfg = self.base_cfg.model_copy(update={"consent": consent})
+            try:
+                ConsentStore(folder / "consent.json").save(
+                    self.base_cfg, granted, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 )
-                return False
-            revoked = _revoked(self.cfg, cfg)
-            self._switch(
-                cfg,
-                catalog,
-                "reload accepted",
-                f"; consent revoked for {', '.join(sorted(revoked))}" if revoked else "",
-            )
-            self._arm_plan_expiry()
-            if revoked and self.outbox is not None:
-                self._purge_revoked(revoked)
-            return True
+            except OSError as err:
+                return [f"cannot store the consent change: {err}"]
+            return self._apply_config(self.base_cfg, cfg, "remote consent change accepted")
 
     def _switch(self, cfg: Config, catalog: Catalog, why: str, note: str = "") -> None:
         """The hot path of every selection change (reload, plan, expiry): same boot and

@@ -107,6 +107,8 @@ class Pipeline:
         self._reload: tuple[Config, Catalog] | None = None
         self._reloaded = threading.Event()
         self._reload_lock = threading.Lock()
+        # Snapshot requests from other threads (remote commands): (done, samples written).
+        self._snapshots: list[tuple[threading.Event, list[int]]] = []
         # Called once per loop turn (the daemon pings systemd's watchdog from here).
         self.on_loop: Callable[[], None] | None = None
 
@@ -190,6 +192,23 @@ class Pipeline:
             "reloaded: %d signals selected (schema %s)", len(catalog.selected), catalog.schema.id
         )
 
+    def request_snapshot(self, timeout: float) -> int | None:
+        """Thread-safe: write every signal's current value now as a snapshot update marked as
+        an event; the number of samples written, or None if the loop did not turn in time."""
+        done, written = threading.Event(), [0]
+        with self._reload_lock:
+            self._snapshots.append((done, written))
+        return written[0] if done.wait(timeout) else None
+
+    def _write_snapshots(self) -> None:
+        with self._reload_lock:
+            pending, self._snapshots = self._snapshots, []
+        samples = Sampler.snapshot(self.states)
+        self.builder.write_snapshot(samples, event=True)
+        for done, written in pending:
+            written[0] = len(samples)
+            done.set()
+
     def stop(self) -> None:
         """Ask the pipeline to finish: sources stop, held values are flushed."""
         self.stop_event.set()
@@ -258,6 +277,8 @@ class Pipeline:
             self._tick()
         if self._reload is not None:
             self._apply_reload()
+        if self._snapshots:
+            self._write_snapshots()
         if self.on_loop is not None:
             self.on_loop()
 

@@ -98,11 +98,12 @@ class UpdateBuilder:
                 self._next_snapshot = now + self.cfg.snapshot_interval
                 self.write_snapshot(snapshot())
 
-    def write_snapshot(self, samples: list[Sample]) -> None:
-        """Close the open update, then write ``samples`` as snapshot update(s)."""
+    def write_snapshot(self, samples: list[Sample], *, event: bool = False) -> None:
+        """Close the open update, then write ``samples`` as snapshot update(s) (``event``: sent
+        with event priority, e.g. a snapshot a remote command asked for)."""
         self.flush()
         for i in range(0, len(samples), self._limit):
-            self._emit(samples[i : i + self._limit], snapshot=True, event=False)
+            self._emit(samples[i : i + self._limit], snapshot=True, event=event)
 
     def write_capture(self, samples: list[Sample], trigger: str, t_ms: int) -> None:
         """Write a triggered capture as event update(s) of its own, each marked with the

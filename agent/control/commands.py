@@ -1,0 +1,103 @@
+"""What each remote command does, in terms of a few operations the daemon offers (``Target``).
+
+``execute`` maps an authorized command (agent.control.remote already checked its signature,
+expiry, replay and arguments) to the daemon's operations and turns the outcome into the answer:
+``ping`` (the status summary), ``snapshot`` (a snapshot update now, as an event), ``resend``
+(the retained schema and status again), ``consent`` (revoke, or grant where the activation
+allowed it: the owner's consent bounds everything remote) and ``plan`` (a collection plan, when
+the daemon supports plans). It does not publish the answer (agent.control.service) nor
+implement the operations (agent.daemon).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from agent.control.envelope import Command
+from agent.control.remote import FAILED, NOT_ALLOWED, OK, REJECTED, Response, consent_change
+
+
+class Target(Protocol):
+    def status(self) -> dict[str, Any]: ...
+
+    def request_snapshot(self, timeout: float) -> int | None:
+        """Write a snapshot update now, as an event; samples written, or None if the pipeline
+        is not running."""
+
+    def resend(self) -> None: ...
+
+    def consent_granted(self) -> list[str] | None:
+        """Categories granted now (None: the car has no [consent] section)."""
+
+    def change_consent(self, granted: frozenset[str]) -> list[str]:
+        """Apply, store and purge; problems (empty list: applied)."""
+
+
+SNAPSHOT_WAIT = 5.0
+
+
+def summary(status: dict[str, Any]) -> dict[str, Any]:
+    """The status summary a ping answers with: who, what runs, and how it is doing."""
+    keep = ("vin", "boot", "version", "started", "schema", "buses", "consent", "plan", "remote")
+    doc = {k: status[k] for k in keep if k in status}
+    pipeline = status.get("pipeline", {})
+    doc["pipeline"] = {k: pipeline.get(k) for k in ("frames", "updates", "samples")}
+    if "outbox" in status:
+        doc["outbox"] = {k: status["outbox"].get(k) for k in ("rows", "oldest_age")}
+    if "uplink" in status:
+        doc["uplink"] = {k: status["uplink"].get(k) for k in ("state", "acked")}
+    if isinstance(status.get("modems"), dict):
+        doc["modem"] = status["modems"].get("active")
+    return doc
+
+
+def execute(target: Target, cmd: Command, *, allow_consent_grant: bool) -> Response:
+    if cmd.command == "ping":
+        return Response(cmd.id, OK, "pong", summary(target.status()))
+    if cmd.command == "snapshot":
+        written = target.request_snapshot(SNAPSHOT_WAIT)
+        if written is None:
+            return Response(cmd.id, FAILED, "the pipeline is not running", None)
+        return Response(cmd.id, OK, f"snapshot of {written} samples queued", {"samples": written})
+    if cmd.command == "resend":
+        target.resend()
+        return Response(cmd.id, OK, "schema and status queued again", None)
+    if cmd.command == "consent":
+        return _consent(target, cmd, allow_consent_grant)
+    if cmd.command == "plan":
+        # Plans are optional for a target: apply_plan(doc) -> problems, one line each.
+        apply_plan = getattr(target, "apply_plan", None)
+        if apply_plan is None:
+            return Response(cmd.id, FAILED, "plans not supported", None)
+        problems = list(apply_plan(cmd.args["plan"]))
+        if problems:
+            return Response(cmd.id, REJECTED, "\n".join(problems), None, "bad_plan")
+        return Response(cmd.id, OK, "plan applied", target.status().get("plan"))
+    return Response(cmd.id, REJECTED, "unknown_command: unknown command", None, "unknown_command")
+
+
+def _consent(target: Target, cmd: Command, allow_grant: bool) -> Response:
+    before = target.consent_granted()
+    if before is None:
+        return Response(
+            cmd.id,
+            REJECTED,
+            f"{NOT_ALLOWED}: this car has no [consent] section (not activated)",
+            None,
+            NOT_ALLOWED,
+        )
+    after = consent_change(before, cmd.args, allow_grant=allow_grant)
+    if isinstance(after, str):
+        return Response(cmd.id, REJECTED, after, None, NOT_ALLOWED)
+    revoked = sorted(set(before) - after)
+    granted = sorted(after - set(before))
+    if revoked or granted:
+        problems = target.change_consent(after)
+        if problems:
+            return Response(cmd.id, FAILED, "; ".join(problems), None)
+    detail = "; ".join(
+        [f"revoked {', '.join(revoked)}"] * bool(revoked)
+        + [f"granted {', '.join(granted)}"] * bool(granted)
+    )
+    result = {"granted": sorted(after), "revoked": revoked, "newly_granted": granted}
+    return Response(cmd.id, OK, detail or "consent unchanged", result)

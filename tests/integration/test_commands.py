@@ -1,0 +1,453 @@
+"""Signed remote commands end to end: a real mosquitto, the agent wired as `run` wires it (in
+this process on a virtual bus, or as the real CLI in a subprocess), and `spime-agent command`
+as a subprocess."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import can
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from agent.config import load_config
+from agent.control.envelope import generate_key, private_pem, public_pem, seal, seal_bytes
+from agent.daemon import Agent, effective_config, prepare
+from agent.spime import decode_samples, peek_header, peek_schema_id
+from tests.support.agentrun import VIN, write_config
+from tests.support.broker import Mosquitto, Subscriber
+from tests.support.e2e import AgentProcess
+from tests.support.wait import wait_for
+
+PREFIX = "spime/v1"
+CMD = f"{PREFIX}/{VIN}/cmd"
+RESULT = f"{PREFIX}/{VIN}/cmd/result"
+OTHER_VIN = "WVWZZZ1JZXW000002"
+
+DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 256 Health: 8 ECU
+ SG_ Coolant : 0|8@1+ (1,-40) [-40|215] "degC" Vector__XXX
+BO_ 257 Pos: 8 ECU
+ SG_ Lat : 0|32@1- (1E-007,0) [-90|90] "deg" Vector__XXX
+"""
+
+
+class Car:
+    """Key files, a config, and the agent run in a thread as `spime-agent run` runs it."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        broker: Mosquitto,
+        *,
+        protocol: str = "5",
+        remote: bool = True,
+        allow_grant: bool = False,
+        mqtt_extra: str = "",
+    ) -> None:
+        self.dir = tmp_path
+        self.broker = broker
+        self.channel = f"cmd-{uuid.uuid4().hex[:8]}"
+        self.key = tmp_path / "fleet.key"
+        key = generate_key()
+        self.private = key
+        self.key.write_bytes(private_pem(key))
+        (tmp_path / "fleet.key.pub").write_bytes(public_pem(key.public_key()))
+        other = generate_key()
+        self.other_key = tmp_path / "other.key"
+        self.other_key.write_bytes(private_pem(other))
+        (tmp_path / "car.dbc").write_text(DBC)
+        remote_toml = (
+            f'[remote]\ncommand_key = "fleet.key.pub"\n'
+            f"allow_remote_consent = {'true' if allow_grant else 'false'}\n"
+            if remote
+            else ""
+        )
+        self.config = write_config(
+            tmp_path / "agent.toml",
+            [{"name": "car", "interface": "virtual", "channel": self.channel, "dbc": ["car.dbc"]}],
+            extra=(
+                f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nprotocol = "{protocol}"\n'
+                f"reconnect_min = 0.2\nreconnect_max = 0.5\n{mqtt_extra}\n"
+                '[outbox]\npath = "outbox.db"\ncommit_interval = 0.05\n'
+                "[updates]\nmax_age = 0.05\n"
+                '[consent]\ngranted = ["vehicle_health", "location"]\nrules = [\n'
+                '  { match = "Pos.*", category = "location" },\n'
+                '  { match = "Health.*", category = "vehicle_health" },\n]\n' + remote_toml
+            ),
+        )
+        self.agent: Agent | None = None
+        self._thread: threading.Thread | None = None
+        self.protocol = protocol
+
+    def start(self) -> Agent:
+        base = load_config(self.config)
+        cfg = effective_config(base)
+        agent = Agent(cfg, prepare(cfg), dry_run=False, base_cfg=base)
+        subscribed = self.subscriptions()
+        self._thread = threading.Thread(target=agent.run, daemon=True)
+        self._thread.start()
+        self.agent = agent
+        wait_for(lambda: agent.outbox is not None and agent.pipeline.source_states()["car"] == "up")
+        if self._remote_enabled():
+            wait_for(lambda: self.subscriptions() > subscribed, what="the agent's subscription")
+        return agent
+
+    def _remote_enabled(self) -> bool:
+        return "[remote]" in self.config.read_text()
+
+    def subscriptions(self) -> int:
+        """How often the broker saw the agent subscribe to its command topic."""
+        log = self.broker.log_path
+        return log.read_text(errors="replace").count(CMD + " (QoS 1)") if log.exists() else 0
+
+    def stop(self) -> None:
+        if self.agent is not None and self._thread is not None:
+            self.agent.request_stop()
+            self._thread.join(30)
+            assert not self._thread.is_alive()
+        self.agent = None
+
+    def send_frames(self, n: int = 5) -> None:
+        with can.Bus(interface="virtual", channel=self.channel, ignore_config=True) as bus:
+            for i in range(n):
+                bus.send(
+                    can.Message(arbitration_id=0x100, data=bytes([60 + i]), is_extended_id=False)
+                )
+                lat = (525200000 + i * 1000).to_bytes(4, "little", signed=True)
+                bus.send(can.Message(arbitration_id=0x101, data=lat, is_extended_id=False))
+
+    def command(
+        self, *action: str, key: Path | None = None, timeout: float = 30, **opts: str
+    ) -> tuple[int, dict[str, Any] | None, str]:
+        args = [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "command",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.broker.port),
+            "--vin",
+            opts.pop("vin", VIN),
+            "--key",
+            str(key or self.key),
+            "--protocol",
+            opts.pop("protocol", self.protocol),
+            "--timeout",
+            str(timeout),
+        ]
+        for k, v in opts.items():
+            args += [f"--{k}", v]
+        r = subprocess.run([*args, *action], capture_output=True, text=True, timeout=timeout + 60)
+        answer = json.loads(r.stdout) if r.stdout.strip() else None
+        return r.returncode, answer, r.stderr
+
+    def sealed(
+        self, command: str = "ping", args: dict[str, Any] | None = None, **kw: Any
+    ) -> tuple[str, bytes]:
+        now = int(time.time() * 1000)
+        return seal(
+            self.private,
+            vin=kw.pop("vin", VIN),
+            command=command,
+            args=args,
+            issued=kw.pop("issued", now),
+            expires=kw.pop("expires", now + 60_000),
+            **kw,
+        )
+
+
+class Requester:
+    """A raw MQTT 5 backend: publishes any bytes as a command, with a Response Topic."""
+
+    def __init__(self, broker: Mosquitto) -> None:
+        self.reply = f"{PREFIX}/{VIN}/cmd/reply/test-{uuid.uuid4().hex[:8]}"
+        self._answers: dict[bytes, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.reply, 1)
+        self.client.on_subscribe = lambda c, u, mid, rcs, p: self._ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect(broker.host, broker.port)
+        self.client.loop_start()
+        assert self._ready.wait(15)
+
+    def _on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        corr = bytes(msg.properties.CorrelationData)  # type: ignore[union-attr]
+        with self._lock:
+            self._answers[corr] = json.loads(msg.payload)
+
+    def ask(self, payload: bytes, timeout: float = 20) -> dict[str, Any]:
+        corr = os.urandom(8)
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = self.reply
+        props.CorrelationData = corr
+        self.client.publish(CMD, payload, qos=1, properties=props).wait_for_publish(10)
+        wait_for(lambda: corr in self._answers, timeout, "the agent's answer")
+        with self._lock:
+            return self._answers[corr]
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    b = Mosquitto(tmp_path / "broker")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+def _stored(agent: Agent) -> list[str]:
+    names = []
+    assert agent.outbox is not None and agent.schemas is not None
+    for row in agent.outbox.iter_rows():
+        schema = agent.schemas.load(peek_schema_id(row.payload))
+        assert schema is not None
+        _, samples = decode_samples(row.payload, schema)
+        names += [schema.by_id[sid].name for _, sid, _ in samples]
+    return names
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_every_command_through_the_cli(tmp_path: Path, broker: Mosquitto, protocol: str) -> None:
+    car = Car(tmp_path, broker, protocol=protocol)
+    agent = car.start()
+    try:
+        car.send_frames()
+        wait_for(lambda: agent.pipeline.builder.samples_out >= 10, what="samples")
+        with (
+            Subscriber(broker, f"{PREFIX}/{VIN}/data") as data,
+            Subscriber(broker, f"{PREFIX}/{VIN}/status") as status,
+        ):
+            rc, ans, err = car.command("ping")
+            assert rc == 0, err
+            assert ans is not None and ans["status"] == "ok"
+            assert ans["result"]["vin"] == VIN and ans["result"]["remote"]["commands"] == "enabled"
+
+            rc, ans, err = car.command("snapshot")
+            assert rc == 0, err
+            assert ans is not None and ans["result"]["samples"] == 2
+
+            def snapshot_event(msgs: list[Any]) -> bool:
+                heads = [peek_header(m.payload) for m in msgs]
+                return any(h.snapshot and h.event for h in heads)
+
+            assert data.wait_for(snapshot_event, 20), "no snapshot event update arrived"
+
+            before = len(status.messages)
+            rc, ans, err = car.command("resend")
+            assert rc == 0 and ans is not None and ans["status"] == "ok", err
+            assert status.wait_for(lambda m: len(m) > before, 20), "status not published again"
+
+            plan = tmp_path / "plan.json"
+            plan.write_text(json.dumps({"id": "p1", "version": 1, "signal": []}))
+            rc, ans, _ = car.command("plan", str(plan))
+            assert rc == 1 and ans is not None and ans["status"] in ("failed", "ok", "rejected")
+
+            rc, ans, err = car.command("consent", "--grant", "driving")
+            assert rc == 1 and ans is not None and ans["status"] == "rejected", err
+            assert "not_allowed" in ans["detail"]
+            assert agent.cfg.consent is not None and "driving" not in agent.cfg.consent.granted
+
+            rc, ans, err = car.command("consent", "--revoke", "location")
+            assert rc == 0 and ans is not None, err
+            assert ans["result"]["revoked"] == ["location"]
+            assert agent.cfg.consent.granted == ["vehicle_health"]
+
+        remote = agent.status()["remote"]
+        assert remote["accepted"] == 4 and remote["rejected"] == {"not_allowed": 1}
+    finally:
+        car.stop()
+
+
+def test_hostile_commands_are_refused_counted_and_never_executed(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    car = Car(tmp_path, broker)
+    agent = car.start()
+    req = Requester(broker)
+    try:
+        revoke = {"revoke": ["location"]}
+        _, good = car.sealed("consent", revoke)
+        doc = json.loads(good)
+        payload = base64.b64decode(doc["payload"]).replace(b"location", b"locatioN")
+        forged = json.dumps({**doc, "payload": base64.b64encode(payload).decode()}).encode()
+        now = int(time.time() * 1000)
+        cases: list[tuple[str, bytes, str, str]] = [
+            (
+                "unsigned",
+                json.dumps({"id": "x", "command": "consent", "args": revoke}).encode(),
+                "rejected",
+                "unsigned",
+            ),
+            ("forged", forged, "rejected", "bad_signature"),
+            ("wrong VIN", car.sealed("consent", revoke, vin=OTHER_VIN)[1], "rejected", "wrong_vin"),
+            (
+                "expired",
+                car.sealed("consent", revoke, issued=now - 120_000, expires=now - 60_000)[1],
+                "expired",
+                "",
+            ),
+            ("garbage", os.urandom(300), "rejected", "malformed"),
+            ("truncated", good[: len(good) // 2], "rejected", "malformed"),
+            ("huge", b'{"v": 1, "pad": "' + b"x" * 70_000 + b'"}', "rejected", "oversized"),
+            ("unknown command", car.sealed("diag")[1], "rejected", "unknown_command"),
+            ("signed junk payload", seal_bytes(car.private, b"[]"), "rejected", "malformed"),
+        ]
+        for name, data, status, reason in cases:
+            ans = req.ask(data)
+            assert ans["status"] == status, (name, ans)
+            assert ans["detail"].startswith(reason), (name, ans)
+        # Signed by a key that is not the car's, through the real CLI.
+        rc, ans, err = car.command("consent", "--revoke", "location", key=car.other_key)
+        assert rc == 1 and ans is not None and ans["detail"].startswith("wrong_key"), err
+
+        assert agent.cfg.consent is not None
+        assert agent.cfg.consent.granted == ["vehicle_health", "location"]
+        # Replayed: the first copy runs, the second is refused.
+        _, ping = car.sealed("ping")
+        assert req.ask(ping)["status"] == "ok"
+        assert req.ask(ping)["detail"].startswith("replayed")
+
+        remote = agent.status()["remote"]
+        assert remote["accepted"] == 1 and remote["expired"] == 1
+        assert remote["rejected"] == {
+            "bad_signature": 1,
+            "malformed": 3,
+            "oversized": 1,
+            "replayed": 1,
+            "unknown_command": 1,
+            "unsigned": 1,
+            "wrong_key": 1,
+            "wrong_vin": 1,
+        }
+    finally:
+        req.close()
+        car.stop()
+
+
+def test_a_command_id_runs_at_most_once_across_restarts(tmp_path: Path, broker: Mosquitto) -> None:
+    car = Car(tmp_path, broker)
+    with Subscriber(broker, CMD) as sniffer:
+        car.start()
+        try:
+            rc, ans, err = car.command("ping")
+            assert rc == 0, err
+            assert sniffer.wait_for(lambda m: len(m) == 1)
+        finally:
+            car.stop()
+        sent = sniffer.messages[0].payload  # the exact bytes the backend published
+    car.start()
+    req = Requester(broker)
+    try:
+        ans2 = req.ask(sent)
+        assert ans2["status"] == "rejected" and ans2["detail"].startswith("replayed")
+        assert ans2["id"] == ans["id"]
+    finally:
+        req.close()
+        car.stop()
+
+
+def test_remote_revoke_purges_stored_updates_and_survives_a_restart(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    # One telemetry row per 1,000 s: the rest waits in the outbox, where the purge shows.
+    car = Car(tmp_path, broker, mqtt_extra="drain_rate = 0.001")
+    agent = car.start()
+    try:
+        car.send_frames(10)
+        wait_for(lambda: _stored(agent).count("Pos.Lat") >= 5, what="positions stored")
+        rc, ans, err = car.command("consent", "--revoke", "location")
+        assert rc == 0 and ans is not None and ans["status"] == "ok", err
+        names = _stored(agent)
+        assert "Pos.Lat" not in names and "Health.Coolant" in names
+    finally:
+        car.stop()
+    # The config file still grants location; the remote revocation stays in force.
+    assert '"location"' in car.config.read_text()
+    agent = car.start()
+    try:
+        assert agent.cfg.consent is not None and agent.cfg.consent.granted == ["vehicle_health"]
+        assert "location" in agent.status()["consent"]["left_out"] or any(
+            "location" in k for k in agent.status()["consent"]["left_out"]
+        )
+    finally:
+        car.stop()
+
+
+def test_a_grant_is_applied_where_activation_allowed_it(tmp_path: Path, broker: Mosquitto) -> None:
+    car = Car(tmp_path, broker, allow_grant=True)
+    agent = car.start()
+    try:
+        rc, ans, err = car.command("consent", "--grant", "driving", "--revoke", "location")
+        assert rc == 0 and ans is not None, err
+        assert sorted(ans["result"]["granted"]) == ["driving", "vehicle_health"]
+        assert agent.cfg.consent is not None
+        assert sorted(agent.cfg.consent.granted) == ["driving", "vehicle_health"]
+    finally:
+        car.stop()
+
+
+def test_without_remote_no_command_is_heard(tmp_path: Path, broker: Mosquitto) -> None:
+    car = Car(tmp_path, broker, remote=False)
+    agent = car.start()
+    try:
+        assert agent.status()["remote"] == {"commands": "disabled"}
+        rc, ans, _ = car.command("consent", "--revoke", "location", timeout=2)
+        assert rc == 3 and ans is None
+        assert car.subscriptions() == 0
+        assert agent.cfg.consent is not None and "location" in agent.cfg.consent.granted
+    finally:
+        car.stop()
+
+
+def test_an_expired_command_delivered_late_is_answered_expired(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """The car's process is frozen (an outage as it sees it) while a 3.1.1 backend, which can
+    set no broker-side expiry, sends a 1-second command; it arrives after it expired."""
+    car = Car(tmp_path, broker, protocol="3.1.1")
+    with (
+        AgentProcess(car.config, log_path=tmp_path / "agent.log") as proc,
+        Subscriber(broker, RESULT) as results,
+    ):
+        wait_for(lambda: car.subscriptions() == 1 or proc.proc.poll() is not None, 60)
+        assert proc.proc.poll() is None, proc.log()
+        proc.send(signal.SIGSTOP)
+        try:
+            rc, ans, _ = car.command("consent", "--revoke", "location", ttl="1", timeout=2)
+            assert rc == 3 and ans is None
+            # The sender waited 2 s for an answer: the 1-second command has expired.
+        finally:
+            proc.send(signal.SIGCONT)
+        assert results.wait_for(lambda m: len(m) == 1, 30), proc.log()
+        answer = json.loads(results.messages[0].payload)
+        assert answer["status"] == "expired", answer
+        proc.send(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert "consent revoked" not in proc.log()
