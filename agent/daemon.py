@@ -261,6 +261,7 @@ class Agent:
                 schema_json=self.catalog.schema.dumps().encode(),
                 status=self.status,
                 on_link=self._on_link,
+                **self._command_hook(),
             )
             self._publish_stored_schemas()
             self.uplink.start()
@@ -290,6 +291,8 @@ class Agent:
             log.info("every update was acknowledged by the broker")
             return result
         finally:
+            if self.commands is not None:
+                self.commands.stop(5.0)
             if self.modems is not None:
                 self.modems.stop(5.0)
             self.outbox.close()
@@ -422,10 +425,17 @@ class Agent:
 
     # -- remote commands (agent.control) --------------------------------------------------------
 
+    def _command_hook(self) -> dict[str, Any]:
+        """With [remote]: start the command worker; the uplink's subscription and handler."""
+        if self.cfg.remote is None or self.cfg.mqtt is None:
+            return {}
+        self._start_commands()
+        topic = f"{self.cfg.mqtt.topic_prefix}/{self.cfg.vehicle.vin}/cmd"
+        return {"subscriptions": [(topic, 1)], "on_message": self._on_command}
+
     def _start_commands(self) -> None:
-        """With [remote]: the command worker, its replay memory and the uplink's subscription."""
-        if self.cfg.remote is None:
-            return
+        """The command worker and its replay memory."""
+        assert self.cfg.remote is not None
         from agent.control.commands import execute
         from agent.control.envelope import load_public_key
         from agent.control.remote import Authorizer

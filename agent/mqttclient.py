@@ -1,9 +1,11 @@
 """What every paho client of the agent shares: the one TLS context builder, one-line
-descriptions of connection failures, and paho's own log lines kept out of the log.
+descriptions of connection failures, paho's own log lines kept out of the log, and the MQTT 5
+properties of an answer to a request (``response_properties``: the daemon answers commands
+without importing paho).
 
-The uplink (agent.uplink), ``listen`` (agent.listen) and the activation broker probe
-(agent.brokerprobe) build their TLS context here, so a CA or client certificate that works for
-one works for all. paho logs a socket error on every failed attempt ("failed to receive on
+The uplink (agent.uplink), ``listen`` (agent.listen), ``command`` (agent.sender) and the
+activation broker probe (agent.brokerprobe) build their TLS context here, so a CA or client
+certificate that works for one works for all. paho logs a socket error on every failed attempt ("failed to receive on
 socket: [Errno 104] ..."); ``PahoLog`` keeps those lines at DEBUG and hands the last one to the
 caller, who names it in its own failure reason and logs that once per change, never per
 attempt. Backend-side tools (``listen``, ``command``) take their broker options from
@@ -26,6 +28,8 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from agent.config import TlsConfig
 from agent.errors import AgentError, ConfigError
@@ -49,6 +53,14 @@ def tls_context(tls: TlsConfig) -> ssl.SSLContext:
             ) from None
     ctx.check_hostname = tls.check_hostname
     return ctx
+
+
+def response_properties(correlation: bytes | None) -> Properties:
+    """MQTT 5 PUBLISH properties of an answer to a request: its Correlation Data, if any."""
+    props = Properties(PacketTypes.PUBLISH)
+    if correlation:
+        props.CorrelationData = correlation
+    return props
 
 
 def describe_error(err: BaseException, host: str, port: int) -> str:

@@ -26,7 +26,7 @@ from paho.mqtt.properties import Properties
 
 from agent.config import TlsConfig
 from agent.errors import AgentError
-from agent.uplink import describe_error, tls_context
+from agent.mqttclient import describe_error, tls_context
 
 log = logging.getLogger(__name__)
 

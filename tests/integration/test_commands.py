@@ -373,11 +373,25 @@ def test_a_command_id_runs_at_most_once_across_restarts(tmp_path: Path, broker: 
         car.stop()
 
 
-def test_remote_revoke_purges_stored_updates_and_survives_a_restart(
-    tmp_path: Path, broker: Mosquitto
-) -> None:
-    # One telemetry row per 1,000 s: the rest waits in the outbox, where the purge shows.
-    car = Car(tmp_path, broker, mqtt_extra="drain_rate = 0.001")
+# Everything but the data topic: the broker refuses updates (MQTT 5: PUBACK "not authorized"),
+# so they wait in the outbox, where the purge shows.
+NO_DATA_ACL = "".join(
+    f"topic readwrite {PREFIX}/{VIN}/{t}\n"
+    for t in ("status", "schema", "schema/#", "cmd", "cmd/#")
+)
+
+
+def test_remote_revoke_purges_stored_updates_and_survives_a_restart(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker", acl=NO_DATA_ACL)
+    broker.start()
+    try:
+        _revoke_and_restart(tmp_path, broker)
+    finally:
+        broker.stop()
+
+
+def _revoke_and_restart(tmp_path: Path, broker: Mosquitto) -> None:
+    car = Car(tmp_path, broker)
     agent = car.start()
     try:
         car.send_frames(10)
