@@ -46,8 +46,10 @@ class Committer:
         clock: Callable[[], float],
         wall: Callable[[], float],
         ratelog: RateLimitedLog,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._cfg = cfg
+        self._on_commit = on_commit
         self._path = cfg.path
         self._table: Table | None = table  # None once detached at close
         self._counters = counters
@@ -226,6 +228,8 @@ class Committer:
             self.disk_full = False
             if tx.committed:
                 self._data.notify_all()
+                if self._on_commit is not None:
+                    self._on_commit()
             self._log_drops(tx)
         if recovered is not None:
             log.warning("outbox %s: writing again (after %s)", self._path, recovered)

@@ -73,6 +73,9 @@ class Outbox:
         self._db_lock = threading.Lock()
         self._buf_lock = threading.Lock()
         self._data = threading.Condition(self._buf_lock)
+        # Called (on the committing thread, must not block) after each commit: a waiter that
+        # cannot block on wait_for_data (the uplink with a downlink) is woken through it.
+        self.on_commit: Callable[[], None] | None = None
         # Set by open(), None again after close(); replaced together.
         self._table: Table | None = None
         self._committer: Committer | None = None
@@ -80,6 +83,11 @@ class Outbox:
         self._corrupt_moved: tuple[str, ...] = ()
         self._opened = False
         self._closed = False
+
+    def _committed(self) -> None:
+        hook = self.on_commit
+        if hook is not None:
+            hook()
 
     # ----------------------------------------------------------------------------- lifecycle
 
@@ -98,6 +106,7 @@ class Outbox:
             clock=self._clock,
             wall=self._wall,
             ratelog=RateLimitedLog(log, interval=60.0, clock=self._clock),
+            on_commit=self._committed,
         )
         with self._db_lock, self._buf_lock:
             self._table, self._committer, self._counters = table, committer, counters

@@ -35,6 +35,7 @@ from agent.mqttclient import PahoLog
 from agent.ratelimit import RateLimitedLog
 from agent.uplink.pacing import TokenBucket, publish_size
 from agent.uplink.stats import Counters
+from agent.uplink.wakeup import Wakeup
 
 log = logging.getLogger("agent.uplink")
 
@@ -82,6 +83,7 @@ class Session:
         stop: threading.Event,
         subscriptions: Sequence[tuple[str, int]] = (),
         on_message: MessageHandler | None = None,
+        wakeup: Wakeup | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
@@ -98,6 +100,7 @@ class Session:
         self._stop = stop
         self._subscriptions = list(subscriptions)
         self._on_message = on_message
+        self._wakeup = wakeup
         self._clock = clock
 
         self.connack: Any = None
@@ -172,6 +175,9 @@ class Session:
         if timeout < 0 and not self.in_flight:
             if self._oversize:  # the outbox would report those rows at once: no spin
                 self._stop.wait(IDLE_WAIT)
+            elif self._wakeup is not None:
+                # A downlink: a command on the socket, its answer or a new row ends the wait.
+                self._wakeup.wait(self.client.socket(), IDLE_WAIT)
             else:
                 self._outbox.wait_for_data(IDLE_WAIT)
         return True

@@ -31,6 +31,7 @@ from agent.uplink.linkreport import LinkReport
 from agent.uplink.pacing import TokenBucket
 from agent.uplink.session import IDLE_WAIT, MessageHandler, OutboxLike, Outgoing, Session
 from agent.uplink.stats import Counters, UplinkStats
+from agent.uplink.wakeup import Wakeup
 
 log = logging.getLogger("agent.uplink")
 
@@ -99,6 +100,12 @@ class Uplink:
         self._reconnect_reason = ""
         self._pending: deque[Outgoing] = deque()
         self._pending_dropped = 0
+        # With a downlink the idle wait watches the socket too, woken by publish() and commits.
+        self._wakeup: Wakeup | None = None
+        if self._subscriptions:
+            self._wakeup = Wakeup()
+            if hasattr(outbox, "on_commit"):
+                outbox.on_commit = self._wakeup.set
 
         # Worker-thread state that outlives a connection.
         self._link = LinkReport(
@@ -171,7 +178,9 @@ class Uplink:
                 self._pending_dropped += 1
                 return False
             self._pending.append(Outgoing(topic, bytes(payload), retain, properties))
-            return True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        return True
 
     def stats(self) -> UplinkStats:
         return self._counters.snapshot()
@@ -267,6 +276,7 @@ class Uplink:
             stop=self._stop,
             subscriptions=self._subscriptions,
             on_message=self._on_message,
+            wakeup=self._wakeup,
         )
         self._paho_log.take()  # what an earlier client said is not this attempt's reason
         try:
