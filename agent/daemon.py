@@ -430,8 +430,11 @@ class Agent:
         if self.cfg.remote is None or self.cfg.mqtt is None:
             return {}
         self._start_commands()
-        topic = f"{self.cfg.mqtt.topic_prefix}/{self.cfg.vehicle.vin}/cmd"
-        return {"subscriptions": [(topic, 1)], "on_message": self._on_command}
+        base = f"{self.cfg.mqtt.topic_prefix}/{self.cfg.vehicle.vin}"
+        return {
+            "subscriptions": [(f"{base}/cmd", 1), (f"{base}/plan", 1)],
+            "on_message": self._on_command,
+        }
 
     def _start_commands(self) -> None:
         """The command worker and its replay memory."""
@@ -451,11 +454,13 @@ class Agent:
             clock=lambda: int(time.time() * 1000),
         )
         allow = self.cfg.remote.allow_remote_consent
+        key = authorizer.key
         self.commands = CommandService(
             authorizer,
             store,
             execute=lambda cmd: execute(self, cmd, allow_consent_grant=allow),
             answer=self._answer,
+            on_plan=lambda data: self.apply_retained_plan(data, key),
         )
         self.commands.start()
         log.info("remote commands enabled (key id %s)", authorizer.kid)
@@ -479,6 +484,9 @@ class Agent:
         """On the uplink's thread: hand over and return at once."""
         from agent.control.service import Request
 
+        if topic.endswith("/plan"):
+            self.commands.submit(Request(payload, plan=True))
+            return
         rt = getattr(properties, "ResponseTopic", None) if properties is not None else None
         cd = getattr(properties, "CorrelationData", None) if properties is not None else None
         self.commands.submit(Request(payload, rt or None, bytes(cd) if cd else None))

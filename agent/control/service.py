@@ -1,13 +1,15 @@
 """The command worker: takes raw command messages from the uplink's thread, decides about them
 on a thread of its own, executes what is allowed and hands the answers back.
 
-``submit`` is what the uplink calls for each message on ``<prefix>/<vin>/cmd``: it never blocks
-and never parses; it puts the bytes in a bounded queue (dropped and counted when full). The
-worker takes them at a bounded rate (a flood waits in the queue, then is dropped: it costs the
-CAN pipeline nothing but the queue appends), asks ``Authorizer.decide``, saves the replay memory
-atomically *before* executing (at most once, also across restarts: an id that cannot be saved
-is not executed), runs the command through ``execute`` and passes the answer to ``answer``.
-Every refusal is counted by reason and logged once per reason per interval.
+``submit`` is what the uplink calls for each message on ``<prefix>/<vin>/cmd`` (and, marked
+``plan``, on the retained ``<prefix>/<vin>/plan``, handed to ``on_plan`` on the same thread):
+it never blocks and never parses; it puts the bytes in a bounded queue (dropped and counted
+when full). The worker takes them at a bounded rate (a flood waits in the queue, then is
+dropped: it costs the CAN pipeline nothing but the queue appends), asks ``Authorizer.decide``,
+saves the replay memory atomically *before* executing (at most once, also across restarts: an
+id that cannot be saved is not executed), runs the command through ``execute`` and passes the
+answer to ``answer``. Every refusal is counted by reason and logged once per reason per
+interval.
 
 What a command does is the daemon's (``execute``); publishing an answer is the uplink's
 (``answer``); the decisions are agent.control.remote's.
@@ -45,6 +47,7 @@ class Request:
     payload: bytes
     response_topic: str | None = None  # MQTT 5 Response Topic
     correlation: bytes | None = None  # MQTT 5 Correlation Data
+    plan: bool = False  # the retained plan (desired state), not a command: never answered
 
 
 class SeenStore:
@@ -80,6 +83,7 @@ class CommandService:
         *,
         execute: Callable[[Command], Response],
         answer: Callable[[Request, Response], None],
+        on_plan: Callable[[bytes], object] | None = None,
         queue_size: int = QUEUE_SIZE,
         rate: float = RATE,
     ) -> None:
@@ -87,6 +91,7 @@ class CommandService:
         self.store = store
         self._execute = execute
         self._answer = answer
+        self._on_plan = on_plan
         self._queue: deque[Request] = deque()
         self._queue_size = queue_size
         # At most one decision per 1/rate seconds.
@@ -157,6 +162,9 @@ class CommandService:
                 with self._cond:
                     if self._cond.wait_for(lambda: self._stop, self._gap):
                         return
+            if request.plan:
+                self._retained_plan(request.payload)
+                continue
             try:
                 response = self.handle(request.payload)
             except Exception as err:  # the worker must outlive any single command
@@ -167,6 +175,16 @@ class CommandService:
                 self._answer(request, response)
             except Exception as err:
                 self._ratelog.warning("answer", "remote: cannot send an answer: %r", err)
+
+    def _retained_plan(self, payload: bytes) -> None:
+        # Signature, VIN and expiry are checked by on_plan (the same envelope as commands);
+        # an empty retained message is the backend clearing the desired state: nothing to do.
+        if not payload or self._on_plan is None:
+            return
+        try:
+            self._on_plan(payload)
+        except Exception:
+            log.exception("remote: applying the retained plan failed")
 
     def handle(self, payload: bytes) -> Response:
         """Decide, remember, execute: one message, on the worker thread."""

@@ -265,9 +265,19 @@ def test_every_command_through_the_cli(tmp_path: Path, broker: Mosquitto, protoc
             assert status.wait_for(lambda m: len(m) > before, 20), "status not published again"
 
             plan = tmp_path / "plan.json"
-            plan.write_text(json.dumps({"id": "p1", "version": 1, "signal": []}))
-            rc, ans, _ = car.command("plan", str(plan))
-            assert rc == 1 and ans is not None and ans["status"] in ("failed", "ok", "rejected")
+            plan.write_text(
+                json.dumps({"id": "p1", "version": 1, "signal": [{"match": "Health.*"}]})
+            )
+            rc, ans, err = car.command("plan", str(plan))
+            assert rc == 0 and ans is not None and ans["status"] == "ok", (err, ans)
+            assert ans["result"]["id"] == "p1" and ans["result"]["state"] == "applied"
+            assert [s.wire for s in agent.catalog.selected] == ["Health.Coolant"]
+            broken = {"id": "p2", "version": 1, "signal": [{"match": "Pos.*", "deadband": -1}]}
+            plan.write_text(json.dumps(broken))
+            rc, ans, err = car.command("plan", str(plan))
+            assert rc == 1 and ans is not None and ans["status"] == "rejected", (err, ans)
+            assert "deadband" in ans["detail"]
+            assert [s.wire for s in agent.catalog.selected] == ["Health.Coolant"]
 
             rc, ans, err = car.command("consent", "--grant", "driving")
             assert rc == 1 and ans is not None and ans["status"] == "rejected", err
@@ -280,7 +290,8 @@ def test_every_command_through_the_cli(tmp_path: Path, broker: Mosquitto, protoc
             assert agent.cfg.consent.granted == ["vehicle_health"]
 
         remote = agent.status()["remote"]
-        assert remote["accepted"] == 4 and remote["rejected"] == {"not_allowed": 1}
+        assert remote["accepted"] == 5
+        assert remote["rejected"] == {"bad_plan": 1, "not_allowed": 1}
     finally:
         car.stop()
 
@@ -465,3 +476,32 @@ def test_an_expired_command_delivered_late_is_answered_expired(
         proc.send(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert "consent revoked" not in proc.log()
+
+
+def test_a_retained_plan_is_picked_up_by_a_car_that_was_offline(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    car = Car(tmp_path, broker)
+    now = int(time.time() * 1000)
+    doc = {"id": "desired", "version": 3, "signal": [{"match": "Health.*"}]}
+    _, envelope = seal(
+        car.private, vin=VIN, command="plan", args=doc, issued=now, expires=now + 3_600_000
+    )
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    publisher.connect(broker.host, broker.port)
+    publisher.loop_start()
+    try:
+        publisher.publish(f"{PREFIX}/{VIN}/plan", envelope, qos=1, retain=True).wait_for_publish(10)
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+    agent = car.start()  # the car comes online after the plan was published
+    try:
+        wait_for(
+            lambda: [s.wire for s in agent.catalog.selected] == ["Health.Coolant"],
+            what="the retained plan's selection in force",
+        )
+        assert agent.status()["plan"]["id"] == "desired"
+        assert agent.status()["plan"]["state"] == "applied"
+    finally:
+        car.stop()
