@@ -342,8 +342,8 @@ def _command_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_command(args: argparse.Namespace) -> int:
-    from agent.config import TlsConfig
     from agent.control.envelope import load_private_key, seal
+    from agent.mqttclient import BrokerError, ClientOptions
     from agent.sender import CommandSender
 
     key = load_private_key(args.key)
@@ -356,20 +356,14 @@ def cmd_command(args: argparse.Namespace) -> int:
         issued=now,
         expires=now + int(args.ttl * 1000),
     )
-    tls = None
-    if args.tls or args.ca or args.cert:
-        tls = TlsConfig(ca=args.ca, cert=args.cert, key=args.client_key)
-    sender = CommandSender(
-        args.host,
-        args.port,
-        vin=args.vin,
-        prefix=args.prefix,
-        protocol=args.protocol,
-        tls=tls,
-        username=args.username,
-        password=os.environ.get("SPIME_MQTT_PASSWORD"),
-    )
-    answer = sender.send(envelope, cid, ttl=args.ttl, timeout=args.timeout)
+    opts = ClientOptions.from_args(args, tls_key="client_key")
+    sender = CommandSender(opts, vin=args.vin, prefix=args.prefix)
+    try:
+        answer = sender.send(envelope, cid, ttl=args.ttl, timeout=args.timeout)
+    except BrokerError as err:
+        for line in err.problems:
+            print(f"command: {line}", file=sys.stderr)
+        return 2  # 1 is the car's refusal: not reaching the broker is another failure
     if answer is None:
         print(f"command {cid}: no answer within {args.timeout:g} s", file=sys.stderr)
         return EXIT_NO_ANSWER
@@ -379,21 +373,15 @@ def cmd_command(args: argparse.Namespace) -> int:
 
 def _add_command_parser(sub: Any) -> None:
     from agent.control.remote import GRANTABLE
+    from agent.mqttclient import add_client_arguments
 
     c = sub.add_parser("command", help="send a signed command to a car and print its answer")
-    c.add_argument("--host", default="127.0.0.1")
-    c.add_argument("--port", type=int, default=1883)
+    add_client_arguments(c, tls_key="--client-key")
     c.add_argument("--vin", required=True)
     c.add_argument("--key", required=True, type=Path, help="the fleet's private command key")
-    c.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
     c.add_argument("--ttl", type=float, default=60.0, help="seconds until the command expires")
     c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
     c.add_argument("--prefix", default="spime/v1", help="topic prefix")
-    c.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
-    c.add_argument("--ca", type=Path, help="CA file for TLS")
-    c.add_argument("--cert", type=Path, help="client certificate for TLS")
-    c.add_argument("--client-key", type=Path, help="the client certificate's key for TLS")
-    c.add_argument("--username", help="password from $SPIME_MQTT_PASSWORD")
     acts = c.add_subparsers(dest="action", required=True, metavar="ACTION")
     acts.add_parser("ping", help="the car's status summary")
     acts.add_parser("snapshot", help="a snapshot of every signal now, as an event")

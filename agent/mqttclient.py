@@ -5,11 +5,12 @@ without importing paho).
 
 The uplink (agent.uplink), ``listen`` (agent.listen), ``command`` (agent.sender) and the
 activation broker probe (agent.brokerprobe) build their TLS context here, so a CA or client
-certificate that works for one works for all. paho logs a socket error on every failed attempt ("failed to receive on
-socket: [Errno 104] ..."); ``PahoLog`` keeps those lines at DEBUG and hands the last one to the
-caller, who names it in its own failure reason and logs that once per change, never per
-attempt. Backend-side tools (``listen``, ``command``) take their broker options from
-``add_client_arguments`` and connect with ``connect_client``: MQTT 5, or 3.1.1 when asked
+certificate that works for one works for all. paho logs a socket error on every failed attempt
+("failed to receive on socket: [Errno 104] ..."); ``PahoLog`` keeps those lines at DEBUG and
+hands the last one to the caller, who names it in its own failure reason and logs that once
+per change, never per attempt. Backend-side tools (``listen``, ``command``) take their broker
+options from ``add_client_arguments`` (``command`` names the TLS key ``--client-key``: its
+``--key`` is the command key) and connect with ``connect_client``: MQTT 5, or 3.1.1 when asked
 (``--protocol 3.1.1``) or when the broker refuses 5. It does not publish, subscribe or retry.
 """
 
@@ -131,11 +132,12 @@ class ClientOptions:
     protocol: str | None = None
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> ClientOptions:
+    def from_args(cls, args: argparse.Namespace, tls_key: str = "key") -> ClientOptions:
+        """``tls_key``: the attribute holding the TLS client key (see add_client_arguments)."""
         tls = None
         if args.tls or args.ca or args.cert:
             try:
-                tls = TlsConfig(ca=args.ca, cert=args.cert, key=args.key)
+                tls = TlsConfig(ca=args.ca, cert=args.cert, key=getattr(args, tls_key))
             except ValueError as err:  # pydantic: cert without key and the like
                 raise ConfigError(f"--cert/--key: {err}") from None
         return cls(
@@ -148,8 +150,9 @@ class ClientOptions:
         )
 
 
-def add_client_arguments(parser: argparse.ArgumentParser) -> None:
-    """The broker options every backend-side tool takes (read back with ClientOptions)."""
+def add_client_arguments(parser: argparse.ArgumentParser, tls_key: str = "--key") -> None:
+    """The broker options every backend-side tool takes (read back with ClientOptions);
+    ``tls_key`` names the TLS client key's flag where ``--key`` means something else."""
     g = parser.add_argument_group("broker")
     g.add_argument("--host", default="127.0.0.1")
     g.add_argument("--port", type=int, default=1883)
@@ -161,7 +164,7 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tls", action="store_true", help="connect with TLS (system CAs)")
     g.add_argument("--ca", type=Path, help="CA file for TLS")
     g.add_argument("--cert", type=Path, help="client certificate for TLS")
-    g.add_argument("--key", type=Path, help="client key for TLS")
+    g.add_argument(tls_key, type=Path, help="client key for TLS")
     g.add_argument("--username", help="password from $SPIME_MQTT_PASSWORD")
 
 

@@ -20,46 +20,25 @@ import time
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from agent.config import TlsConfig
-from agent.errors import AgentError
-from agent.mqttclient import describe_error, tls_context
+from agent.mqttclient import BrokerError, ClientOptions, connect_client
 
 log = logging.getLogger(__name__)
 
 _LOOP_WAIT = 0.05
 
 
-class SendError(AgentError):
-    """The broker cannot be reached, refuses us, or refuses the command."""
-
-    exit_code = 2
-
-
 class CommandSender:
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        vin: str,
-        prefix: str = "spime/v1",
-        protocol: str = "5",
-        tls: TlsConfig | None = None,
-        username: str | None = None,
-        password: str | None = None,
-    ) -> None:
-        self.host, self.port = host, port
+    def __init__(self, opts: ClientOptions, *, vin: str, prefix: str = "spime/v1") -> None:
+        self.opts = opts
         base = f"{prefix.strip('/')}/{vin}"
         self.cmd_topic = f"{base}/cmd"
         self.result_topic = f"{base}/cmd/result"
         self.reply_topic = f"{base}/cmd/reply/{os.urandom(8).hex()}"
-        self._v5 = protocol == "5"
-        self._ctx = tls_context(tls) if tls is not None else None
-        self._username, self._password = username, password
+        self._v5 = True
         self._lock = threading.Lock()
         self._answer: dict[str, Any] | None = None
         self._subscribed = False
@@ -70,23 +49,18 @@ class CommandSender:
     def send(
         self, envelope: bytes, command_id: str, *, ttl: float, timeout: float
     ) -> dict[str, Any] | None:
-        """Publish ``envelope`` and return the car's answer, or None after ``timeout`` s."""
+        """Publish ``envelope`` and return the car's answer, or None after ``timeout`` s.
+        BrokerError when the broker cannot be reached, refuses us or our subscription."""
         self._command_id = command_id
-        client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5 if self._v5 else mqtt.MQTTv311
-        )
-        if self._ctx is not None:
-            client.tls_set_context(self._ctx)
-        if self._username is not None:
-            client.username_pw_set(self._username, self._password)
-        client.on_connect = self._on_connect
-        client.on_subscribe = self._on_subscribe
-        client.on_message = self._on_message
         deadline = time.monotonic() + timeout
-        try:
-            client.connect(self.host, self.port)
-        except (OSError, ValueError) as err:
-            raise SendError(describe_error(err, self.host, self.port)) from None
+
+        def setup(client: mqtt.Client) -> None:
+            self._v5 = client.protocol == mqtt.MQTTv5
+            client.on_connect = self._on_connect
+            client.on_subscribe = self._on_subscribe
+            client.on_message = self._on_message
+
+        client = connect_client(self.opts, setup=setup, logger=log)
         try:
             if not self._loop(client, deadline, lambda: self._subscribed):
                 return None
@@ -98,7 +72,7 @@ class CommandSender:
                 props.MessageExpiryInterval = max(1, math.ceil(ttl))
             info = client.publish(self.cmd_topic, envelope, qos=1, properties=props)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                raise SendError(f"publish failed: {mqtt.error_string(info.rc)}")
+                raise BrokerError(f"publish failed: {mqtt.error_string(info.rc)}")
             self._loop(client, deadline, lambda: self._answer is not None)
             with self._lock:
                 return self._answer
@@ -106,13 +80,14 @@ class CommandSender:
             client.disconnect()
 
     def _loop(self, client: mqtt.Client, deadline: float, done: Any) -> bool:
+        where = f"{self.opts.host}:{self.opts.port}"
         while not done():
             if self._problem is not None:
-                raise SendError(f"{self.host}:{self.port}: {self._problem}")
+                raise BrokerError(f"{where}: {self._problem}")
             if time.monotonic() >= deadline:
                 return False
             if client.loop(_LOOP_WAIT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                raise SendError(f"{self.host}:{self.port}: connection lost")
+                raise BrokerError(f"{where}: connection lost")
         return True
 
     # ---- paho callbacks (run in send()'s thread) ---------------------------------------------
