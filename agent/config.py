@@ -485,7 +485,7 @@ class RemoteConfig(_Model):
     """Remote commands: without this section the car accepts none (default deny)."""
 
     # The fleet's Ed25519 public key (PEM), written by `activate --command-key`.
-    command_key: Path
+    command_key: FilePath
     # May the backend grant consent categories (revoking is always allowed)?
     allow_remote_consent: bool = False
 
