@@ -267,6 +267,8 @@ def test_a_wedged_standby_does_not_delay_the_failover_of_the_active_modem(rig: R
         rig.on_switch(active, reason)
 
     mgr.on_switch = spy
+    sim_b = rig.sims["b"]
+    wait_for(lambda: sim_b.commands == ["AT", "ATE0"], DEADLINE, "b waiting for its ATE0 answer")
     rig.sims["a"].set(sim="absent")
     wait_for(lambda: switched_to(mgr, "c", "sim_missing"), DEADLINE, "the failover to c")
     assert seen_by_b == [["AT", "ATE0"]]  # b was still in its first probe
