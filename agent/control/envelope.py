@@ -178,9 +178,14 @@ def _b64(value: Any, name: str, kind: str) -> bytes:
     if not isinstance(value, str):
         raise EnvelopeError(kind, f"{name} must be a base64 string")
     try:
-        return base64.b64decode(value, validate=True)
+        raw = base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
         raise EnvelopeError(kind, f"{name} is not valid standard base64") from None
+    # The decoder ignores the unused low bits of the last character: without this check several
+    # different envelopes would open to the same bytes (an altered message that still verifies).
+    if base64.b64encode(raw).decode("ascii") != value:
+        raise EnvelopeError(kind, f"{name} is not canonical base64")
+    return raw
 
 
 def _json(data: bytes, what: str) -> Any:
