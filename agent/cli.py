@@ -316,6 +316,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
 
 
 EXIT_NO_ANSWER = 3
+RETAINED_PLAN_TTL = 90 * 86400.0
 
 
 def _command_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -348,17 +349,25 @@ def cmd_command(args: argparse.Namespace) -> int:
 
     key = load_private_key(args.key)
     now = int(time.time() * 1000)
+    if args.ttl is None:
+        # A retained plan is desired state that a car offline for weeks must still accept.
+        args.ttl = RETAINED_PLAN_TTL if getattr(args, "retain", False) else 60.0
+    expires = now + int(args.ttl * 1000)
     cid, envelope = seal(
         key,
         vin=args.vin,
         command=args.action,
         args=_command_args(args),
         issued=now,
-        expires=now + int(args.ttl * 1000),
+        expires=expires,
     )
     opts = ClientOptions.from_args(args, tls_key="client_key")
     sender = CommandSender(opts, vin=args.vin, prefix=args.prefix)
     try:
+        if getattr(args, "retain", False):
+            topic = sender.publish_plan(envelope, timeout=args.timeout)
+            _emit_json({"id": cid, "status": "published", "topic": topic, "expires": expires})
+            return 0
         answer = sender.send(envelope, cid, ttl=args.ttl, timeout=args.timeout)
     except BrokerError as err:
         for line in err.problems:
@@ -379,7 +388,12 @@ def _add_command_parser(sub: Any) -> None:
     add_client_arguments(c, tls_key="--client-key")
     c.add_argument("--vin", required=True)
     c.add_argument("--key", required=True, type=Path, help="the fleet's private command key")
-    c.add_argument("--ttl", type=float, default=60.0, help="seconds until the command expires")
+    c.add_argument(
+        "--ttl",
+        type=float,
+        default=None,
+        help="seconds until the command expires (default 60; 90 days for plan --retain)",
+    )
     c.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the answer")
     c.add_argument("--prefix", default="spime/v1", help="topic prefix")
     acts = c.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -388,6 +402,12 @@ def _add_command_parser(sub: Any) -> None:
     acts.add_parser("resend", help="the retained schema and status again")
     pl = acts.add_parser("plan", help="apply a collection plan (JSON file)")
     pl.add_argument("file", type=Path)
+    pl.add_argument(
+        "--retain",
+        action="store_true",
+        help="publish the signed plan retained on <prefix>/<vin>/plan (desired state picked up "
+        "at connect) instead of sending it as a command",
+    )
     co = acts.add_parser("consent", help="revoke (or, where allowed, grant) consent categories")
     co.add_argument("--revoke", nargs="+", metavar="CAT", choices=GRANTABLE, default=[])
     co.add_argument("--grant", nargs="+", metavar="CAT", choices=GRANTABLE, default=[])

@@ -79,6 +79,22 @@ class CommandSender:
         finally:
             client.disconnect()
 
+    def publish_plan(self, envelope: bytes, *, timeout: float) -> str:
+        """Publish a signed plan retained on the plan topic and wait for the broker's PUBACK.
+        Returns the topic; BrokerError when the broker is unreachable or refuses it."""
+        topic = self.cmd_topic.removesuffix("/cmd") + "/plan"
+        deadline = time.monotonic() + timeout
+        client = connect_client(self.opts, logger=log)  # returns once the broker accepted us
+        try:
+            info = client.publish(topic, envelope, qos=1, retain=True)
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise BrokerError(f"publish failed: {mqtt.error_string(info.rc)}")
+            if not self._loop(client, deadline, info.is_published):
+                raise BrokerError(f"{self.opts.host}:{self.opts.port}: no PUBACK in time")
+            return topic
+        finally:
+            client.disconnect()
+
     def _loop(self, client: mqtt.Client, deadline: float, done: Any) -> bool:
         where = f"{self.opts.host}:{self.opts.port}"
         while not done():

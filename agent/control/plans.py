@@ -29,6 +29,7 @@ from agent.atomicfile import write_atomic
 from agent.catalog import Catalog
 from agent.config import Config, ConsentConfig, PlanModel, format_validation_error, merge_plan
 from agent.control.envelope import EnvelopeError, open_envelope
+from agent.control.remote import check_args
 from agent.errors import AgentError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,11 @@ def open_retained(data: bytes, key: Ed25519PublicKey, *, vin: str, now_ms: int) 
         raise ConfigError(f"retained plan refused: command is {cmd.command[:32]!r}, not 'plan'")
     if now_ms >= cmd.expires:
         raise ConfigError("retained plan refused: its envelope expired")
-    return cmd.args
+    # The same envelope as the plan command, so one signed message can be sent either way.
+    problem = check_args(cmd)
+    if problem is not None:
+        raise ConfigError(f"retained plan refused: {problem}")
+    return cmd.args["plan"]
 
 
 class PlanBook:

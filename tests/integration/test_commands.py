@@ -482,19 +482,15 @@ def test_a_retained_plan_is_picked_up_by_a_car_that_was_offline(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
     car = Car(tmp_path, broker)
-    now = int(time.time() * 1000)
-    doc = {"id": "desired", "version": 3, "signal": [{"match": "Health.*"}]}
-    _, envelope = seal(
-        car.private, vin=VIN, command="plan", args=doc, issued=now, expires=now + 3_600_000
-    )
-    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-    publisher.connect(broker.host, broker.port)
-    publisher.loop_start()
-    try:
-        publisher.publish(f"{PREFIX}/{VIN}/plan", envelope, qos=1, retain=True).wait_for_publish(10)
-    finally:
-        publisher.disconnect()
-        publisher.loop_stop()
+    plan = tmp_path / "desired.json"
+    plan.write_text(json.dumps({"id": "desired", "version": 3, "signal": [{"match": "Health.*"}]}))
+    # Published through the real CLI while the car is offline: the broker keeps it retained.
+    code, answer, err = car.command("plan", str(plan), "--retain")
+    assert code == 0, err
+    assert answer is not None and answer["status"] == "published"
+    assert answer["topic"] == f"{PREFIX}/{VIN}/plan"
+    # The signed envelope lives for the default 90 days, not a command's 60 s.
+    assert answer["expires"] - time.time() * 1000 > 89 * 86400 * 1000
     agent = car.start()  # the car comes online after the plan was published
     try:
         wait_for(

@@ -256,7 +256,9 @@ def test_retained_plan_envelope() -> None:
     now = int(time.time() * 1000)
 
     def sealed(vin: str = VIN, command: str = "plan", expires: int = now + 60_000) -> bytes:
-        return seal(key, vin=vin, command=command, args=PLAN, issued=now, expires=expires)[1]
+        return seal(
+            key, vin=vin, command=command, args={"plan": PLAN}, issued=now, expires=expires
+        )[1]
 
     assert open_retained(sealed(), key.public_key(), vin=VIN, now_ms=now) == PLAN
     cases = [
@@ -264,9 +266,14 @@ def test_retained_plan_envelope() -> None:
         (sealed(command="ping"), "not 'plan'"),
         (sealed(expires=now - 1), "expired"),
         (
-            seal(generate_key(), vin=VIN, command="plan", args=PLAN, issued=now, expires=now + 1)[
-                1
-            ],
+            seal(
+                generate_key(),
+                vin=VIN,
+                command="plan",
+                args={"plan": PLAN},
+                issued=now,
+                expires=now + 1,
+            )[1],
             "wrong_key",
         ),
     ]
@@ -279,7 +286,9 @@ def test_a_signed_retained_plan_is_applied_once(car: Car) -> None:
     agent = car.start()
     key = generate_key()
     now = int(time.time() * 1000)
-    _, data = seal(key, vin=VIN, command="plan", args=PLAN, issued=now, expires=now + 60_000)
+    _, data = seal(
+        key, vin=VIN, command="plan", args={"plan": PLAN}, issued=now, expires=now + 60_000
+    )
     assert agent.apply_retained_plan(data, key.public_key()) == []
     schema = agent.catalog.schema.id
     assert "speed" in _schema_names(agent)
@@ -290,7 +299,7 @@ def test_a_signed_retained_plan_is_applied_once(car: Car) -> None:
         generate_key(),
         vin=VIN,
         command="plan",
-        args={**PLAN, "version": 2},
+        args={"plan": {**PLAN, "version": 2}},
         issued=now,
         expires=now + 60_000,
     )[1]
