@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import __version__
-from agent.errors import AgentError, InputError
+from agent.errors import AgentError, ConfigError, InputError
 
 if TYPE_CHECKING:
     from agent.config import Config
@@ -163,7 +163,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for w in catalog.warnings:
         log.warning("%s", w)
     if not args.dry_run and (cfg.mqtt is None or cfg.outbox is None):
-        raise AgentError(
+        raise ConfigError(
             f"{args.config}: publishing needs [mqtt] and [outbox] sections "
             "(or use --dry-run to print updates instead)"
         )
@@ -238,7 +238,7 @@ def cmd_modems(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     if not cfg.modem:
-        raise AgentError(f"{args.config}: no [[modem]] entries to probe")
+        raise ConfigError(f"{args.config}: no [[modem]] entries to probe")
     report = modems_report(cfg)
     sys.stdout.write((render_json(report) if args.json else render_table(report)) + "\n")
     return 0
@@ -300,15 +300,15 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     pub = out.with_name(out.name + ".pub")
     existing = [str(p) for p in (out, pub) if p.exists()]
     if existing and not args.force:
-        raise AgentError(f"--out {out}: {', '.join(existing)} exists; use --force to replace")
+        raise InputError(f"--out {out}: {', '.join(existing)} exists; use --force to replace")
     if not out.parent.is_dir():
-        raise AgentError(f"--out {out}: folder {out.parent} does not exist")
+        raise InputError(f"--out {out}: folder {out.parent} does not exist")
     key = generate_key()
     try:
         write_atomic(out, private_pem(key), mode=0o600)
         write_atomic(pub, public_pem(key.public_key()), mode=0o644)
     except OSError as err:
-        raise AgentError(f"--out {out}: cannot write: {err.strerror or err}") from None
+        raise InputError(f"--out {out}: cannot write: {err.strerror or err}") from None
     print(
         f"private key {out} (keep it secret), public key {pub}, key id {key_id(key.public_key())}"
     )
@@ -324,11 +324,11 @@ def _command_args(args: argparse.Namespace) -> dict[str, Any]:
         try:
             doc = json.loads(Path(args.file).read_text(encoding="utf-8"))
         except OSError as err:
-            raise AgentError(f"{args.file}: cannot read plan: {err.strerror or err}") from None
+            raise InputError(f"{args.file}: cannot read plan: {err.strerror or err}") from None
         except (UnicodeDecodeError, ValueError) as err:
-            raise AgentError(f"{args.file}: not a JSON plan: {err}") from None
+            raise InputError(f"{args.file}: not a JSON plan: {err}") from None
         if not isinstance(doc, dict):
-            raise AgentError(f"{args.file}: a plan is a JSON object")
+            raise InputError(f"{args.file}: a plan is a JSON object")
         return {"plan": doc}
     if args.action == "consent":
         out: dict[str, Any] = {}
@@ -337,7 +337,7 @@ def _command_args(args: argparse.Namespace) -> dict[str, Any]:
         if args.grant:
             out["grant"] = args.grant
         if not out:
-            raise AgentError("consent: name categories with --revoke CAT... and/or --grant CAT...")
+            raise InputError("consent: name categories with --revoke CAT... and/or --grant CAT...")
         return out
     return {}
 
