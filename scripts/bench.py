@@ -16,6 +16,7 @@ status is non-zero only when the bench itself breaks.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -29,6 +30,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -868,26 +870,13 @@ class Arrivals:
         self.client.loop_stop()
 
 
-def bench_latency(
-    plan: Plan, report: Report, frames: list[can.Message], port: int, work: Path
-) -> None:
-    channel = f"bench-{uuid.uuid4().hex[:8]}-latency"
-    bus_cfg = {"name": "car", "interface": "virtual", "channel": channel, "dbc": [str(DEMO_DBC)]}
-    cfg = write_config(
-        work / "latency.toml",
-        [bus_cfg],
-        events="BCM_Doors.*",
-        mqtt_port=port,
-        outbox=work / "latency" / "outbox.db",
-    )
-    catalog = prepare(cfg)
-    agent = Agent(cfg, catalog, dry_run=False, notifier=Notifier(""))
+@contextlib.contextmanager
+def publishing_agent(cfg: Config, port: int) -> Iterator[tuple[Agent, Arrivals]]:
+    """The in-process Agent publishing to the local broker, connected and its bus "car" up, and
+    a subscriber to what it publishes; both stopped on exit."""
+    agent = Agent(cfg, prepare(cfg), dry_run=False, notifier=Notifier(""))
     runner = threading.Thread(target=agent.run, name="bench-agent", daemon=True)
-    telemetry = [f for f in frames if f.arbitration_id != DOORS_ID]
-    door = next((f for f in frames if f.arbitration_id == DOORS_ID), None)
-    door_data = bytearray(door.data if door is not None else bytes(8))
     sub = Arrivals(port)
-    sent: dict[int, float] = {}
     runner.start()
     try:
         ready = wait_until(
@@ -900,43 +889,81 @@ def bench_latency(
         )
         if not ready:
             raise BenchError("the agent did not connect and open its bus in 30 s")
-        progress(f"event latency: {plan.events} door events, every 100 ms, with telemetry")
-        car = can.Bus(
-            interface="virtual", channel=channel, ignore_config=True, preserve_timestamps=True
-        )
-        try:
-            # The demo drive's own rate (about 400 frames/s) as background telemetry.
-            rate = 400.0
-            start = time.monotonic()
-            k = j = 0
-            while k < plan.events:
-                now = time.monotonic()
-                while j < int((now - start) * rate):
-                    msg = telemetry[j % len(telemetry)]
-                    msg.timestamp = time.time()
-                    car.send(msg)
-                    j += 1
-                if now >= start + 0.1 * (k + 1):
-                    door_data[0] = (door_data[0] & 0xFE) | ((k + 1) & 1)
-                    ts = time.time()
-                    car.send(
-                        can.Message(
-                            timestamp=ts,
-                            arbitration_id=DOORS_ID,
-                            data=bytes(door_data),
-                            is_extended_id=False,
-                        )
+        yield agent, sub
+    finally:
+        agent.request_stop()
+        runner.join(30)
+        sub.close()
+
+
+def drive_doors(
+    channel: str,
+    frames: list[can.Message],
+    doors: int,
+    period: float,
+    door_open: Callable[[int], bool],
+) -> list[tuple[int, float]]:
+    """Demo-drive telemetry at about 400 frames/s (the drive's own rate) on a virtual bus, and a
+    door frame every ``period`` s, ``doors`` times, its DoorFL bit set where ``door_open(k)``.
+    Returns (k, time.time() at send) of each door frame."""
+    telemetry = [f for f in frames if f.arbitration_id != DOORS_ID]
+    door = next((f for f in frames if f.arbitration_id == DOORS_ID), None)
+    door_data = bytearray(door.data if door is not None else bytes(8))
+    sent: list[tuple[int, float]] = []
+    car = can.Bus(
+        interface="virtual", channel=channel, ignore_config=True, preserve_timestamps=True
+    )
+    try:
+        rate = 400.0
+        start = time.monotonic()
+        k = j = 0
+        while k < doors:
+            now = time.monotonic()
+            while j < int((now - start) * rate):
+                msg = telemetry[j % len(telemetry)]
+                msg.timestamp = time.time()
+                car.send(msg)
+                j += 1
+            if now >= start + period * (k + 1):
+                door_data[0] = (door_data[0] & 0xFE) | (1 if door_open(k) else 0)
+                ts = time.time()
+                car.send(
+                    can.Message(
+                        timestamp=ts,
+                        arbitration_id=DOORS_ID,
+                        data=bytes(door_data),
+                        is_extended_id=False,
                     )
-                    sent[int(ts * 1000)] = ts
-                    k += 1
-                time.sleep(0.002)
-        finally:
-            car.shutdown()
+                )
+                sent.append((k, ts))
+                k += 1
+            time.sleep(0.002)
+    finally:
+        car.shutdown()
+    return sent
+
+
+def bench_latency(
+    plan: Plan, report: Report, frames: list[can.Message], port: int, work: Path
+) -> None:
+    channel = f"bench-{uuid.uuid4().hex[:8]}-latency"
+    bus_cfg = {"name": "car", "interface": "virtual", "channel": channel, "dbc": [str(DEMO_DBC)]}
+    cfg = write_config(
+        work / "latency.toml",
+        [bus_cfg],
+        events="BCM_Doors.*",
+        mqtt_port=port,
+        outbox=work / "latency" / "outbox.db",
+    )
+    with publishing_agent(cfg, port) as (agent, sub):
+        progress(f"event latency: {plan.events} door events, every 100 ms, with telemetry")
+        doors = drive_doors(channel, frames, plan.events, 0.1, lambda k: (k + 1) % 2 == 1)
+        sent = {int(ts * 1000): ts for _, ts in doors}
 
         def door_samples() -> dict[int, float]:
             got: dict[int, float] = {}
             for arrived, payload in sub.snapshot():
-                doc = decode_update(payload, catalog.schema)
+                doc = decode_update(payload, agent.catalog.schema)
                 if doc["snapshot"]:
                     continue
                 for s in doc["samples"]:
@@ -947,10 +974,6 @@ def bench_latency(
 
         wait_until(lambda: len(door_samples()) >= len(sent), 20.0, 0.2)
         got = door_samples()
-    finally:
-        agent.request_stop()
-        runner.join(30)
-        sub.close()
     latencies = [(got[key] - sent[key]) * 1000 for key in got]
     if not latencies:
         raise BenchError("no door event arrived at the subscriber")
@@ -1215,60 +1238,12 @@ def bench_capture_latency(
             'capture = ["ESP_VehicleDynamics.*", "BCM_Doors.*"]\n'
         ),
     )
-    catalog = prepare(cfg)
-    agent = Agent(cfg, catalog, dry_run=False, notifier=Notifier(""))
-    runner = threading.Thread(target=agent.run, name="bench-agent", daemon=True)
-    telemetry = [f for f in frames if f.arbitration_id != DOORS_ID]
-    door = next((f for f in frames if f.arbitration_id == DOORS_ID), None)
-    door_data = bytearray(door.data if door is not None else bytes(8))
-    sub = Arrivals(port)
-    fired: dict[int, float] = {}
     captures = max(10, plan.events // 4)
-    runner.start()
-    try:
-        ready = wait_until(
-            lambda: (
-                agent.uplink is not None
-                and agent.uplink.stats().state == "connected"
-                and agent.pipeline.source_states().get("car") == "up"
-            ),
-            30.0,
-        )
-        if not ready:
-            raise BenchError("the agent did not connect and open its bus in 30 s")
+    with publishing_agent(cfg, port) as (agent, sub):
         progress(f"capture latency: {captures} door triggers, every 500 ms, with telemetry")
-        car = can.Bus(
-            interface="virtual", channel=channel, ignore_config=True, preserve_timestamps=True
-        )
-        try:
-            rate = 400.0
-            start = time.monotonic()
-            k = j = 0
-            while k < captures * 2:
-                now = time.monotonic()
-                while j < int((now - start) * rate):
-                    msg = telemetry[j % len(telemetry)]
-                    msg.timestamp = time.time()
-                    car.send(msg)
-                    j += 1
-                if now >= start + 0.25 * (k + 1):
-                    opening = k % 2 == 0
-                    door_data[0] = (door_data[0] & 0xFE) | (1 if opening else 0)
-                    ts = time.time()
-                    car.send(
-                        can.Message(
-                            timestamp=ts,
-                            arbitration_id=DOORS_ID,
-                            data=bytes(door_data),
-                            is_extended_id=False,
-                        )
-                    )
-                    if opening:
-                        fired[int(ts * 1000)] = ts
-                    k += 1
-                time.sleep(0.002)
-        finally:
-            car.shutdown()
+        # The door opens and closes every 250 ms: each opening fires the trigger.
+        doors = drive_doors(channel, frames, captures * 2, 0.25, lambda k: k % 2 == 0)
+        fired = {int(ts * 1000): ts for k, ts in doors if k % 2 == 0}
 
         def capture_arrivals() -> dict[int, float]:
             got: dict[int, float] = {}
@@ -1295,10 +1270,6 @@ def bench_capture_latency(
             if problems or not agent.pipeline.wait_reloaded(10.0):
                 raise BenchError(f"plan not applied: {problems}")
             applied.append((time.monotonic() - t0) * 1000)
-    finally:
-        agent.request_stop()
-        runner.join(30)
-        sub.close()
     latencies = [(got[key] - (fired[key] + after)) * 1000 for key in got if key in fired]
     if not latencies:
         raise BenchError("no capture arrived at the subscriber")
