@@ -217,10 +217,13 @@ def _emit_brief(obj: dict[str, Any], schema: Any = None) -> None:
     samples = obj["samples"]
     by_name = {s.name: s for s in schema.signals} if schema is not None else {}
     head = ", ".join(
-        f"{s['signal']}={_brief_value(s['value'], by_name.get(s['signal']))}" for s in samples[:3]
+        f"{s['signal']}={s.get('nonfinite') or _brief_value(s['value'], by_name.get(s['signal']))}"
+        for s in samples[:3]
     )
     more = f", ... (+{len(samples) - 3})" if len(samples) > 3 else ""
     kind = "snapshot" if obj.get("snapshot") else "update"
+    if obj.get("trigger"):
+        kind = f"capture {obj['trigger']['name']}"
     span = ""
     if samples:
         t0, t1 = samples[0]["t"], samples[-1]["t"]

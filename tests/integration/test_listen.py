@@ -198,11 +198,18 @@ def test_explicit_mqtt5_to_a_311_broker_is_one_clear_error(mosquitto: Mosquitto)
 
 
 SCALED = spime.Schema.build([spime.SignalDef(id=1, name="torque", scale=0.1, unit="Nm")])
+FLOAT = spime.Schema.build([spime.SignalDef(id=1, name="lambda", kind="f64")])
 
 
-def _listen_cli(broker: Mosquitto, publisher: Publisher, *extra: str) -> str:
+def _listen_cli(
+    broker: Mosquitto,
+    publisher: Publisher,
+    *extra: str,
+    schema: spime.Schema = SCALED,
+    raw: int | float = 6,  # 6 x 0.1 is 0.6000000000000001 in floats
+) -> str:
     """`spime-agent listen --protocol 3.1.1 --count 1` as a process, fed until it exits."""
-    publisher.send(f"spime/v1/{VIN}/schema/{SCALED.id}", SCALED.dumps().encode(), retain=True)
+    publisher.send(f"spime/v1/{VIN}/schema/{schema.id}", schema.dumps().encode(), retain=True)
     argv = [sys.executable, "-m", "agent.cli", "listen", "--port", str(broker.port)]
     argv += ["--protocol", "3.1.1", "--vin", VIN, "--count", "1", "--timeout", str(WAIT), *extra]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
@@ -211,8 +218,8 @@ def _listen_cli(broker: Mosquitto, publisher: Publisher, *extra: str) -> str:
     def exited() -> bool:
         nonlocal seq
         seq += 1  # a new seq each time: the listener drops repeats as duplicates
-        samples = [(1_700_000_000_000, 1, 6)]  # 6 x 0.1 is 0.6000000000000001 in floats
-        payload = spime.encode_update(SCALED, boot=BOOT, seq=seq, vin=VIN, samples=samples)
+        samples = [(1_700_000_000_000, 1, raw)]
+        payload = spime.encode_update(schema, boot=BOOT, seq=seq, vin=VIN, samples=samples)
         publisher.send(f"spime/v1/{VIN}/data", payload)
         return proc.poll() is not None
 
@@ -238,3 +245,10 @@ def test_listen_cli_over_311_brief_at_the_scale_precision(
 def test_listen_cli_json_stays_exact(mosquitto: Mosquitto, publisher: Publisher) -> None:
     out = _listen_cli(mosquitto, publisher)
     assert json.loads(out)["samples"][0]["value"] == 6 * 0.1
+
+
+def test_listen_brief_names_a_nan_instead_of_none(
+    mosquitto: Mosquitto, publisher: Publisher
+) -> None:
+    out = _listen_cli(mosquitto, publisher, "--brief", schema=FLOAT, raw=float("nan"))
+    assert "lambda=NaN" in out and "None" not in out
