@@ -495,6 +495,51 @@ class RemoteConfig(_Model):
         return _resolve(v, info)
 
 
+_QUALIFIED = r"^[^.\s]+\.[^.\s]+$"
+
+
+class PowerConfig(_Model):
+    """The vehicle lifecycle (README, Lifecycle): ignition, parking, sleep, low voltage."""
+
+    # "Message.Signal" of the ignition; None: bus activity alone decides.
+    ignition: str | None = Field(default=None, pattern=_QUALIFIED)
+    # Values meaning "on": numbers compare with the decoded value, strings with its label.
+    ignition_on: list[int | float | str] = Field(default=[1], min_length=1)
+    park_after: PositiveSeconds = 60.0
+    park_upload: NonNegSeconds = 30.0
+    # argv (no shell) run once parked or at low voltage, with sleep_timeout; None: just wait.
+    sleep_command: list[str] | None = Field(default=None, min_length=1)
+    sleep_timeout: PositiveSeconds = 30.0
+    # AT commands sent to every modem through the modem manager.
+    modem_low_power: str = Field(default="AT+CFUN=4", pattern=r"^AT\S*$")
+    modem_full_power: str = Field(default="AT+CFUN=1", pattern=r"^AT\S*$")
+    voltage: str | None = Field(default=None, pattern=_QUALIFIED)
+    voltage_file: FilePath | None = None
+    # The file's number times this gives volts (an ADC in millivolts: 0.001).
+    voltage_scale: float = Field(default=1.0, gt=0)
+    cutoff_volts: float = Field(default=12.2, gt=0)
+    cutoff_after: PositiveSeconds = 240.0
+    resume_volts: float = Field(default=12.6, gt=0)
+    # While parked nothing wakes the agent more often than this (voltage file, status).
+    heartbeat: PositiveSeconds = 60.0
+
+    @field_validator("voltage_file", mode="after")
+    @classmethod
+    def _path(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        return _resolve(v, info)
+
+    @model_validator(mode="after")
+    def _cross(self) -> PowerConfig:
+        if self.voltage is not None and self.voltage_file is not None:
+            raise ValueError("give either voltage (a signal) or voltage_file, not both")
+        if self.resume_volts <= self.cutoff_volts:
+            raise ValueError(
+                f"resume_volts ({self.resume_volts:g}) must be above cutoff_volts "
+                f"({self.cutoff_volts:g})"
+            )
+        return self
+
+
 class Config(_Model):
     vehicle: VehicleConfig
     bus: list[BusConfig] = Field(min_length=1)
@@ -509,6 +554,7 @@ class Config(_Model):
     consent: ConsentConfig | None = None
     status: StatusConfig = Field(default_factory=StatusConfig)
     remote: RemoteConfig | None = None
+    power: PowerConfig | None = None
 
     source: Path | None = Field(default=None, exclude=True)
 
