@@ -88,10 +88,29 @@ class Read:
 
 
 @dataclass(frozen=True)
+class PowerRead:
+    """A signal the lifecycle reads ([power] ignition or voltage): decoded even when not sent."""
+
+    role: str  # "ignition" or "voltage"
+    bus: str
+    message: str
+    signal: str
+    scale: float
+    offset: float
+    choices: dict[int, str] = field(default_factory=dict)
+
+
+# The lifecycle's event signal in the data (README, Lifecycle): one sample per transition.
+POWER_SIGNAL = "Vehicle.PowerState"
+POWER_CHOICES = {0: "driving", 1: "parked", 2: "low_voltage"}
+
+
+@dataclass(frozen=True)
 class MessagePlan:
     message: Message
     signals: tuple[Selected, ...]
     reads: tuple[Read, ...] = ()
+    power: tuple[PowerRead, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,9 @@ class Catalog:
     reads: tuple[Read, ...] = ()
     # Triggers not armed, with the reason (a condition reading an unconsented signal).
     disabled: dict[str, str] = field(default_factory=dict)
+    power: tuple[PowerRead, ...] = ()
+    # Schema id of POWER_SIGNAL when [power] is configured.
+    power_sid: int | None = None
 
     @property
     def message_count(self) -> int:
@@ -318,6 +340,7 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
         )
     origins: list[tuple[BusConfig, Message]] = [(c[0], c[1]) for c in consented]
     trig = _Triggers(cfg, dbcs, selected, origins, names, excluded, problems)
+    power, power_origins = _power_reads(cfg, dbcs, src, problems)
     if problems:
         raise ConfigError(*problems)
     plans = []
@@ -335,15 +358,39 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
                 key = frame_key(msg.frame_id, msg.is_extended_frame, bus.id_mask)
                 reads_by.setdefault(key, []).append(r)
                 msgs[key] = msg
+        power_by: dict[int, list[PowerRead]] = {}
+        for pr, (b, msg) in zip(power, power_origins, strict=True):
+            if b is bus:
+                key = frame_key(msg.frame_id, msg.is_extended_frame, bus.id_mask)
+                power_by.setdefault(key, []).append(pr)
+                msgs[key] = msg
         messages = {
-            k: MessagePlan(msgs[k], tuple(by_msg.get(k, ())), tuple(reads_by.get(k, ())))
+            k: MessagePlan(
+                msgs[k],
+                tuple(by_msg.get(k, ())),
+                tuple(reads_by.get(k, ())),
+                tuple(power_by.get(k, ())),
+            )
             for k in msgs
         }
         plans.append(BusPlan(bus, messages, _kernel_filters(bus, msgs.values())))
     files = {id(f): f for fs in dbcs.values() for f in fs}
     warnings = tuple(w for f in files.values() for w in f.warnings)
+    defs = [s.definition for s in selected]
+    power_sid = None
+    if cfg.power is not None:
+        power_sid = len(defs)
+        defs.append(
+            SignalDef(
+                id=power_sid,
+                name=POWER_SIGNAL,
+                choices=POWER_CHOICES,
+                priority="event",
+                source="power",
+            )
+        )
     return Catalog(
-        schema=Schema.build(s.definition for s in selected),
+        schema=Schema.build(defs),
         selected=tuple(selected),
         buses=tuple(plans),
         dbc_files=tuple(files.values()),
@@ -352,7 +399,41 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
         triggers=tuple(trig.specs),
         reads=tuple(trig.reads),
         disabled=trig.disabled,
+        power=tuple(power),
+        power_sid=power_sid,
     )
+
+
+def _power_reads(
+    cfg: Config, dbcs: dict[str, list[DbcFile]], src: str, problems: list[str]
+) -> tuple[list[PowerRead], list[tuple[BusConfig, Message]]]:
+    """The [power] ignition and voltage signals, found in the buses' DBCs (the first bus that
+    has one wins)."""
+    reads: list[PowerRead] = []
+    origins: list[tuple[BusConfig, Message]] = []
+    if cfg.power is None:
+        return reads, origins
+    for role, name in (("ignition", cfg.power.ignition), ("voltage", cfg.power.voltage)):
+        if name is None:
+            continue
+        found = None
+        for bus in cfg.bus:
+            for dbc in dbcs[bus.name]:
+                for msg in dbc.messages:
+                    for sig in msg.signals:
+                        if found is None and f"{msg.name}.{sig.name}" == name:
+                            found = (bus, msg, sig)
+        if found is None:
+            problems.append(
+                f"{src}: power.{role}: {name!r} is no signal of the buses' DBCs "
+                "(Message.Signal, case-sensitive)"
+            )
+            continue
+        bus, msg, sig = found
+        choices = {int(k): str(v) for k, v in (sig.choices or {}).items()}
+        reads.append(PowerRead(role, bus.name, msg.name, sig.name, sig.scale, sig.offset, choices))
+        origins.append((bus, msg))
+    return reads, origins
 
 
 _Sig = tuple[BusConfig, Message, Any]

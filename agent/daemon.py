@@ -26,6 +26,7 @@ from agent.can_source import validate_sources
 from agent.catalog import Catalog, build_catalog
 from agent.config import Config
 from agent.control.plans import Planner
+from agent.lifecycle import PowerController
 from agent.pipeline import Pipeline
 from agent.schemastore import SchemaStore
 from agent.sdnotify import Notifier
@@ -105,6 +106,18 @@ class Agent:
         self.started = time.time()
         self.pipeline = Pipeline(cfg, catalog, boot=self.boot, sink=self._sink)
         self.pipeline.on_loop = self._on_loop
+        self.power: PowerController | None = None
+        if cfg.power is not None:
+            self.power = PowerController(
+                cfg.power,
+                self.pipeline,
+                [b.config.name for b in catalog.buses],
+                upload=self._upload,
+                modem_power=self._modem_power,
+                on_change=self._on_power_change,
+            )
+            self.pipeline.on_power = self.power.on_value
+            self.pipeline.on_activity = self.power.on_activity
         self.outbox: Any = None
         self.uplink: Any = None
         self.modems: Any = None
@@ -162,6 +175,8 @@ class Agent:
             },
         }
         doc["triggers"] = p.trigger_status()
+        if self.power is not None:
+            doc["power"] = self.power.status()
         plan = self.planner.book.status_doc()
         if plan is not None:
             doc["plan"] = plan
@@ -214,12 +229,18 @@ class Agent:
         )
         reporter = threading.Thread(target=self._report_loop, name="status", daemon=True)
         reporter.start()
-        if self.dry_run:
-            self.notifier.ready("dry run")
-            self.pipeline.run()
-            self.notifier.stopping()
-            return self._finish_pipeline()
-        return self._run_publishing()
+        if self.power is not None:
+            self.power.start()
+        try:
+            if self.dry_run:
+                self.notifier.ready("dry run")
+                self.pipeline.run()
+                self.notifier.stopping()
+                return self._finish_pipeline()
+            return self._run_publishing()
+        finally:
+            if self.power is not None:
+                self.power.stop()
 
     def _finish_pipeline(self) -> RunResult:
         stats = self.pipeline.stats
@@ -334,6 +355,28 @@ class Agent:
                 self.modems.report_data_ok()
             else:
                 self.modems.report_data_failure(reason)
+
+    # -- the lifecycle's actions (agent.lifecycle decides when) --------------------------------
+
+    def _upload(self, timeout: float) -> bool:
+        """Publish the committed backlog for at most ``timeout`` seconds (events go first)."""
+        if self.outbox is None or self.uplink is None:
+            return True
+        self.outbox.flush()
+        return bool(self.uplink.wait_drained(timeout))
+
+    def _modem_power(self, command: str, low: bool) -> bool:
+        ok = True
+        if self.modems is not None:
+            ok = self.modems.set_power(command, low=low, timeout=15.0)
+        if not low and self.uplink is not None and self.uplink.stats().state != "connected":
+            # After the radio was off the reconnect backoff may be long: try at once.
+            self.uplink.reconnect("vehicle woke")
+        return ok
+
+    def _on_power_change(self, _t: Any) -> None:
+        if self.uplink is not None:
+            self.uplink.publish_status()
 
     def _on_modem_switch(self, active: str, reason: str) -> None:
         if self.uplink is None:

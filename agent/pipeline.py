@@ -14,6 +14,8 @@ frames' own timestamps. It does not store or send updates: a sink receives them.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import heapq
 import logging
 import queue
@@ -24,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from agent.can_source import BATCH, END, Source, paced_batches
-from agent.catalog import EXTENDED, Catalog, MessagePlan
+from agent.catalog import EXTENDED, Catalog, MessagePlan, PowerRead
 from agent.config import Config
 from agent.decode import DecodeError, raw_decoder
 from agent.errors import SourceError
@@ -61,7 +63,17 @@ def _frame_time(item: tuple[float, Any, int]) -> float:
 class _Plan:
     """Runtime state of one selected CAN message."""
 
-    __slots__ = ("name", "length", "decode", "signals", "group", "last", "values", "taps")
+    __slots__ = (
+        "name",
+        "length",
+        "decode",
+        "signals",
+        "group",
+        "last",
+        "values",
+        "taps",
+        "power",
+    )
 
     def __init__(self, name: str, length: int, decode: Callable[[bytes], dict[str, Any]]) -> None:
         self.name = name
@@ -74,6 +86,8 @@ class _Plan:
         # Signals triggers read or capture: name -> (condition slots, scale, offset, capture
         # id or -1); None when no trigger looks at this message.
         self.taps: dict[str, tuple[tuple[int, ...], float, float, int]] | None = None
+        # [power] signals in this message (ignition, voltage), handed to ``on_power``.
+        self.power: tuple[PowerRead, ...] = ()
 
 
 class Pipeline:
@@ -111,6 +125,17 @@ class Pipeline:
         self._snapshots: list[tuple[threading.Event, list[int]]] = []
         # Called once per loop turn (the daemon pings systemd's watchdog from here).
         self.on_loop: Callable[[], None] | None = None
+        # The lifecycle's inputs: a [power] signal's value (read, physical value, frame time
+        # in ms) and the arrival of frames on a bus (its index), on the system's monotonic
+        # clock in ``last_frame``.
+        self.on_power: Callable[[PowerRead, float, int], None] | None = None
+        self.on_activity: Callable[[int], None] | None = None
+        self.last_frame: list[float | None] = [None] * len(catalog.buses)
+        # Work other threads hand to this one (the lifecycle's commit and event samples).
+        self._calls: collections.deque[Callable[[], None]] = collections.deque(maxlen=64)
+        # While parked: the loop blocks until a frame arrives or this long passes.
+        self.idle_timeout: float | None = None
+        self.dropped_calls = 0
 
     def _load(self, cfg: Config, catalog: Catalog, *, seq: int) -> None:
         """Build the runtime state for a catalog; update numbering continues at ``seq``."""
@@ -140,6 +165,7 @@ class Pipeline:
                 plan = _Plan(mp.message.name, mp.message.length, raw_decoder(mp.message))
                 if self.triggers is not None:
                     plan.taps = _taps(mp, captured)
+                plan.power = mp.power
                 for sel in mp.signals:
                     if sel.capture_only:
                         continue
@@ -213,6 +239,32 @@ class Pipeline:
         """Ask the pipeline to finish: sources stop, held values are flushed."""
         self.stop_event.set()
 
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Thread-safe: run ``fn`` in the pipeline's thread at its next turn (the builder and
+        the sampler belong to that thread). At most 64 wait; the oldest is dropped beyond."""
+        if len(self._calls) == self._calls.maxlen:
+            self.dropped_calls += 1
+        self._calls.append(fn)
+        # Wakes a blocked loop; a full queue means the loop turns anyway.
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait((-1, None))
+
+    def commit(self) -> None:
+        """In the pipeline's thread: send what is held and close the open update."""
+        self.sampler.flush_held(self.now)
+        self._collect()
+        self.builder.flush()
+
+    def write_power_state(self, value: int, t_ms: int) -> None:
+        """In the pipeline's thread: the lifecycle's state as an event sample, sent at once
+        (under the schema in force, whose catalog names the signal's id)."""
+        sid = self.catalog.power_sid
+        if sid is None:
+            return
+        self._collect()
+        self.builder.add([(t_ms, sid, value)], True, self.now)
+        self.builder.flush()
+
     def run(self) -> None:
         """Process frames until every source ended (replays) or stop() was called."""
         if self.frame_clock:
@@ -227,7 +279,10 @@ class Pipeline:
         while active:
             if self.stop_event.is_set() and self.queue.empty():
                 break
-            timeout = 0.1 if self.frame_clock else max(0.0, min(0.1, self._due - self.clock()))
+            if self.idle_timeout is not None:
+                timeout = self.idle_timeout
+            else:
+                timeout = max(0.0, min(0.1, self._due - self.clock()))
             try:
                 index, payload = get(timeout=timeout)
             except queue.Empty:
@@ -272,7 +327,12 @@ class Pipeline:
     def _turn(self, index: int, batch: list[Any]) -> None:
         """One turn of the loop: process a batch, then timers, reloads, the watchdog."""
         if batch:
+            self.last_frame[index] = time.monotonic()
+            if self.on_activity is not None:
+                self.on_activity(index)
             self._process(index, batch)
+        while self._calls:
+            self._calls.popleft()()
         if self.now >= self._due:
             self._tick()
         if self._reload is not None:
@@ -408,6 +468,11 @@ class Pipeline:
             changed = values.items() - plan.values.items() if plan.values else values.items()
             plan.values = values
             offer_changed(changed, plan.signals, t_ms, now)
+            if plan.power and self.on_power is not None:
+                for pr in plan.power:
+                    raw = values.get(pr.signal)
+                    if raw is not None:
+                        self.on_power(pr, raw, t_ms)
             if plan.taps is not None:
                 self._tap(plan.taps, changed, t_ms, now)
             # On the recording's clock a batch spans seconds: the first sample of a new update

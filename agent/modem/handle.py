@@ -154,6 +154,19 @@ class ModemHandle:
             self.iccid = report.iccid
         return report
 
+    def send(self, command: str, candidates: Callable[[], list[str]]) -> bool:
+        """Send one command (opening the port first if needed): True on OK; never raises for
+        modem trouble."""
+        if self._t is None and not self._open(candidates, self._clock()):
+            return False
+        assert self._t is not None
+        try:
+            return self._t.command(command).ok
+        except ModemError as err:
+            log.warning("modem %s: %s failed: %s", self.name, command, err)
+            self.close()
+            return False
+
     # -- opening and finding ---------------------------------------------------------------
     def _open(self, candidates: Callable[[], list[str]], now: float) -> bool:
         if self.port is not None and self._try_open(self.port):

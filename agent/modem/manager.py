@@ -90,6 +90,11 @@ class ModemManager:
         self._errors = 0
         self._link_failures = 0
         self._error_log = Interval(_ERROR_LOG_EVERY)
+        # The lifecycle's radio power: a requested command (with low-power flag) and, while
+        # low, no checks at all (nothing to check; no timer wakes a parked box).
+        self._power_request: tuple[str, bool] | None = None
+        self._power_done = threading.Event()
+        self._low_power = False
 
     @classmethod
     def from_config(cls, cfg: Config, **kwargs: Any) -> ModemManager:
@@ -137,6 +142,32 @@ class ModemManager:
     def report_data_ok(self) -> None:
         with self._lock:
             self._policy.report_data_ok()
+
+    def set_power(self, command: str, *, low: bool, timeout: float) -> bool:
+        """Send ``command`` (e.g. AT+CFUN=4) to every modem from the manager's thread, which
+        owns the ports; while ``low``, the periodic checks pause. True once sent within
+        ``timeout``."""
+        self._power_done.clear()
+        with self._lock:
+            self._power_request = (command, low)
+        self._wake.set()
+        return self._power_done.wait(timeout)
+
+    def _apply_power(self) -> None:
+        with self._lock:
+            request, self._power_request = self._power_request, None
+        if request is None:
+            return
+        command, low = request
+        if self._pending:
+            wait(list(self._pending.values()))  # a probe in flight owns its port until it ends
+        for h in self._handles:
+            if h.name in self._pending:
+                self._pending.pop(h.name)
+            ok = h.send(command, lambda h=h: self._candidates(h))  # type: ignore[misc]
+            log.info("modem %s: %s %s", h.name, command, "OK" if ok else "failed")
+        self._low_power = low
+        self._power_done.set()
 
     def check_now(self) -> None:
         """Run the next check at once instead of at the end of the interval."""
@@ -189,10 +220,12 @@ class ModemManager:
             self._pending = {}
             while not self._stop.is_set():
                 try:
-                    self._round(pool)
+                    self._apply_power()
+                    if not self._low_power:
+                        self._round(pool)
                 except Exception:  # the manager must outlive any bug in one round
                     self._count_error("modem check failed")
-                self._wake.wait(self._cfg.check_interval)
+                self._wake.wait(None if self._low_power else self._cfg.check_interval)
                 self._wake.clear()
 
     def _round(self, pool: ThreadPoolExecutor) -> None:

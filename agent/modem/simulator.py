@@ -98,6 +98,7 @@ class ModemState:
     echo: bool = True
     cmee: int = 0
     reset_silence: float = 0.3
+    cfun: int = 1  # AT+CFUN=<n>: 1 full power, 4 radio off, 0 minimum
 
 
 def identity(ident: int) -> tuple[str, str]:
@@ -180,6 +181,8 @@ class ModemSimulator:
         self._thread: threading.Thread | None = None
         self._csq_steps = 0
         self.commands: list[str] = []
+        # Every AT+CFUN=<n> obeyed, in order: the radio power changes a test checks.
+        self.cfun_changes: list[int] = []
         self.pin_entries = 0
         self.resets = 0
         self.dropped_bytes = 0
@@ -386,6 +389,12 @@ class ModemSimulator:
         st = self.state
         if upper == "AT":
             return [], "OK"
+        if upper in ("AT+CFUN=0", "AT+CFUN=1", "AT+CFUN=4"):
+            st.cfun = int(upper[8:])
+            self.cfun_changes.append(st.cfun)
+            return [], "OK"
+        if upper == "AT+CFUN?":
+            return [f"+CFUN: {st.cfun}"], "OK"
         if upper in ("ATE0", "ATE1"):
             st.echo = upper == "ATE1"
             return [], "OK"

@@ -1,0 +1,232 @@
+"""Runs the vehicle lifecycle (agent.control.power) against the live agent.
+
+Its own thread, woken by events only: a [power] signal's new value or the first frames after
+a silence (both handed over by the pipeline), a stop request, or the next instant the state
+machine names (a silence or a sag reaching its limit); while parked nothing wakes it more often
+than ``[power] heartbeat`` (the voltage file is read then). At each transition it logs once
+with the reason, writes the state as an event sample into the data, and carries out the
+actions through the parts that own them: the pipeline commits its open batch, the uplink
+publishes the backlog until the deadline, the modem manager switches the radio's power, and
+the sleep command runs (argv, no shell, with a timeout). It decides nothing itself.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent.catalog import POWER_CHOICES, PowerRead
+from agent.config import PowerConfig
+from agent.control.power import (
+    DRIVING,
+    Action,
+    Lifecycle,
+    PowerInputs,
+    Transition,
+    settings_of,
+)
+from agent.ratelimit import RateLimitedLog
+
+log = logging.getLogger(__name__)
+rlog = RateLimitedLog(log)
+
+_STATE_VALUE = {v: k for k, v in POWER_CHOICES.items()}
+# Power changes wait at most this long for the modem manager.
+MODEM_TIMEOUT = 15.0
+
+
+class PipelineLike(Protocol):
+    last_frame: list[float | None]
+    idle_timeout: float | None
+
+    def call_soon(self, fn: Callable[[], None]) -> None: ...
+    def commit(self) -> None: ...
+    def write_power_state(self, value: int, t_ms: int) -> None: ...
+
+
+class PowerController:
+    def __init__(
+        self,
+        cfg: PowerConfig,
+        pipeline: PipelineLike,
+        buses: list[str],
+        *,
+        upload: Callable[[float], bool] | None = None,
+        modem_power: Callable[[str, bool], bool] | None = None,
+        on_change: Callable[[Transition], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.cfg = cfg
+        self.pipeline = pipeline
+        self.buses = buses
+        self.upload = upload
+        self.modem_power = modem_power
+        self.on_change = on_change
+        self.clock = clock
+        self.machine = Lifecycle(settings_of(cfg), clock)
+        self.wall_since = time.time()
+        self._values: collections.deque[tuple[PowerRead, float, str | None, float]] = (
+            collections.deque(maxlen=256)
+        )
+        self.dropped_values = 0
+        self._ignition: tuple[float | str, str | None, float, str] | None = None
+        self._volts: float | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="power", daemon=True)
+        self.sleeps = 0
+        self.sleep_failures = 0
+
+    # -- inputs (other threads) ------------------------------------------------------------
+    def on_value(self, read: PowerRead, raw: float, t_ms: int) -> None:
+        """From the pipeline thread: a [power] signal's decoded (raw) value changed."""
+        label = read.choices.get(int(raw)) if read.choices else None
+        value = raw * read.scale + read.offset
+        if len(self._values) == self._values.maxlen:
+            self.dropped_values += 1
+        self._values.append((read, value, label, self.clock()))
+        self._wake.set()
+
+    def on_activity(self, index: int) -> None:
+        """From the pipeline thread, per batch of frames: wakes the controller only when the
+        state could change with it (not while driving)."""
+        if self.machine.state != DRIVING:
+            self._wake.set()
+
+    # -- life cycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def status(self) -> dict[str, Any]:
+        m = self.machine
+        return {
+            "state": m.state,
+            "since": round(self.wall_since, 3),
+            "reason": m.reason,
+            "volts": m.volts,
+        }
+
+    # -- the thread --------------------------------------------------------------------------
+    def _inputs(self) -> PowerInputs:
+        last = dict(zip(self.buses, self.pipeline.last_frame, strict=True))
+        ign = self._ignition
+        if ign is None:
+            return PowerInputs(last_frame=last, volts=self._volts)
+        value, label, at, bus = ign
+        # The ignition message is cyclic; an unchanged payload is not decoded again, so the
+        # value is as fresh as the last frame of its bus.
+        seen = last.get(bus)
+        return PowerInputs(
+            last_frame=last,
+            ignition=value,
+            ignition_label=label,
+            ignition_at=max(at, seen) if seen is not None else at,
+            volts=self._volts,
+        )
+
+    def _read_voltage_file(self) -> None:
+        path = self.cfg.voltage_file
+        if path is None:
+            return
+        try:
+            self._volts = float(Path(path).read_text().split()[0]) * self.cfg.voltage_scale
+        except (OSError, ValueError, IndexError) as err:
+            self._volts = None
+            rlog.warning(("voltage", str(path)), "power: cannot read %s: %s", path, err)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._read_voltage_file()
+            while self._values:
+                read, value, label, at = self._values.popleft()
+                if read.role == "voltage":
+                    self._volts = value
+                else:
+                    self._ignition = (value, label, at, read.bus)
+                self._step()
+            self._step()
+            wait = self.machine.next_check(self._inputs())
+            if self.cfg.voltage_file is not None or self.machine.state == DRIVING:
+                wait = self.cfg.heartbeat if wait is None else min(wait, self.cfg.heartbeat)
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def _step(self) -> None:
+        t = self.machine.step(self._inputs())
+        if t is None:
+            return
+        self.wall_since = time.time() - (self.clock() - t.since)
+        volts = "" if t.volts is None else f" (battery {t.volts:.2f} V)"
+        log.warning("power: %s -> %s: %s%s", t.previous, t.state, t.reason, volts)
+        value, t_ms = _STATE_VALUE[t.state], int(time.time() * 1000)
+        self.pipeline.call_soon(lambda: self.pipeline.write_power_state(value, t_ms))
+        if self.on_change is not None:
+            self.on_change(t)
+        for action in t.actions:
+            self._do(action, t)
+
+    def _do(self, action: Action, t: Transition) -> None:
+        if action is Action.COMMIT:
+            done = threading.Event()
+
+            def commit() -> None:
+                self.pipeline.commit()
+                done.set()
+
+            self.pipeline.call_soon(commit)
+            if not done.wait(10.0):
+                log.warning("power: the pipeline did not commit within 10 s")
+        elif action is Action.UPLOAD and self.upload is not None:
+            assert t.upload_deadline is not None
+            left = max(0.0, t.upload_deadline - self.clock())
+            drained = self.upload(left)
+            log.info(
+                "power: backlog %s", "uploaded" if drained else f"not all uploaded in {left:g} s"
+            )
+        elif action is Action.MODEM_LOW:
+            self.pipeline.idle_timeout = self.cfg.heartbeat
+            if self.modem_power is not None:
+                self.modem_power(self.cfg.modem_low_power, True)
+        elif action is Action.MODEM_FULL:
+            self.pipeline.idle_timeout = None
+            if self.modem_power is not None:
+                self.modem_power(self.cfg.modem_full_power, False)
+        elif action is Action.SLEEP:
+            self._sleep()
+
+    def _sleep(self) -> None:
+        argv = self.cfg.sleep_command
+        if not argv:
+            return
+        self.sleeps += 1
+        try:
+            done = subprocess.run(
+                argv,
+                timeout=self.cfg.sleep_timeout,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as err:
+            self.sleep_failures += 1
+            log.error("power: sleep command %s failed: %s", argv[0], err)
+            return
+        if done.returncode != 0:
+            self.sleep_failures += 1
+            log.error(
+                "power: sleep command %s exited %d: %s",
+                argv[0],
+                done.returncode,
+                done.stderr.decode(errors="replace").strip()[:200],
+            )

@@ -1,0 +1,215 @@
+"""The vehicle lifecycle in the whole agent: ignition cycles, silent buses, a battery sag.
+
+The agent runs in this process (a thread) so python-can's ``virtual`` bus can feed it; the
+modem is the simulator on a real pseudo-terminal (it records every AT+CFUN), updates and the
+retained status go through a real mosquitto, and the sleep command is a small script that
+records its calls in a file.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import can
+
+from agent.catalog import POWER_SIGNAL
+from agent.config import load_config
+from agent.daemon import Agent, RunResult, prepare
+from agent.modem.simulator import ModemSimulator
+from agent.spime import decode_update
+from tests.support.agentrun import write_config
+from tests.support.broker import Mosquitto, Subscriber
+from tests.support.e2e import DATA_TOPIC, retained_status
+from tests.support.wait import wait_for
+
+WAIT = 30.0
+DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 256 Engine: 8 ECU
+ SG_ Counter : 0|16@1+ (1,0) [0|65535] "" Vector__XXX
+BO_ 512 Body: 8 ECU
+ SG_ Ignition : 0|8@1+ (1,0) [0|3] "" Vector__XXX
+VAL_ 512 Ignition 0 "Off" 1 "Acc" 2 "Run" ;
+"""
+SLEEPER = """import sys, time
+with open(sys.argv[1], "a") as f:
+    f.write(f"{time.monotonic()}\\n")
+"""
+
+
+def _config(tmp_path: Path, channel: str, extra: str) -> Path:
+    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    return write_config(
+        tmp_path / "agent.toml",
+        [{"name": "car", "interface": "virtual", "channel": channel, "dbc": ["car.dbc"]}],
+        extra="[updates]\nmax_age = 0.05\n" + extra,
+    )
+
+
+@contextmanager
+def running(cfg_path: Path, *, dry_run: bool) -> Iterator[tuple[Agent, list[dict[str, Any]]]]:
+    cfg = load_config(cfg_path)
+    seen: list[dict[str, Any]] = []
+    agent = Agent(cfg, prepare(cfg), dry_run=dry_run, on_json=seen.append if dry_run else None)
+    result: list[RunResult] = []
+    thread = threading.Thread(target=lambda: result.append(agent.run()), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: agent.pipeline.source_states().get("car") == "up", WAIT, "bus up")
+        yield agent, seen
+    finally:
+        agent.request_stop()
+        thread.join(WAIT)
+    assert not thread.is_alive()
+    assert result and result[0].exit_code == 0
+
+
+def _state(agent: Agent) -> str:
+    return agent.status()["power"]["state"]  # type: ignore[no-any-return]
+
+
+def _frame(car: can.BusABC, arbitration_id: int, value: int) -> None:
+    car.send(
+        can.Message(
+            arbitration_id=arbitration_id,
+            data=value.to_bytes(2, "little") + bytes(6),
+            is_extended_id=False,
+        )
+    )
+
+
+def test_ignition_cycles_park_and_wake_modem_and_sleep_with_nothing_lost(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    channel = f"power-{uuid.uuid4().hex[:8]}"
+    calls = tmp_path / "sleep-calls"
+    cycles = 6
+    with ExitStack() as stack:
+        sim = stack.enter_context(ModemSimulator("healthy", ident=1))
+        cfg = _config(
+            tmp_path,
+            channel,
+            f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_min = 0.1\n'
+            "reconnect_max = 0.5\n"
+            '[outbox]\npath = "outbox.db"\ncommit_interval = 0.05\n'
+            f'[[modem]]\nname = "a"\nport = "{sim.port}"\n'
+            f'[modems]\ncheck_interval = 0.2\npin_ledger = "{tmp_path / "pins"}"\n'
+            "[power]\n"
+            'ignition = "Body.Ignition"\n'
+            'ignition_on = ["Run", 3]\n'
+            "park_after = 600\npark_upload = 1\n"
+            f'sleep_command = ["{sys.executable}", "{tmp_path / "sleeper.py"}", "{calls}"]\n',
+        )
+        data = stack.enter_context(
+            Subscriber(broker, DATA_TOPIC, reconnect=True, client_id="sub-d")
+        )
+        agent, _ = stack.enter_context(running(cfg, dry_run=False))
+        car = stack.enter_context(can.Bus(interface="virtual", channel=channel, ignore_config=True))
+        sent: set[int] = set()
+        value = 1
+        for cycle in range(1, cycles + 1):
+            _frame(car, 0x200, 2)  # Run
+            wait_for(lambda: _state(agent) == "driving", WAIT, "driving")
+            for _ in range(10):
+                _frame(car, 0x100, value)
+                sent.add(value)
+                value += 1
+            if cycle % 2 == 0:
+                broker.stop()  # the backlog waits in the outbox across the park
+            _frame(car, 0x200, 0)  # Off
+            wait_for(lambda: _state(agent) == "parked", WAIT, "parked")
+            wait_for(
+                lambda n=cycle: calls.exists() and len(calls.read_text().splitlines()) == n,
+                WAIT,
+                "sleep command called",
+            )
+            assert sim.cfun_changes[-1] == 4
+            if cycle % 2 == 0:
+                # Back first for the subscriber only, so nothing the agent sends after the
+                # restart can slip past it (the agent's client id, its VIN, is refused).
+                broker.clientid_prefixes = "sub-"
+                broker.start()
+                assert data.wait_subscribed(WAIT)
+                broker.clientid_prefixes = None
+                broker.reload()
+        doc = agent.status()["power"]
+        assert doc["reason"] == "ignition off" and doc["volts"] is None
+        _frame(car, 0x200, 2)
+        wait_for(lambda: _state(agent) == "driving", WAIT, "driving again")
+        wait_for(lambda: sim.cfun_changes[-1:] == [1], WAIT, "modem at full power")
+        assert sim.cfun_changes == [4, 1] * cycles
+        assert agent.status()["power"]["reason"] == "ignition on"
+
+        def received() -> tuple[set[int], list[str]]:
+            values: set[int] = set()
+            states: list[str] = []
+            for m in data.messages:
+                for s in decode_update(m.payload, agent.catalog.schema)["samples"]:
+                    if s["signal"] == "Engine.Counter":
+                        values.add(int(s["value"]))
+                    elif s["signal"] == POWER_SIGNAL:
+                        states.append(s["value"])
+            return values, states
+
+        wait_for(lambda: sent <= received()[0], WAIT, "every value delivered")
+        # Each transition as an event in the data: 6 parks, 6 wakes (the first "Run" found
+        # the agent driving already). A broker restart may repeat a QoS 1 delivery.
+        wait_for(lambda: len(received()[1]) >= 2 * cycles, WAIT, "every transition")
+        assert set(received()[1]) == {"parked", "driving"}
+        assert retained_status(broker)["power"]["state"] == "driving"
+
+
+def test_every_bus_silent_parks_and_a_frame_wakes(tmp_path: Path) -> None:
+    channel = f"power-{uuid.uuid4().hex[:8]}"
+    cfg = _config(tmp_path, channel, "[power]\npark_after = 0.5\n")
+    with (
+        running(cfg, dry_run=True) as (agent, seen),
+        can.Bus(interface="virtual", channel=channel, ignore_config=True) as car,
+    ):
+        _frame(car, 0x100, 7)
+        wait_for(lambda: _state(agent) == "parked", WAIT, "parked for silence")
+        assert agent.status()["power"]["reason"] == "every bus silent for 0.5 s"
+        _frame(car, 0x100, 8)
+        wait_for(lambda: _state(agent) == "driving", WAIT, "woken by a frame")
+        assert agent.status()["power"]["reason"] == "bus activity"
+
+        def events() -> list[Any]:
+            return [s["value"] for u in seen for s in u["samples"] if s["signal"] == POWER_SIGNAL]
+
+        wait_for(lambda: events() == ["parked", "driving"], WAIT, "transitions in the data")
+
+
+def test_voltage_sag_below_cutoff_then_recovery(tmp_path: Path) -> None:
+    channel = f"power-{uuid.uuid4().hex[:8]}"
+    volts = tmp_path / "in_voltage0_raw"
+    volts.write_text("12600\n")
+    calls = tmp_path / "sleep-calls"
+    cfg = _config(
+        tmp_path,
+        channel,
+        "[power]\npark_after = 600\ncutoff_after = 0.3\nheartbeat = 0.1\n"
+        f'voltage_file = "{volts}"\nvoltage_scale = 0.001\n'
+        f'sleep_command = ["{sys.executable}", "{tmp_path / "sleeper.py"}", "{calls}"]\n',
+    )
+    with running(cfg, dry_run=True) as (agent, _):
+        wait_for(lambda: agent.status()["power"]["volts"] == 12.6, WAIT, "voltage read")
+        volts.write_text("11900\n")
+        wait_for(lambda: _state(agent) == "low_voltage", WAIT, "low voltage")
+        doc = agent.status()["power"]
+        assert doc["reason"] == "battery 11.90 V below 12.2 V for 0.3 s"
+        wait_for(lambda: calls.exists(), WAIT, "sleep command run")
+        volts.write_text("12400\n")  # above the cut-off, below resume_volts: stays cut off
+        wait_for(lambda: agent.status()["power"]["volts"] == 12.4, WAIT, "voltage read")
+        assert _state(agent) == "low_voltage"
+        volts.write_text("12900\n")
+        wait_for(lambda: _state(agent) != "low_voltage", WAIT, "recovered")
+        assert "back above 12.6 V" in agent.status()["power"]["reason"]
