@@ -349,6 +349,11 @@ def _size_receive_buffer(bus: Any, name: str, size: int) -> None:
         )
 
 
+# An idle read's timeout while driving (stop requests are seen this fast), and at most while
+# parked.
+IDLE_RECV, IDLE_RECV_PARKED = 0.05, 5.0
+
+
 @dataclass
 class SourceStatus:
     name: str
@@ -387,6 +392,9 @@ class Source:
         self.status = SourceStatus(cfg.name, "replay" if cfg.is_replay else cfg.interface)
         self._last_frame = clock()
         self._bus: Any = None
+        # How long an idle read blocks: each timeout wakes the process, so a parked car's
+        # lifecycle raises it (agent.lifecycle); a stop request waits at most this long.
+        self.idle_recv = IDLE_RECV
         self._read_error: SourceError | None = None
         self._thread = threading.Thread(target=self._main, name=f"source-{cfg.name}", daemon=True)
 
@@ -667,7 +675,7 @@ class Source:
         next_drop_check = now + DROP_CHECK_SECONDS
         while not stop.is_set():
             # Block long when idle; with a batch open, only until it is due.
-            msg = recv(max(0.0, started + BATCH_SECONDS - now) if batch else 0.05)
+            msg = recv(max(0.0, started + BATCH_SECONDS - now) if batch else self.idle_recv)
             now = clock()
             if msg is not None:
                 if not batch:

@@ -43,9 +43,9 @@ MODEM_TIMEOUT = 15.0
 
 class PipelineLike(Protocol):
     last_frame: list[float | None]
-    idle_timeout: float | None
 
     def call_soon(self, fn: Callable[[], None]) -> None: ...
+    def set_idle(self, timeout: float | None) -> None: ...
     def commit(self) -> None: ...
     def write_power_state(self, value: int, t_ms: int) -> None: ...
 
@@ -195,11 +195,11 @@ class PowerController:
                 "power: backlog %s", "uploaded" if drained else f"not all uploaded in {left:g} s"
             )
         elif action is Action.MODEM_LOW:
-            self.pipeline.idle_timeout = self.cfg.heartbeat
+            self.pipeline.set_idle(self.cfg.heartbeat)
             if self.modem_power is not None:
                 self.modem_power(self.cfg.modem_low_power, True)
         elif action is Action.MODEM_FULL:
-            self.pipeline.idle_timeout = None
+            self.pipeline.set_idle(None)
             if self.modem_power is not None:
                 self.modem_power(self.cfg.modem_full_power, False)
         elif action is Action.SLEEP:

@@ -25,7 +25,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent.can_source import BATCH, END, Source, paced_batches
+from agent.can_source import (
+    BATCH,
+    END,
+    IDLE_RECV,
+    IDLE_RECV_PARKED,
+    Source,
+    paced_batches,
+)
 from agent.catalog import EXTENDED, Catalog, MessagePlan, PowerRead
 from agent.config import Config
 from agent.decode import DecodeError, raw_decoder
@@ -238,6 +245,16 @@ class Pipeline:
     def stop(self) -> None:
         """Ask the pipeline to finish: sources stop, held values are flushed."""
         self.stop_event.set()
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait((-1, None))  # a loop blocked while parked sees it at once
+
+    def set_idle(self, timeout: float | None) -> None:
+        """Parked (``timeout``: the longest block of the loop) or running (None): while parked
+        the loop and the readers block until a frame arrives instead of turning 10-20 times a
+        second; frames are still read and processed as they come."""
+        self.idle_timeout = timeout
+        for src in self.sources:
+            src.idle_recv = IDLE_RECV if timeout is None else min(timeout, IDLE_RECV_PARKED)
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Thread-safe: run ``fn`` in the pipeline's thread at its next turn (the builder and

@@ -1311,6 +1311,151 @@ def bench_capture_latency(
     )
 
 
+def _ctx_switches(pid: int, exclude: set[int]) -> int:
+    """Voluntary context switches of the threads of ``pid`` (each one is a wake-up), except the
+    threads in ``exclude`` (the bench's own)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        if int(task.name) in exclude:
+            continue
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue  # a thread that ended meanwhile
+    return total
+
+
+def _ready_seconds(work: Path) -> float:
+    """Start of `spime-agent run` (a subprocess, the demo config publishing to a local port
+    with nothing listening) -> READY=1 on its NOTIFY_SOCKET."""
+    import socket
+
+    cfg_path = work / "ready.toml"
+    write_config(
+        cfg_path,
+        [{"name": "demo", "interface": "virtual", "channel": "ready", "dbc": [str(DEMO_DBC)]}],
+        mqtt_port=1,
+        outbox=work / "ready-outbox.db",
+    )
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    addr = str(work / f"notify-{uuid.uuid4().hex[:8]}.sock")
+    notify.bind(addr)
+    notify.settimeout(30)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [str(AGENT_CLI), "run", "--config", str(cfg_path)],
+        env={**os.environ, "NOTIFY_SOCKET": addr},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while b"READY=1" not in notify.recv(4096):
+            pass
+        return time.monotonic() - t0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        notify.close()
+
+
+def bench_power(plan: Plan, report: Report, port: int, work: Path) -> None:
+    """The lifecycle (issue 10): start -> READY, wake-ups per minute while parked, and the first
+    frame after parking -> its update at a subscriber (the broker's PUBACK goes out with it)."""
+    readies = sorted(_ready_seconds(work) for _ in range(3 if plan.quick else 5))
+    ready = statistics.median(readies)
+    report.verdict(
+        "start -> READY (`spime-agent run`, demo config, publishing)",
+        "<= 0.5 s",
+        f"median {ready:.2f} s ({', '.join(f'{r:.2f}' for r in readies)})",
+        ready <= 0.5,
+    )
+    channel = f"power-{uuid.uuid4().hex[:8]}"
+    cfg = write_config(
+        work / "power.toml",
+        [{"name": "car", "interface": "virtual", "channel": channel, "dbc": [str(DEMO_DBC)]}],
+        mqtt_port=port,
+        outbox=work / "power-outbox.db",
+        extra=("[power]\npark_after = 1\npark_upload = 2\nheartbeat = 60\n"),
+    )
+    agent = Agent(cfg, prepare(cfg), dry_run=False)
+    bench_threads = {threading.get_native_id()}
+    runner = threading.Thread(target=agent.run, daemon=True)
+    runner.start()
+    sub = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    got = threading.Event()
+    sub.on_message = lambda c, u, m: got.set()
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe(DATA_TOPIC, 1)
+    sub.connect("127.0.0.1", port)
+    sub.loop_start()
+    car = can.Bus(interface="virtual", channel=channel, ignore_config=True)
+    samples: list[float] = []
+
+    def state() -> str:
+        return str(agent.status()["power"]["state"])
+
+    try:
+        assert sub._thread is not None  # paho's loop thread: the bench's, not the agent's
+        bench_threads.add(sub._thread.native_id or 0)
+        door = 0
+        cycles = 5 if plan.quick else 20
+        for _ in range(cycles):
+            if not wait_until(lambda: state() == "parked", 60):
+                raise BenchError("the agent did not park within 60 s")
+            time.sleep(0.3)  # the park actions (commit, upload, radio) finish
+            got.clear()
+            door ^= 1
+            t = time.monotonic()
+            car.send(
+                can.Message(
+                    arbitration_id=DOORS_ID, data=bytes([door]) + bytes(7), is_extended_id=False
+                )
+            )
+            if not got.wait(30):
+                raise BenchError("no update after a wake within 30 s")
+            samples.append(time.monotonic() - t)
+        window = 15.0 if plan.quick else 60.0
+        if not wait_until(lambda: state() == "parked", 60):
+            raise BenchError("the agent did not park within 60 s")
+        time.sleep(3.0)
+        pid = os.getpid()
+        before, cpu0 = _ctx_switches(pid, bench_threads), time.thread_time()
+        proc0 = time.process_time()
+        time.sleep(window)
+        wakes = (_ctx_switches(pid, bench_threads) - before) * 60.0 / window
+        cpu_h = (time.process_time() - proc0 - (time.thread_time() - cpu0)) * 3600.0 / window
+    finally:
+        car.shutdown()
+        sub.loop_stop()
+        sub.disconnect()
+        agent.request_stop()
+        runner.join(15)
+    p50, p99 = percentile(samples, 50), percentile(samples, 99)
+    report.verdict(
+        "parked: wake-ups per minute (agent threads, voluntary context switches)",
+        "<= 60",
+        f"{wakes:.0f}/min over {window:.0f} s",
+        wakes <= 60,
+    )
+    report.verdict("parked: CPU seconds per hour (process)", "", f"{cpu_h:.1f} s/h", None)
+    report.verdict(
+        "wake (first frame after parking) -> its update at a subscriber",
+        "p99 <= 2 s",
+        f"p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms ({len(samples)} wakes)",
+        p99 <= 2.0,
+    )
+    report.section(
+        "Lifecycle",
+        "Agent in this process on a `virtual` bus (`park_after = 1`, local broker); "
+        f"{len(samples)} park/wake cycles; wake-ups from /proc/self/task/*/status over "
+        f"{window:.0f} s parked, the bench's own threads left out.",
+    )
+
+
 def header(plan: Plan, started: float) -> list[str]:
     return [
         "# spime-agent bench",
@@ -1347,6 +1492,15 @@ def run(plan: Plan, work: Path) -> Report:
         bench_wire(report, drive, demo_cost, port, work)
         bench_capture_latency(plan, report, frames, port, work)
         bench_commands(plan, report, port, work)
+        bench_power(plan, report, port, work)
+    return report
+
+
+def run_power_only(plan: Plan, work: Path) -> Report:
+    report = Report()
+    broker = Mosquitto(work / "broker", log_types=("error", "warning", "notice", "information"))
+    with broker:
+        bench_power(plan, report, broker.port, work)
     return report
 
 
@@ -1354,13 +1508,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shortened smoke run (< 60 s)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.md")
+    parser.add_argument("--power", action="store_true", help="only the lifecycle measurements")
     args = parser.parse_args(argv)
     plan = Plan.make(args.quick)
     started = time.time()
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="spime-bench-"))
     try:
-        report = run(plan, work)
+        report = run_power_only(plan, work) if args.power else run(plan, work)
     except (BenchError, BrokerError) as err:
         print(f"bench: {err}", file=sys.stderr)
         return 1
