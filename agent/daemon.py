@@ -106,6 +106,7 @@ class Agent:
         self.started = time.time()
         self.pipeline = Pipeline(cfg, catalog, boot=self.boot, sink=self._sink)
         self.pipeline.on_loop = self._on_loop
+        self.pipeline.watchdog_every = self.notifier.watchdog_interval
         self.power: PowerController | None = None
         if cfg.power is not None:
             self.power = PowerController(

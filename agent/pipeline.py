@@ -142,6 +142,8 @@ class Pipeline:
         self._calls: collections.deque[Callable[[], None]] = collections.deque(maxlen=64)
         # While parked: the loop blocks until a frame arrives or this long passes.
         self.idle_timeout: float | None = None
+        # systemd's watchdog interval when there is one: parked, the loop still turns this often.
+        self.watchdog_every: float | None = None
         self.dropped_calls = 0
 
     def _load(self, cfg: Config, catalog: Catalog, *, seq: int) -> None:
@@ -252,6 +254,8 @@ class Pipeline:
         """Parked (``timeout``: the longest block of the loop) or running (None): while parked
         the loop and the readers block until a frame arrives instead of turning 10-20 times a
         second; frames are still read and processed as they come."""
+        if timeout is not None and self.watchdog_every is not None:
+            timeout = min(timeout, self.watchdog_every)  # the loop's turns feed the watchdog
         self.idle_timeout = timeout
         for src in self.sources:
             src.idle_recv = IDLE_RECV if timeout is None else min(timeout, IDLE_RECV_PARKED)
