@@ -178,9 +178,14 @@ def test_every_bus_silent_parks_and_a_frame_wakes(tmp_path: Path) -> None:
         _frame(car, 0x100, 7)
         wait_for(lambda: _state(agent) == "parked", WAIT, "parked for silence")
         assert agent.status()["power"]["reason"] == "every bus silent for 0.5 s"
+        # Parked, nothing polls: the loop blocks for the heartbeat, the readers for seconds.
+        wait_for(lambda: agent.pipeline.idle_timeout == 60.0, WAIT, "idle pipeline")
+        assert [s.idle_recv for s in agent.pipeline.sources] == [5.0]
         _frame(car, 0x100, 8)
         wait_for(lambda: _state(agent) == "driving", WAIT, "woken by a frame")
         assert agent.status()["power"]["reason"] == "bus activity"
+        wait_for(lambda: agent.pipeline.idle_timeout is None, WAIT, "pipeline running")
+        assert [s.idle_recv for s in agent.pipeline.sources] == [0.05]
 
         def events() -> list[Any]:
             return [s["value"] for u in seen for s in u["samples"] if s["signal"] == POWER_SIGNAL]
