@@ -124,6 +124,17 @@ def render(snap: StatusSnapshot, *, now: float | None = None) -> list[str]:
     else:
         lines.append("connection: not publishing (no uplink)")
 
+    power = _section(doc, "power")
+    if power:
+        since = power.get("since")
+        ago = f" for {_duration(now - since)}" if isinstance(since, int | float) else ""
+        volts = power.get("volts")
+        battery = f"; battery {volts:.2f} V" if isinstance(volts, int | float) else ""
+        lines.append(
+            f"power: {power.get('state', '?')}{ago} ({power.get('reason', 'no reason given')})"
+            f"{battery}"
+        )
+
     modems = _section(doc, "modems")
     if modems:
         reason = _section(modems, "reason")

@@ -196,3 +196,12 @@ def test_concurrent_reader_never_sees_a_partial_document(tmp_path: Path) -> None
         stop.set()
         t.join(10)
     assert not t.is_alive()
+
+
+def test_power_line_names_state_reason_and_battery(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    now = time.time()
+    power = {"state": "parked", "since": now - 120, "reason": "ignition off", "volts": 12.43}
+    write_status(path, {"vin": "WVWZZZ1JZXW000001", "power": power})
+    lines = render(read_status(path), now=now)
+    assert "power: parked for 2min (ignition off); battery 12.43 V" in lines, lines
