@@ -76,6 +76,8 @@ class Rig:
         mgr.start()
         self.stack.callback(mgr.stop)
         wait_for(lambda: mgr.active() is not None, DEADLINE, "a first choice")
+        # The policy's choice is visible before the manager has reported it to on_switch.
+        wait_for(lambda: self.switches, DEADLINE, "the first choice reported to on_switch")
         return mgr
 
 
@@ -271,6 +273,7 @@ def test_a_wedged_standby_does_not_delay_the_failover_of_the_active_modem(rig: R
     wait_for(lambda: sim_b.commands == ["AT", "ATE0"], DEADLINE, "b waiting for its ATE0 answer")
     rig.sims["a"].set(sim="absent")
     wait_for(lambda: switched_to(mgr, "c", "sim_missing"), DEADLINE, "the failover to c")
+    wait_for(lambda: seen_by_b, DEADLINE, "the switch reported to on_switch")
     assert seen_by_b == [["AT", "ATE0"]]  # b was still in its first probe
     status = mgr.status()
     assert status["modems"]["b"]["problem"]["code"] == "not_responding"
