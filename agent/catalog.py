@@ -103,6 +103,7 @@ class PowerRead:
 # The lifecycle's event signal in the data (README, Lifecycle): one sample per transition.
 POWER_SIGNAL = "Vehicle.PowerState"
 POWER_CHOICES = {0: "driving", 1: "parked", 2: "low_voltage"}
+POWER_CATEGORY = "driving"
 
 
 @dataclass(frozen=True)
@@ -378,7 +379,9 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
     warnings = tuple(w for f in files.values() for w in f.warnings)
     defs = [s.definition for s in selected]
     power_sid = None
-    if cfg.power is not None:
+    # Trips (when the car is driven and parked) are driving data: sent only with that consent;
+    # the lifecycle itself runs either way.
+    if cfg.power is not None and _consent(cfg, POWER_CATEGORY) == "exact":
         power_sid = len(defs)
         defs.append(
             SignalDef(
@@ -387,6 +390,7 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
                 choices=POWER_CHOICES,
                 priority="event",
                 source="power",
+                category=POWER_CATEGORY,
             )
         )
     return Catalog(

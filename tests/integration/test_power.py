@@ -218,3 +218,16 @@ def test_voltage_sag_below_cutoff_then_recovery(tmp_path: Path) -> None:
         volts.write_text("12900\n")
         wait_for(lambda: _state(agent) != "low_voltage", WAIT, "recovered")
         assert "back above 12.6 V" in agent.status()["power"]["reason"]
+
+
+def test_the_state_event_is_sent_only_with_driving_consent(tmp_path: Path) -> None:
+    for granted, sent in (('["vehicle_health"]', False), ('["driving"]', True)):
+        cfg = load_config(
+            _config(
+                tmp_path,
+                "unused",
+                f'[power]\n[consent]\ngranted = {granted}\ndefault_category = "driving"\n',
+            )
+        )
+        names = [s.name for s in prepare(cfg).schema.signals]
+        assert (POWER_SIGNAL in names) is sent, granted
