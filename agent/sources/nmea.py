@@ -30,6 +30,8 @@ from typing import Literal
 
 import pynmea2
 
+from agent.policy.geo import Fix
+
 GnssState = Literal["fix", "no fix", "gnss down"]
 # NMEA 0183 allows 82 characters; some receivers send longer proprietary sentences.
 MAX_LINE = 200
@@ -37,25 +39,6 @@ KNOT_KMH = 1.852
 # HorizontalAccuracy estimated from HDOP: HDOP times a typical user range error of 5 m.
 UERE_M = 5.0
 _TYPES = frozenset({"RMC", "GGA", "GSA", "VTG"})
-
-
-@dataclass(frozen=True)
-class Fix:
-    """One receiver epoch with a valid position; ``t`` is the receiver's UTC in Unix ms."""
-
-    t: int
-    lat: float
-    lon: float
-    altitude: float | None = None
-    speed: float | None = None  # km/h over ground
-    heading: float | None = None  # degrees from true north
-    hdop: float | None = None
-    quality: int = 1  # GGA quality indicator (1 GPS, 2 DGPS, 4 RTK fixed...), 1 from RMC alone
-    satellites: int | None = None
-
-    @property
-    def horizontal_accuracy(self) -> float | None:
-        return None if self.hdop is None else round(self.hdop * UERE_M, 1)
 
 
 @dataclass
@@ -236,6 +219,7 @@ class NmeaReader:
                 hdop=ep.hdop,
                 quality=ep.quality or 1,
                 satellites=ep.satellites,
+                accuracy=None if ep.hdop is None else round(ep.hdop * UERE_M, 1),
             )
         )
 
