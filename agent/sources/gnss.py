@@ -55,6 +55,7 @@ class NmeaSource:
         self.trip_gap = trip_gap
         self.state: str = "gnss down"
         self.dropped = 0
+        self.opens = 0  # times the port was opened (pyserial discards what came before)
         self._queue: deque[Fix] = deque()
         self._limit = queue_limit
         self._lock = threading.Lock()
@@ -128,6 +129,7 @@ class NmeaSource:
                 self._set_state(self._clock())
                 self._stop.wait(backoff.next_delay())
                 continue
+            self.opens += 1
             backoff.succeeded()
             try:
                 while not self._stop.is_set():

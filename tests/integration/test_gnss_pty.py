@@ -47,6 +47,8 @@ def test_a_drive_over_a_pty_gives_private_sampled_fixes_and_reports_the_gap(
     )
     src.start()
     try:
+        # opening the port flushes its input: write only once it is open
+        wait_for(lambda: src.opens == 1, 10, "the port open")
         sent = 0
         for i in range(200):
             data = epoch(TALKERS[i % len(TALKERS)], i, *position(i))
