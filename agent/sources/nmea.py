@@ -25,6 +25,7 @@ It does not open ports (agent.sources.gnss) nor decide which fixes are sent (age
 from __future__ import annotations
 
 import datetime as dt
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -59,9 +60,13 @@ class _Epoch:
 
 
 def _opt_float(v: object) -> float | None:
+    """A field as a finite float, None when empty; NaN and infinities are malformed."""
     if v is None or v == "":
         return None
-    return float(v)  # type: ignore[arg-type]
+    f = float(v)  # type: ignore[arg-type]
+    if not math.isfinite(f):
+        raise ValueError(f"not a finite number: {v}")
+    return f
 
 
 @dataclass
@@ -127,7 +132,8 @@ class NmeaReader:
             return
         try:
             self._sentence(msg, kind, now, out)
-        except (ValueError, TypeError, AttributeError, ArithmeticError):
+        except (ValueError, TypeError, AttributeError, ArithmeticError, IndexError, KeyError):
+            # IndexError: pynmea2 leaves trailing fields a short sentence lacks out of .data
             self.counters["malformed"] += 1
             return
         self.counters["sentences"] += 1
@@ -163,8 +169,13 @@ class NmeaReader:
             altitude = _opt_float(msg.altitude)  # type: ignore[attr-defined]
             hdop = _opt_float(msg.horizontal_dil)  # type: ignore[attr-defined]
             sats = int(msg.num_sats) if msg.num_sats else None  # type: ignore[attr-defined]
-        if lat is not None and not (-90 <= lat <= 90 and -180 <= lon <= 180):  # type: ignore[operator]
-            raise ValueError("position out of range")
+        if lat is not None:
+            if msg.lat_dir not in ("N", "S") or msg.lon_dir not in ("E", "W"):  # type: ignore[attr-defined]
+                raise ValueError("bad hemisphere")
+            if not (-90 <= lat <= 90 and -180 <= lon <= 180):  # type: ignore[operator]
+                raise ValueError("position out of range")
+        if kind == "GGA" and not 0 <= quality <= 9:
+            raise ValueError("GGA quality out of range")
         ep = self._epoch
         if ep is not None and ep.tod != tod:
             self._close(now, out)

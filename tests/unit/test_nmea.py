@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import operator
 
 import pytest
@@ -60,6 +61,13 @@ def test_every_talker_gives_the_same_fix(talker: str) -> None:
         (s("GPRMC,123519,A,9907.038,N,01131.000,E,,,230394,,"), "malformed"),  # lat > 90
         (s("GPGSV,3,1,11,03,03,111,00,04,15,270,00,06,01,010,00,13,06,292,00"), "ignored"),
         (s("PUBX,00,foo"), "ignored"),  # proprietary
+        (s("GPRMC,123519,A"), "malformed"),  # short: fields missing
+        (s("GPRMC,123519,A,4807.038,N,01131.000,E"), "malformed"),
+        (s("GPVTG"), "malformed"),
+        (s("GPRMC,123519,A,4807.038,X,01131.000,E,,,230394,,"), "malformed"),  # hemisphere
+        (s("GPGGA,123519,4807.038,N,01131.000,E,99,08,0.9,545.4,M,,,,"), "malformed"),
+        (s("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,nan,M,,,,"), "malformed"),
+        (s("GPRMC,123519,A,4807.038,N,01131.000,E,inf,0,230394,,"), "malformed"),
     ],
 )
 def test_bad_or_other_sentences_are_counted_and_give_no_fix(line: bytes, counter: str) -> None:
@@ -133,6 +141,22 @@ def test_receiver_silence_is_gnss_down_and_a_stale_fix_is_no_fix() -> None:
     # sentences keep coming but no epoch closes: the old position is not a fix any more
     r.feed(s("GPGSV,1,1,00"), 13.5)
     assert r.state(13.5) == "no fix"
+
+
+fields = st.lists(
+    st.sampled_from(["", "A", "V", "N", "S", "E", "W", "1", "0", "nan", "inf", "-1", "x", "99"])
+    | st.from_regex(r"[0-9]{1,7}(\.[0-9]{0,4})?", fullmatch=True),
+    max_size=16,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(["GPRMC", "GNGGA", "GLGSA", "GAVTG", "BDRMC", "GBGGA"]), fields)
+def test_checksummed_sentences_with_any_fields_never_raise(head: str, parts: list[str]) -> None:
+    r = NmeaReader()
+    for f in r.feed(s(",".join([head, *parts])) + epoch(tod="000000.00"), 0.0):
+        assert -90 <= f.lat <= 90 and -180 <= f.lon <= 180
+        assert all(math.isfinite(v) for v in (f.speed, f.heading, f.altitude) if v is not None)
 
 
 @settings(max_examples=300, deadline=None)
