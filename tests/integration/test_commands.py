@@ -30,6 +30,7 @@ from agent.daemon import Agent, effective_config, prepare
 from agent.spime import decode_samples, peek_header, peek_schema_id
 from tests.support.agentrun import VIN, write_config
 from tests.support.broker import Mosquitto, Subscriber
+from tests.support.data import HEALTH_POS_DBC
 from tests.support.e2e import AgentProcess
 from tests.support.wait import wait_for
 
@@ -38,15 +39,7 @@ CMD = f"{PREFIX}/{VIN}/cmd"
 RESULT = f"{PREFIX}/{VIN}/cmd/result"
 OTHER_VIN = "WVWZZZ1JZXW000002"
 
-DBC = """VERSION ""
-NS_ :
-BS_:
-BU_: ECU
-BO_ 256 Health: 8 ECU
- SG_ Coolant : 0|8@1+ (1,-40) [-40|215] "degC" Vector__XXX
-BO_ 257 Pos: 8 ECU
- SG_ Lat : 0|32@1- (1E-007,0) [-90|90] "deg" Vector__XXX
-"""
+DBC = HEALTH_POS_DBC
 
 
 class Car:

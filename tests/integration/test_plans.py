@@ -24,20 +24,16 @@ from agent.errors import ConfigError
 from agent.spime import decode_samples, peek_schema_id
 from tests.support.agentrun import VIN, write_config
 from tests.support.broker import free_port
+from tests.support.data import HEALTH_POS_DBC
 from tests.support.wait import wait_for
 
-DBC = """VERSION ""
-NS_ :
-BS_:
-BU_: ECU
-BO_ 256 Health: 8 ECU
- SG_ Coolant : 0|8@1+ (1,-40) [-40|215] "degC" Vector__XXX
-BO_ 257 Pos: 8 ECU
- SG_ Lat : 0|32@1- (1E-007,0) [-90|90] "deg" Vector__XXX
-BO_ 258 Drive: 8 ECU
+DBC = (
+    HEALTH_POS_DBC
+    + """BO_ 258 Drive: 8 ECU
  SG_ Speed : 0|16@1+ (0.01,0) [0|655.35] "km/h" Vector__XXX
  SG_ Brake : 16|8@1+ (0.5,0) [0|127.5] "bar" Vector__XXX
 """
+)
 
 
 def _config(tmp_path: Path, channel: str) -> Path:

@@ -14,17 +14,10 @@ from agent.daemon import Agent, prepare
 from agent.spime import decode_samples, peek_schema_id
 from tests.support.agentrun import write_config
 from tests.support.broker import free_port
+from tests.support.data import HEALTH_POS_DBC
 from tests.support.wait import wait_for
 
-DBC = """VERSION ""
-NS_ :
-BS_:
-BU_: ECU
-BO_ 256 Health: 8 ECU
- SG_ Coolant : 0|8@1+ (1,-40) [-40|215] "degC" Vector__XXX
-BO_ 257 Pos: 8 ECU
- SG_ Lat : 0|32@1- (1E-007,0) [-90|90] "deg" Vector__XXX
-"""
+DBC = HEALTH_POS_DBC
 
 CONSENT = """
 [consent]

@@ -10,6 +10,18 @@ REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "corpus"
 DEMO_DBC = REPO / "dbc" / "demo_vehicle.dbc"
 
+# A two-message vehicle for reload, consent, command and plan tests: one health signal and one
+# location signal, so a consent category can be granted or revoked on its own.
+HEALTH_POS_DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 256 Health: 8 ECU
+ SG_ Coolant : 0|8@1+ (1,-40) [-40|215] "degC" Vector__XXX
+BO_ 257 Pos: 8 ECU
+ SG_ Lat : 0|32@1- (1E-007,0) [-90|90] "deg" Vector__XXX
+"""
+
 
 def make_demo_drive(out: Path, seconds: float) -> Path:
     """Write a demo drive (candump log of the demo vehicle) of ``seconds`` to ``out``."""
