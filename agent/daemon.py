@@ -26,6 +26,7 @@ from agent.can_source import validate_sources
 from agent.catalog import Catalog, build_catalog
 from agent.config import Config
 from agent.control.plans import Planner
+from agent.downlink import Downlink, control_dir
 from agent.lifecycle import PowerController
 from agent.pipeline import Pipeline
 from agent.schemastore import SchemaStore
@@ -48,11 +49,6 @@ def prepare(cfg: Config) -> Catalog:
 
         load_public_key(cfg.remote.command_key, "[remote] command_key")
     return build_catalog(cfg)
-
-
-def control_dir(cfg: Config) -> Path | None:
-    """Where remote state lives on the box (beside the outbox): None without an outbox."""
-    return None if cfg.outbox is None else Path(f"{cfg.outbox.path}.control")
 
 
 def effective_config(cfg: Config) -> Config:
@@ -283,7 +279,7 @@ class Agent:
                 schema_json=self.catalog.schema.dumps().encode(),
                 status=self.status,
                 on_link=self._on_link,
-                **self._command_hook(),
+                **self._downlink_hook(),
             )
             self._publish_stored_schemas()
             self.uplink.start()
@@ -469,71 +465,13 @@ class Agent:
 
     # -- remote commands (agent.control) --------------------------------------------------------
 
-    def _command_hook(self) -> dict[str, Any]:
-        """With [remote]: start the command worker; the uplink's subscription and handler."""
+    def _downlink_hook(self) -> dict[str, Any]:
+        """With [remote]: start the command worker; the uplink's subscriptions and handler."""
         if self.cfg.remote is None or self.cfg.mqtt is None:
             return {}
-        self._start_commands()
-        base = f"{self.cfg.mqtt.topic_prefix}/{self.cfg.vehicle.vin}"
-        return {
-            "subscriptions": [(f"{base}/cmd", 1), (f"{base}/plan", 1)],
-            "on_message": self._on_command,
-        }
-
-    def _start_commands(self) -> None:
-        """The command worker and its replay memory."""
-        assert self.cfg.remote is not None
-        from agent.control.commands import execute
-        from agent.control.envelope import load_public_key
-        from agent.control.remote import Authorizer
-        from agent.control.service import CommandService, SeenStore
-
-        folder = control_dir(self.cfg)
-        assert folder is not None
-        store = SeenStore(folder / "seen.json")
-        authorizer = Authorizer(
-            vin=self.cfg.vehicle.vin,
-            key=load_public_key(self.cfg.remote.command_key),
-            seen=store.load(),
-            clock=lambda: int(time.time() * 1000),
-        )
-        allow = self.cfg.remote.allow_remote_consent
-        key = authorizer.key
-        self.commands = CommandService(
-            authorizer,
-            store,
-            execute=lambda cmd: execute(self, cmd, allow_consent_grant=allow),
-            answer=self._answer,
-            on_plan=lambda data: self.apply_retained_plan(data, key),
-        )
-        self.commands.start()
-        log.info("remote commands enabled (key id %s)", authorizer.kid)
-
-    def _answer(self, request: Any, response: Any) -> None:
-        """Publish an answer: MQTT 5 to the request's Response Topic with its Correlation Data,
-        otherwise on ``<prefix>/<vin>/cmd/result``. Not through the outbox: an answer is not
-        spime data, and one lost with the connection is what the sender's timeout is for."""
-        from agent.mqttclient import response_properties
-
-        assert self.cfg.mqtt is not None and self.uplink is not None
-        topic = request.response_topic
-        props = None
-        if topic and self.cfg.mqtt.protocol == "5":
-            props = response_properties(request.correlation)
-        else:
-            topic = f"{self.cfg.mqtt.topic_prefix}/{self.cfg.vehicle.vin}/cmd/result"
-        self.uplink.publish(topic, response.to_json(), properties=props)
-
-    def _on_command(self, topic: str, payload: bytes, properties: Any) -> None:
-        """On the uplink's thread: hand over and return at once."""
-        from agent.control.service import Request
-
-        if topic.endswith("/plan"):
-            self.commands.submit(Request(payload, plan=True))
-            return
-        rt = getattr(properties, "ResponseTopic", None) if properties is not None else None
-        cd = getattr(properties, "CorrelationData", None) if properties is not None else None
-        self.commands.submit(Request(payload, rt or None, bytes(cd) if cd else None))
+        downlink = Downlink(self, self.cfg)
+        self.commands = downlink.start()
+        return downlink.uplink_hook()
 
     def request_snapshot(self, timeout: float) -> int | None:
         if self.pipeline.stop_event.is_set():
