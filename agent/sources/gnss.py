@@ -126,8 +126,7 @@ class NmeaSource:
                 port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=_READ_SLICE)
             except (serial.SerialException, OSError, ValueError) as err:
                 log.warning("gnss %s: cannot open: %s", self.url, err)
-                self._set_state(self._clock())
-                self._stop.wait(backoff.next_delay())
+                self._pause(backoff.next_delay())
                 continue
             self.opens += 1
             backoff.succeeded()
@@ -147,4 +146,11 @@ class NmeaSource:
                 log.warning("gnss %s: read failed: %s", self.url, err)
             finally:
                 port.close()
-            self._stop.wait(backoff.next_delay())
+            self._pause(backoff.next_delay())
+
+    def _pause(self, delay: float) -> None:
+        """Waits for the retry, keeping the state current: a dead port turns into gnss down."""
+        end = self._clock() + delay
+        while not self._stop.is_set() and (left := end - self._clock()) > 0:
+            self._stop.wait(min(left, _READ_SLICE))
+            self._set_state(self._clock())

@@ -75,3 +75,20 @@ def test_a_drive_over_a_pty_gives_private_sampled_fixes_and_reports_the_gap(
         assert distance_m(*start, f.lat, f.lon) > 500
         assert distance_m(*end, f.lat, f.lon) > 500
     assert src.privacy.counters["zone"] > 0
+
+
+def test_a_port_that_dies_turns_a_fix_into_gnss_down() -> None:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    src = NmeaSource(os.ttyname(slave), down_after=0.5)
+    src.start()
+    try:
+        wait_for(lambda: src.opens == 1, 10, "the port open")
+        for i in range(3):
+            os.write(master, epoch("GN", i, *position(i)))
+        wait_for(lambda: src.state == "fix", 10, "a fix")
+        os.close(master)  # the receiver's end goes away: reads fail
+        wait_for(lambda: src.state == "gnss down", 10, "gnss down")
+    finally:
+        src.stop()
+        os.close(slave)
