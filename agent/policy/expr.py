@@ -203,22 +203,15 @@ class _Parser:
         return left
 
     def sum(self) -> _Node:
-        left = self.prod()
-        while self.tok.kind == "op" and self.tok.text in "+-":
-            tok = self.take()
-            what = f"{tok.text!r}"
-            left = self.node(
-                tok.text,
-                tok.pos,
-                False,
-                self.need(left, False, what),
-                self.need(self.prod(), False, what),
-            )
-        return left
+        return self.arithmetic("+-", self.prod)
 
     def prod(self) -> _Node:
-        left = self.unary()
-        while self.tok.kind == "op" and self.tok.text in "*/":
+        return self.arithmetic("*/", self.unary)
+
+    def arithmetic(self, ops: str, operand: Callable[[], _Node]) -> _Node:
+        """Left-associative ``operand (op operand)*`` for one precedence level of ``ops``."""
+        left = operand()
+        while self.tok.kind == "op" and self.tok.text in ops:
             tok = self.take()
             what = f"{tok.text!r}"
             left = self.node(
@@ -226,7 +219,7 @@ class _Parser:
                 tok.pos,
                 False,
                 self.need(left, False, what),
-                self.need(self.unary(), False, what),
+                self.need(operand(), False, what),
             )
         return left
 
