@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -203,16 +202,6 @@ class Requester:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(tmp_path / "broker")
-    b.start()
-    try:
-        yield b
-    finally:
-        b.stop()
 
 
 def _stored(agent: Agent) -> list[str]:

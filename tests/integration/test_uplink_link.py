@@ -7,14 +7,14 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agent.config import MqttConfig, OutboxConfig
+from agent.config import MqttConfig
 from agent.outbox import Outbox
 from agent.uplink import Uplink
+from tests.integration.test_uplink import outbox  # noqa: F401  (the same fixture)
 from tests.support.broker import (
     Mosquitto,
     Subscriber,
@@ -27,16 +27,6 @@ from tests.support.proxy import TcpProxy
 VIN = "WDB12345678901234"
 DATA = f"spime/v1/{VIN}/data"
 WAIT = 30.0
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    box = Outbox(OutboxConfig(path=tmp_path / "outbox.db", commit_interval=0.05))
-    box.open()
-    try:
-        yield box
-    finally:
-        box.close()
 
 
 def uplink(
