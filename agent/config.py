@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from agent import vin
+from agent.diag.settings import DiagnosticsConfig
 from agent.errors import ConfigError
 from agent.policy.expr import MAX_LENGTH as MAX_CONDITION
 from agent.policy.expr import ExprError
@@ -555,6 +556,7 @@ class Config(_Model):
     status: StatusConfig = Field(default_factory=StatusConfig)
     remote: RemoteConfig | None = None
     power: PowerConfig | None = None
+    diagnostics: list[DiagnosticsConfig] = Field(default_factory=list, max_length=8)
 
     source: Path | None = Field(default=None, exclude=True)
 
@@ -578,6 +580,13 @@ class Config(_Model):
         mnames = [m.name for m in self.modem]
         if len(set(mnames)) != len(mnames):
             raise ValueError("modem names must be unique")
+        for i, d in enumerate(self.diagnostics):
+            live = [b for b in self.bus if b.name == d.bus and not b.is_replay]
+            if not live:
+                raise ValueError(f"diagnostics[{i}].bus: no live [[bus]] named {d.bus!r}")
+        dbus = [d.bus for d in self.diagnostics]
+        if len(set(dbus)) != len(dbus):
+            raise ValueError("one [[diagnostics]] section per bus")
         return self
 
     @property

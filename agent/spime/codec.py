@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import WireFormatError
-from agent.spime.schema import Schema
+from agent.spime.schema import Schema, SignalDef
 
 VERSION = 1
 FLAG_SNAPSHOT = 0x01
@@ -343,13 +343,16 @@ def decode_update(payload: bytes, schema: Schema) -> dict[str, Any]:
     }
     if head.trigger is not None:
         doc["trigger"] = {"name": head.trigger, "t": (head.trigger_t or 0) / 1000}
-    doc["samples"] = [
-        _json_sample(t, by_id[sid].name, by_id[sid].physical(raw)) for t, sid, raw in samples
-    ]
+    doc["samples"] = [_json_sample(t, by_id[sid], raw) for t, sid, raw in samples]
     return doc
 
 
-def _json_sample(t_ms: int, name: str, value: int | float | str) -> dict[str, Any]:
+def _json_sample(t_ms: int, sig: SignalDef, raw: int | float) -> dict[str, Any]:
+    value = sig.physical(raw)
+    name = sig.name
+    if sig.format and isinstance(raw, int):
+        # A trouble code names the ECU that reported it (agent.spime.dtc).
+        return {"t": t_ms / 1000, "signal": name, "value": value, "ecu": sig.ecu(raw)}
     # JSON has no NaN or infinity: such a value is shown as null, and "nonfinite" says which
     # ("NaN", "Infinity", "-Infinity", spelled as JavaScript's Number() and Python's float()
     # read them). The update itself carries the float's bits unchanged.

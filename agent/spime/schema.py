@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from agent.errors import SchemaError
+from agent.spime.dtc import DTC_FORMAT, dtc_code, ecu_name, split_raw
 
 SCHEMA_FORMAT = 1
 Kind = Literal["int", "f32", "f64"]
@@ -44,6 +45,9 @@ class SignalDef:
     source: str = ""
     # Consent category (location, driving, ...): shown so a backend knows what it may hold.
     category: str = ""
+    # How an integer is shown: "" as a number (or its label), "dtc" as a trouble code (the raw
+    # value holds the ECU and the DTC, agent.spime.dtc; ``choices`` then names ECUs by CAN id).
+    format: str = ""
 
     def physical(self, raw: int | float) -> Value:
         """The value cantools reports for this raw value (label, int or float), bit for bit.
@@ -53,6 +57,8 @@ class SignalDef:
         the raw value; integral scale and offset on an integer signal stay integers; anything
         else is ``raw * scale + offset`` in float arithmetic, in that order.
         """
+        if self.format == DTC_FORMAT and isinstance(raw, int):
+            return dtc_code(split_raw(raw)[1])
         # NaN and the infinities (IEEE float signals) have no integer part: never a label.
         if self.choices and (isinstance(raw, int) or math.isfinite(raw)):
             label = self.choices.get(int(raw))
@@ -81,6 +87,8 @@ class SignalDef:
             doc["source"] = self.source
         if self.category:
             doc["category"] = self.category
+        if self.format:
+            doc["format"] = self.format
         return doc
 
     @classmethod
@@ -124,12 +132,42 @@ class SignalDef:
             priority=_text(doc.get("priority", "telemetry"), f"{where}.priority"),
             source=_text(doc.get("source", ""), f"{where}.source"),
             category=_text(doc.get("category", ""), f"{where}.category"),
+            format=_format(doc.get("format", ""), f"{where}.format", kind),
         )
+
+    def ecu(self, raw: int) -> str | None:
+        """The ECU a DTC sample's raw value names (its configured name or CAN id in hex)."""
+        if self.format != DTC_FORMAT:
+            return None
+        return ecu_name(split_raw(raw)[0], dict(self.choices))
 
 
 _SIGNAL_FIELDS = frozenset(
-    ("id", "name", "kind", "scale", "offset", "unit", "choices", "priority", "source", "category")
+    (
+        "id",
+        "name",
+        "kind",
+        "scale",
+        "offset",
+        "unit",
+        "choices",
+        "priority",
+        "source",
+        "category",
+        "format",
+    )
 )
+FORMATS = ("", DTC_FORMAT)
+
+
+def _format(x: Any, where: str, kind: str) -> str:
+    if x not in FORMATS:
+        raise SchemaError(f"{where}: must be one of {', '.join(repr(f) for f in FORMATS)}")
+    if x and kind != "int":
+        raise SchemaError(f"{where}: {x!r} needs kind int")
+    return str(x)
+
+
 # Ids travel as varints; a schema with ids beyond any real signal count is not one we wrote.
 MAX_SIGNAL_ID = 2**32 - 1
 # A schema is read from the network: refuse a document larger than any DBC could produce

@@ -1,0 +1,135 @@
+"""ECUs for the diagnostics tests: they answer OBD-II and UDS over ISO-TP on a python-can bus.
+
+Each simulated ECU has a physical ISO-TP stack (its request id -> its answer id) and a
+functional one (0x7DF, or 0x18DB33F1 with 29-bit ids), both can-isotp stacks reading through
+one python-can Notifier; answers always leave through the physical stack, so multi-frame
+answers wait for the tester's flow control as a real ECU's do. An ECU can be told to answer
+"response pending" (0x78) a number of times first, to stay silent, or to change its DTCs while
+running. What it was asked is recorded for the tests to check (PIDs per request, unsupported
+PIDs asked).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import can
+import isotp
+
+from agent.diag.obd import PIDS, SUPPORT_PIDS
+
+
+@dataclass
+class Ecu:
+    answer_id: int  # 0x7E8.. (11-bit) or 0x18DAF1xx (29-bit)
+    pids: dict[int, int] = field(default_factory=dict)  # PID -> raw value
+    dtcs: dict[int, list[int]] = field(default_factory=dict)  # mode (3, 7, 0xA) -> 2-byte DTCs
+    uds_dtcs: dict[int, int] = field(default_factory=dict)  # 3-byte DTC -> status byte
+    pending: int = 0  # "response pending" answers before each real answer
+    silent: bool = False
+    asked: list[bytes] = field(default_factory=list)
+    request_id: int | None = None  # physical request id (default: the OBD-II pair)
+
+    def supported_bitmap(self, base: int) -> int:
+        have = set(self.pids)
+        bits = 0
+        for i in range(32):
+            pid = base + 1 + i
+            more = pid in SUPPORT_PIDS and any(p > pid for p in have)
+            if pid in have or more:
+                bits |= 1 << (31 - i)
+        return bits
+
+    def answer(self, req: bytes) -> bytes | None:
+        self.asked.append(req)
+        mode = req[0]
+        if mode == 0x01:
+            out = bytearray([0x41])
+            for pid in req[1:]:
+                if pid in SUPPORT_PIDS:
+                    bitmap = self.supported_bitmap(pid)
+                    if bitmap or pid == 0:
+                        out += bytes([pid]) + bitmap.to_bytes(4, "big")
+                elif pid in self.pids:
+                    out += bytes([pid]) + self.pids[pid].to_bytes(PIDS[pid].size, "big")
+            return bytes(out) if len(out) > 1 else None
+        if mode in (0x03, 0x07, 0x0A):
+            dtcs = self.dtcs.get(mode, [])
+            return bytes([mode + 0x40, len(dtcs)]) + b"".join(d.to_bytes(2, "big") for d in dtcs)
+        if mode == 0x19 and len(req) == 3 and req[1] == 0x02:
+            out = bytearray([0x59, 0x02, 0xFF])
+            for dtc, status in sorted(self.uds_dtcs.items()):
+                if status & req[2]:
+                    out += dtc.to_bytes(3, "big") + bytes([status])
+            return bytes(out)
+        return bytes([0x7F, mode, 0x11])  # service not supported
+
+
+class EcuSim:
+    """The ECUs on one bus; use as a context manager."""
+
+    def __init__(self, ecus: list[Ecu], *, interface: str, channel: str, extended: bool = False):
+        self.ecus = ecus
+        self.extended = extended
+        self.bus = can.Bus(interface=interface, channel=channel, ignore_config=True)
+        self.notifier = can.Notifier(self.bus, [], timeout=0.05)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._stacks: list[Any] = []
+
+    def _addresses(self, ecu: Ecu) -> tuple[isotp.Address, isotp.Address]:
+        if self.extended:
+            mode = isotp.AddressingMode.Normal_29bits
+            req = ecu.request_id or (0x18DA00F1 | ((ecu.answer_id & 0xFF) << 8))
+            functional = 0x18DB33F1
+        else:
+            mode = isotp.AddressingMode.Normal_11bits
+            req = ecu.request_id or ecu.answer_id - 8
+            functional = 0x7DF
+        return (
+            isotp.Address(mode, txid=ecu.answer_id, rxid=req),
+            isotp.Address(mode, txid=ecu.answer_id, rxid=functional),
+        )
+
+    def __enter__(self) -> EcuSim:
+        for ecu in self.ecus:
+            phys_addr, func_addr = self._addresses(ecu)
+            params = {"tx_padding": 0x55, "blocksize": 0, "stmin": 0}
+            phys = isotp.NotifierBasedCanStack(
+                self.bus, self.notifier, address=phys_addr, params=params
+            )
+            func = isotp.NotifierBasedCanStack(
+                self.bus, self.notifier, address=func_addr, params=params
+            )
+            phys.start()
+            func.start()
+            self._stacks += [phys, func]
+            t = threading.Thread(target=self._serve, args=(ecu, phys, func), daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(5)
+        for st in self._stacks:
+            st.stop()
+        self.notifier.stop()
+        self.bus.shutdown()
+
+    def _serve(self, ecu: Ecu, phys: Any, func: Any) -> None:
+        while not self._stop.is_set():
+            for stack in (phys, func):
+                req = stack.recv(block=True, timeout=0.01)
+                if req is None or ecu.silent:
+                    continue
+                answer = ecu.answer(bytes(req))
+                if answer is None:
+                    continue
+                for _ in range(ecu.pending):
+                    phys.send(bytes([0x7F, req[0], 0x78]))
+                    self._stop.wait(0.05)
+                phys.send(answer)
