@@ -177,17 +177,19 @@ class DiagPoller:
         self.state = "running"
         if self._asked:
             self._answer_asked(self._read_dtcs(client))
+            self.schedule.dtc_read(self.clock())
             return
         now = self.clock()
         wait = self.cap.wait(now)
         if wait > 0:
             self._sleep(wait)
             return
-        if self.schedule.dtc_due(now):
-            self._read_dtcs(client)
-            return
+        # PIDs first: a slow DTC read must not starve them.
         for pids in self.schedule.due_pids(now):
             self._read_pids(client, pids)
+        if self.schedule.dtc_due(self.clock()) and self.cap.wait(self.clock()) == 0:
+            self._read_dtcs(client)
+            self.schedule.dtc_read(self.clock())
         nxt = self.schedule.next_due()
         self._sleep(1.0 if nxt is None else nxt - self.clock())
 

@@ -43,10 +43,13 @@ class Schedule:
         return list(chunks(due, MAX_PIDS_PER_REQUEST))
 
     def dtc_due(self, now: float) -> bool:
-        if self.next_dtc is None or now < self.next_dtc:
-            return False
-        self.next_dtc = now + self.dtc_interval
-        return True
+        return self.next_dtc is not None and now >= self.next_dtc
+
+    def dtc_read(self, now: float) -> None:
+        """DTCs were read (or tried): the next read is one interval after this one ended, so
+        slow answers never make DTC reads follow each other back to back."""
+        if self.next_dtc is not None:
+            self.next_dtc = now + self.dtc_interval
 
     def next_due(self) -> float | None:
         times = list(self.next.values())

@@ -97,7 +97,9 @@ def test_schedule_joins_due_pids_and_drops_unsupported() -> None:
     s = Schedule({0x0C: 0.5, 0x0D: 1.0, 0x11: 1.0}, dtc_interval=10, now=0)
     assert s.restrict({0x0C, 0x0D}) == [0x11]
     assert s.due_pids(0) == [(0x0C, 0x0D)]
-    assert s.dtc_due(0) and not s.dtc_due(1)
+    assert s.dtc_due(0)
+    s.dtc_read(3)
+    assert not s.dtc_due(12) and s.dtc_due(13)
     assert s.due_pids(0.5) == [(0x0C,)]
     assert s.due_pids(1.0) == [(0x0C, 0x0D)]
     assert s.next_due() == 1.5
