@@ -27,13 +27,12 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import dataclass, field
-from typing import Literal
 
 import pynmea2
 
 from agent.policy.geo import Fix
+from agent.sources.fixsource import GnssState, Liveness
 
-GnssState = Literal["fix", "no fix", "gnss down"]
 # NMEA 0183 allows 82 characters; some receivers send longer proprietary sentences.
 MAX_LINE = 200
 KNOT_KMH = 1.852
@@ -83,9 +82,10 @@ class NmeaReader:
     _skipping: bool = False
     _epoch: _Epoch | None = None
     _date: dt.date | None = None
-    _last_sentence: float | None = None
-    _last_epoch_at: float | None = None
-    _last_epoch_fix: bool = False
+    _live: Liveness = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._live = Liveness(self.down_after)
 
     def feed(self, data: bytes, now: float) -> list[Fix]:
         """Reads a chunk of the stream; returns the fixes of the epochs it closed."""
@@ -125,7 +125,7 @@ class NmeaReader:
         except (pynmea2.ParseError, ValueError, TypeError, AttributeError):
             self.counters["malformed"] += 1
             return
-        self._last_sentence = now
+        self._live.heard(now)
         kind = getattr(msg, "sentence_type", "")
         if kind not in _TYPES:
             self.counters["ignored"] += 1
@@ -208,8 +208,7 @@ class NmeaReader:
         ep, self._epoch = self._epoch, None
         if ep is None:
             return
-        self._last_epoch_at = now
-        self._last_epoch_fix = False
+        self._live.epoch(now, fix=False)
         if not ep.valid or ep.lat is None or ep.lon is None:
             return
         date = ep.date or self._date
@@ -217,7 +216,7 @@ class NmeaReader:
             self.counters["no_date"] += 1
             return
         when = dt.datetime.combine(date, ep.tod.replace(tzinfo=None), tzinfo=dt.UTC)
-        self._last_epoch_fix = True
+        self._live.epoch(now, fix=True)
         self.counters["fixes"] += 1
         out.append(
             Fix(
@@ -236,12 +235,4 @@ class NmeaReader:
 
     def state(self, now: float) -> GnssState:
         """The receiver's state at ``now``; never ``fix`` for a position older than down_after."""
-        if self._last_sentence is None or now - self._last_sentence > self.down_after:
-            return "gnss down"
-        if (
-            self._last_epoch_fix
-            and self._last_epoch_at is not None
-            and now - self._last_epoch_at <= self.down_after
-        ):
-            return "fix"
-        return "no fix"
+        return self._live.state(now)
