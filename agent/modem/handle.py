@@ -4,7 +4,9 @@
 answers ``AT`` and then nothing useful) escalates step by step, each step rate limited: reopen
 the port, repeated ``AT`` (every probe tries several), then ``AT+CFUN=1,1``. A port that is gone
 (USB re-enumeration) is looked for again among candidate paths and recognised by its ICCID. It
-never decides which modem is active.
+never decides which modem is active. ``ask`` runs a caller's command (a GNSS position query)
+on the open port between checks: one lock serializes it with the checks, so the port is never
+opened twice nor two commands interleaved.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from dataclasses import dataclass
 
 from agent.config import ModemConfig
 from agent.modem.probe import PinLedger, ProbeMemory, probe, read_iccid, responds
-from agent.modem.report import ModemError, ModemReport, PortGone
-from agent.modem.transport import AtTransport
+from agent.modem.report import ModemBusy, ModemError, ModemReport, PortGone
+from agent.modem.transport import AtResponse, AtTransport
 from agent.ratelimit import Interval
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,8 @@ def expand(patterns: Iterable[str]) -> list[str]:
 
 
 class ModemHandle:
-    """Owned by the manager thread; ``check`` may run in a worker, never two at once."""
+    """Owned by the manager thread; ``check`` may run in a worker, never two at once; ``ask``
+    from any thread."""
 
     def __init__(
         self,
@@ -85,6 +88,10 @@ class ModemHandle:
         self.resets = 0
         self.rescans = 0
         self.found_again = 0
+        self.asked = 0  # callers' commands sent
+        self.ask_failures = 0  # ... that got no final result (busy, timeout, port gone)
+        # Held while the port is used: by a check, a command of the manager, a caller's ask.
+        self._port_lock = threading.Lock()
         self._reopen_gate = Interval(self._rec.reopen_interval, clock)
         self._reset_gate = Interval(self._rec.reset_interval, clock)
         self._rescan_gate = Interval(self._rec.rescan_interval, clock)
@@ -117,6 +124,8 @@ class ModemHandle:
             "timeouts": t.timeouts if t else 0,
             "noise_bytes": t.noise_bytes if t else 0,
             "urcs": t.urcs_seen if t else 0,
+            "asked": self.asked,
+            "ask_failures": self.ask_failures,
         }
 
     def check(self, candidates: Callable[[], list[str]]) -> ModemReport:
@@ -124,6 +133,10 @@ class ModemHandle:
 
         ``candidates`` lists paths not held by another modem, for a rescan by ICCID.
         """
+        with self._port_lock:
+            return self._check(candidates)
+
+    def _check(self, candidates: Callable[[], list[str]]) -> ModemReport:
         now = self._clock()
         if self._t is None and not self._open(candidates, now):
             return self._failed(f"port {self.port or self.cfg.port} cannot be opened", now)
@@ -157,15 +170,39 @@ class ModemHandle:
     def send(self, command: str, candidates: Callable[[], list[str]]) -> bool:
         """Send one command (opening the port first if needed): True on OK; never raises for
         modem trouble."""
-        if self._t is None and not self._open(candidates, self._clock()):
-            return False
-        assert self._t is not None
+        with self._port_lock:
+            if self._t is None and not self._open(candidates, self._clock()):
+                return False
+            assert self._t is not None
+            try:
+                return self._t.command(command).ok
+            except ModemError as err:
+                log.warning("modem %s: %s failed: %s", self.name, command, err)
+                self.close()
+                return False
+
+    def ask(self, command: str, timeout: float) -> AtResponse:
+        """Run a caller's command on the open port once no check uses it, all within
+        ``timeout`` seconds. Raises ModemBusy (a check held the port all along), PortGone (not
+        open: opening and recovering are the checks' job) or AtTimeout; a modem that does not
+        answer is left to the checks' escalation."""
+        deadline = self._clock() + timeout
+        if not self._port_lock.acquire(timeout=timeout):
+            self.ask_failures += 1
+            raise ModemBusy(f"modem {self.name}: port busy for {timeout:g} s, {command} not sent")
         try:
-            return self._t.command(command).ok
-        except ModemError as err:
-            log.warning("modem %s: %s failed: %s", self.name, command, err)
-            self.close()
-            return False
+            t = self._t
+            if t is None:
+                self.ask_failures += 1
+                raise PortGone(f"modem {self.name}: port not open, {command} not sent")
+            self.asked += 1
+            try:
+                return t.command(command, timeout=max(0.05, deadline - self._clock()))
+            except ModemError:
+                self.ask_failures += 1
+                raise
+        finally:
+            self._port_lock.release()
 
     # -- opening and finding ---------------------------------------------------------------
     def _open(self, candidates: Callable[[], list[str]], now: float) -> bool:

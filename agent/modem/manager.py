@@ -8,7 +8,9 @@ primary is not usable): a slow or wedged standby never delays the failover of th
 its probe runs on, is not started again until it ends, and the policy keeps its last report
 meanwhile. Its own thread, all I/O with timeouts, every exception caught and counted: it can
 never stall the CAN pipeline or the outbox; stopping abandons commands in flight. The uplink
-reports data-path health with ``report_data_failure``/``report_data_ok``.
+reports data-path health with ``report_data_failure``/``report_data_ok``. Other parts of the
+agent (the GNSS source) run their own commands on a modem's port with ``run_command``: between
+the probes, serialized with them, bounded in time.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from agent.modem.handle import ModemHandle, Recovery, expand
 from agent.modem.link import run_link_command
 from agent.modem.policy import SelectionPolicy
 from agent.modem.probe import PinLedger
-from agent.modem.report import ModemReport, Switch
+from agent.modem.report import ModemError, ModemReport, Switch
+from agent.modem.transport import AtResponse
 from agent.ratelimit import Interval
 
 log = logging.getLogger(__name__)
@@ -168,6 +171,16 @@ class ModemManager:
             log.info("modem %s: %s %s", h.name, command, "OK" if ok else "failed")
         self._low_power = low
         self._power_done.set()
+
+    def run_command(self, modem: str, command: str, *, timeout: float) -> AtResponse:
+        """Run ``command`` on the port of the modem named ``modem`` (which the manager keeps
+        open) between its probes, serialized with them, within ``timeout`` seconds. Raises
+        ModemError when it could not be sent or got no final result in time (ModemBusy,
+        PortGone, AtTimeout); an ``ERROR`` answer is a response with ``ok`` False."""
+        h = self._by_name.get(modem)
+        if h is None:
+            raise ModemError(f"no modem named {modem!r}")
+        return h.ask(command, timeout)
 
     def check_now(self) -> None:
         """Run the next check at once instead of at the end of the interval."""

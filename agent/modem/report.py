@@ -20,6 +20,10 @@ class PortGone(ModemError):
     """The port cannot be opened or failed under us (unplugged, re-enumerated)."""
 
 
+class ModemBusy(ModemError):
+    """The port stayed in use (a probe) for longer than a caller was willing to wait."""
+
+
 class AtTimeout(ModemError):
     """A command got no final result within its timeout."""
 

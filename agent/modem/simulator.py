@@ -4,7 +4,9 @@ Serves one ``os.openpty()`` pair from a thread: the agent opens the slave path (
 it) exactly like a USB modem port and talks AT to it. Scenarios set the starting state (healthy,
 no SIM, PIN or PUK locked, searching, denied, roaming abroad or nationally, weak or fading
 signal, hung, half-wedged (answers AT, then nothing), garbage and URC storms, hung until reset,
-registered for voice only, detached from packet data); tests change the state with calls
+registered for voice only, detached from packet data); a GNSS engine (``gnss``, a
+``agent.modem.simgnss.GnssScript``) answers Quectel or SIMCom position queries along a scripted
+track; tests change the state with calls
 (``set``, ``hang``, ``urc``, ``reenumerate``), never by wall time, except the short silence
 after ``AT+CFUN=1,1``. Each simulated modem has its own ICCID/IMSI/operator and answers one
 ICCID command variant.
@@ -33,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.atomicfile import replace_symlink
+from agent.modem.simgnss import GnssScript
 
 SCENARIOS: tuple[str, ...] = (
     "healthy",
@@ -99,6 +102,8 @@ class ModemState:
     cmee: int = 0
     reset_silence: float = 0.3
     cfun: int = 1  # AT+CFUN=<n>: 1 full power, 4 radio off, 0 minimum
+    manufacturer: str = "Quectel"  # AT+CGMI
+    gnss: GnssScript | None = None  # the GNSS engine's commands (agent.modem.simgnss)
 
 
 def identity(ident: int) -> tuple[str, str]:
@@ -273,6 +278,8 @@ class ModemSimulator:
         # A re-enumerated modem has rebooted: defaults come back.
         with self._lock:
             self.state.echo, self.state.cmee = True, 0
+            if self.state.gnss is not None:
+                self.state.gnss.reset()
 
     # -- serving ---------------------------------------------------------------------------
     def _serve(self) -> None:
@@ -346,6 +353,8 @@ class ModemSimulator:
                 final = "OK"
             else:
                 lines, final = self._answer(upper, cmd)
+                if not final:
+                    return  # a command the modem leaves unanswered
             garbage, storm = st.garbage, st.urc_storm
         data = bytearray()
         if echo:
@@ -371,6 +380,8 @@ class ModemSimulator:
         self.resets += 1
         self._silent_until = time.monotonic() + self.state.reset_silence
         self.state.echo, self.state.cmee = True, 0
+        if self.state.gnss is not None:
+            self.state.gnss.reset()
 
     def _error(self, code: int) -> str:
         return f"+CME ERROR: {code}" if self.state.cmee == 1 else "ERROR"
@@ -395,6 +406,10 @@ class ModemSimulator:
             return [], "OK"
         if upper == "AT+CFUN?":
             return [f"+CFUN: {st.cfun}"], "OK"
+        if upper == "AT+CGMI":
+            return [st.manufacturer], "OK"
+        if st.gnss is not None and (gnss := st.gnss.answer(upper, self._error)) is not None:
+            return gnss
         if upper in ("ATE0", "ATE1"):
             st.echo = upper == "ATE1"
             return [], "OK"
