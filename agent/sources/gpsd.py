@@ -43,6 +43,7 @@ from agent.policy.privacy import PrivacyFilter
 from agent.policy.track import TrackSampler
 from agent.ratelimit import RateLimitedLog
 from agent.sources.fixsource import SLICE, FixSource, GnssState, Liveness
+from agent.sources.lines import LineFramer
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +114,7 @@ class GpsdReader:
         )
         self.version: str | None = None
         self._live = Liveness(down_after)
-        self._buf = bytearray()
-        self._skipping = False
+        self._lines = LineFramer(MAX_LINE)
         self._hdop: float | None = None
         self._used: int | None = None
         self._last_t: int | None = None
@@ -122,32 +122,16 @@ class GpsdReader:
 
     def restart(self) -> None:
         """A new connection: a partial line of the old one is not continued."""
-        self._buf.clear()
-        self._skipping = False
+        self._lines.clear()
 
     def feed(self, data: bytes, now: float) -> list[Fix]:
         """Reads a chunk of the stream; returns the fixes of the TPV reports it completed."""
         out: list[Fix] = []
-        self._buf += data
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                if len(self._buf) > MAX_LINE:
-                    if not self._skipping:
-                        self.counters["overlong"] += 1
-                    self._skipping = True
-                    self._buf.clear()
-                return out
-            line = bytes(self._buf[:nl])
-            del self._buf[: nl + 1]
-            if self._skipping:
-                self._skipping = False
-                continue
-            if len(line) > MAX_LINE:
-                self.counters["overlong"] += 1
-                continue
+        for line in self._lines.feed(data):
             if line.strip():
                 self._line(line, now, out)
+        self.counters["overlong"] = self._lines.overlong
+        return out
 
     def state(self, now: float) -> GnssState:
         return self._live.state(now)

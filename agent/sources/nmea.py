@@ -32,6 +32,7 @@ import pynmea2
 
 from agent.policy.geo import Fix
 from agent.sources.fixsource import GnssState, Liveness
+from agent.sources.lines import LineFramer
 
 # NMEA 0183 allows 82 characters; some receivers send longer proprietary sentences.
 MAX_LINE = 200
@@ -78,8 +79,7 @@ class NmeaReader:
             ("sentences", "checksum", "malformed", "overlong", "ignored", "no_date", "fixes"), 0
         )
     )
-    _buf: bytearray = field(default_factory=bytearray)
-    _skipping: bool = False
+    _lines: LineFramer = field(default_factory=lambda: LineFramer(MAX_LINE))
     _epoch: _Epoch | None = None
     _date: dt.date | None = None
     _live: Liveness = field(init=False)
@@ -90,25 +90,10 @@ class NmeaReader:
     def feed(self, data: bytes, now: float) -> list[Fix]:
         """Reads a chunk of the stream; returns the fixes of the epochs it closed."""
         out: list[Fix] = []
-        self._buf += data
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                if len(self._buf) > MAX_LINE:
-                    if not self._skipping:
-                        self.counters["overlong"] += 1
-                    self._skipping = True
-                    self._buf.clear()
-                return out
-            line = bytes(self._buf[:nl])
-            del self._buf[: nl + 1]
-            if self._skipping:
-                self._skipping = False
-                continue
-            if len(line) > MAX_LINE:
-                self.counters["overlong"] += 1
-                continue
+        for line in self._lines.feed(data):
             self._line(line, now, out)
+        self.counters["overlong"] = self._lines.overlong
+        return out
 
     def _line(self, raw: bytes, now: float, out: list[Fix]) -> None:
         start = raw.rfind(b"$")
