@@ -49,6 +49,7 @@ VENDORS = ("quectel", "simcom")
 CME_SESSION_ONGOING, CME_SESSION_INACTIVE, CME_NOT_FIXED = 504, 505, 516
 KNOT_KMH = 1.852
 UERE_M = 5.0  # HorizontalAccuracy from HDOP where the modem gives no accuracy of its own
+_MIN_GAP = 0.05  # seconds between two queries, whatever the interval
 
 
 class ModemCommands(Protocol):
@@ -269,7 +270,8 @@ class AtGnssSource(FixSource):
                 if self._bug_log.allow():
                     log.exception("%s: poll failed", self.name)
             self._tick(self._clock())
-            self._pause(self.interval - (self._clock() - started))
+            # At least a short gap even after a slow query: a probe waiting for the port gets it.
+            self._pause(max(self.interval - (self._clock() - started), _MIN_GAP))
 
     def _ask(self, command: str) -> AtResponse | None:
         try:
