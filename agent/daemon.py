@@ -111,6 +111,7 @@ class Agent:
                 [b.config.name for b in catalog.buses],
                 upload=self._upload,
                 modem_power=self._modem_power,
+                pause_link=self._pause_link,
                 on_change=self._on_power_change,
             )
             self.pipeline.on_power = self.power.on_value
@@ -121,6 +122,7 @@ class Agent:
         self.schemas: SchemaStore | None = None
         self.commands: Any = None
         self._stop = threading.Event()
+        self._report_now = threading.Event()  # the status report is due now (or stopping)
         self._reload_lock = threading.Lock()
         self._next_ping = 0.0
         self._arm_plan_expiry()
@@ -141,6 +143,7 @@ class Agent:
     def request_stop(self) -> None:
         """Thread- and signal-safe: stop input, finish the open batch, return from run()."""
         self._stop.set()
+        self._report_now.set()
         self.pipeline.stop()
 
     def _on_loop(self) -> None:
@@ -211,6 +214,7 @@ class Agent:
                 "acked": u.acked,
                 "refused": u.refused,
                 "in_flight": u.in_flight,
+                "paused": u.paused,
             }
         return doc
 
@@ -334,7 +338,16 @@ class Agent:
         from agent.statusfile import write_status
 
         interval = self.cfg.status.interval
-        while not self._stop.wait(interval):
+        while True:
+            self._report_now.wait(interval)
+            self._report_now.clear()
+            if self._stop.is_set():
+                return
+            # Parked, the report is one more timer: it waits for the lifecycle's heartbeat
+            # (and says so in the file, so a reader does not take it for stale).
+            interval = self.cfg.status.interval
+            if self.power is not None and self.power.machine.state != "driving":
+                interval = max(interval, self.power.cfg.heartbeat)
             try:
                 doc = self.status()
                 if self.cfg.status.path is not None:
@@ -363,15 +376,21 @@ class Agent:
         return bool(self.uplink.wait_drained(timeout))
 
     def _modem_power(self, command: str, low: bool) -> bool:
-        ok = True
-        if self.modems is not None:
-            ok = self.modems.set_power(command, low=low, timeout=15.0)
-        if not low and self.uplink is not None and self.uplink.stats().state != "connected":
-            # After the radio was off the reconnect backoff may be long: try at once.
-            self.uplink.reconnect("vehicle woke")
-        return ok
+        if self.modems is None:
+            return True
+        return bool(self.modems.set_power(command, low=low, timeout=15.0))
+
+    def _pause_link(self, reason: str | None) -> None:
+        """Radio traffic stops (``reason``) or resumes (None; the uplink connects at once)."""
+        if self.uplink is None:
+            return
+        if reason is None:
+            self.uplink.resume()
+        elif not self.uplink.pause(reason, timeout=10.0):
+            log.warning("power: the MQTT link did not close within 10 s")
 
     def _on_power_change(self, _t: Any) -> None:
+        self._report_now.set()
         if self.uplink is not None:
             self.uplink.publish_status()
 

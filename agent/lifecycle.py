@@ -6,8 +6,9 @@ machine names (a silence or a sag reaching its limit); while parked nothing wake
 than ``[power] heartbeat`` (the voltage file is read then). At each transition it logs once
 with the reason, writes the state as an event sample into the data, and carries out the
 actions through the parts that own them: the pipeline commits its open batch, the uplink
-publishes the backlog until the deadline, the modem manager switches the radio's power, and
-the sleep command runs (argv, no shell, with a timeout). It decides nothing itself.
+publishes the backlog until the deadline and then pauses its link (a clean disconnect, no
+reconnect attempts until the wake) before the modem manager switches the radio to low power,
+and the sleep command runs (argv, no shell, with a timeout). It decides nothing itself.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from agent.catalog import POWER_CHOICES, PowerRead
 from agent.config import PowerConfig
 from agent.control.power import (
     DRIVING,
+    PARKED,
     Action,
     Lifecycle,
     PowerInputs,
@@ -59,6 +61,7 @@ class PowerController:
         *,
         upload: Callable[[float], bool] | None = None,
         modem_power: Callable[[str, bool], bool] | None = None,
+        pause_link: Callable[[str | None], None] | None = None,
         on_change: Callable[[Transition], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -67,6 +70,7 @@ class PowerController:
         self.buses = buses
         self.upload = upload
         self.modem_power = modem_power
+        self.pause_link = pause_link
         self.on_change = on_change
         self.clock = clock
         self.machine = Lifecycle(settings_of(cfg), clock)
@@ -196,12 +200,18 @@ class PowerController:
             )
         elif action is Action.MODEM_LOW:
             self.pipeline.set_idle(self.cfg.heartbeat)
+            # Radio traffic ends with a clean disconnect, before the radio goes off under it.
+            if self.pause_link is not None:
+                self.pause_link("parked" if t.state == PARKED else "low voltage")
             if self.modem_power is not None:
                 self.modem_power(self.cfg.modem_low_power, True)
         elif action is Action.MODEM_FULL:
             self.pipeline.set_idle(None)
             if self.modem_power is not None:
                 self.modem_power(self.cfg.modem_full_power, False)
+        elif action is Action.RESUME:
+            if self.pause_link is not None:
+                self.pause_link(None)  # the radio is back: connect at once
         elif action is Action.SLEEP:
             self._sleep()
 

@@ -80,8 +80,10 @@ class Committer:
 
     def add(self, rank: int, created: float, payload: bytes) -> None:
         """Caller holds the buffer lock."""
+        opens_window = not self.buffer.rows
         self.buffer.add(rank, created, payload, self._clock())
-        if rank == EVENT or self.buffer.half_full:
+        # The first row opens a window the idle thread is not timing yet.
+        if opens_window or rank == EVENT or self.buffer.half_full:
             self._wake.set()
 
     def add_acks(self, ids: Iterable[int]) -> None:
@@ -129,18 +131,20 @@ class Committer:
                 continue
             self._wake.wait(self._due_in())
 
-    def _due_in(self) -> float:
-        """Seconds until the committer has something to do; capped so a stale clock is re-read."""
+    def _due_in(self) -> float | None:
+        """Seconds until the committer has something to do; None when only a put, an ack or a
+        purge can give it work (they wake it): an idle outbox, e.g. in a parked car, has no
+        timer running."""
         now = self._clock()
         with self._data:
-            due = [now + self._cfg.commit_interval]
+            due: list[float] = []
             if self.buffer.rows:
                 due.append(self._pending_due())
             if self._acks or self._purges:
                 due.append(self._acks_due())
             if self._expire_every:
                 due.append(max(self._next_expire, self._retry_at))
-        return max(0.0, min(due) - now)
+        return max(0.0, min(due) - now) if due else None
 
     def _pending_due(self) -> float:
         if self.write_error is not None:

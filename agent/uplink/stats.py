@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class UplinkStats:
-    state: str  # "connecting", "connected", "disconnected", "stopped"
+    state: str  # "connecting", "connected", "disconnected", "paused", "stopped"
     last_error: str | None
     connects: int
     attempts: int  # connection attempts, successful or not
@@ -26,6 +26,7 @@ class UplinkStats:
     bytes_sent: int
     errors: int  # exceptions caught in callbacks or in the worker loop
     dead_links: int  # connections given up because PUBACKs stopped coming (see ack_timeout)
+    paused: str | None = None  # why the link is paused (Uplink.pause), else None
 
 
 class Counters:
@@ -37,6 +38,9 @@ class Counters:
         self.bytes_sent = self.errors = self.dead_links = 0
         self.in_flight = 0
         self.receive_maximum: int | None = None
+        self.paused: str | None = None
+        # The pause whose link is closed (its DISCONNECT sent): what Uplink.pause waits for.
+        self.closed_for: str | None = None
         self._iteration = 0
         self._drained_iteration = -1
 
@@ -49,6 +53,8 @@ class Counters:
         with self.cond:
             for name, value in values.items():
                 setattr(self, name, value)
+            if "state" in values or "closed_for" in values:
+                self.cond.notify_all()
 
     def snapshot(self) -> UplinkStats:
         with self.cond:
@@ -65,6 +71,7 @@ class Counters:
                 bytes_sent=self.bytes_sent,
                 errors=self.errors,
                 dead_links=self.dead_links,
+                paused=self.paused,
             )
 
     def next_iteration(self) -> int:
@@ -88,3 +95,11 @@ class Counters:
         with self.cond:
             start = self._iteration
             return self.cond.wait_for(lambda: self._drained_iteration > start, timeout)
+
+    def wait_paused(self, reason: str, timeout: float) -> bool:
+        """Wait until the worker closed the link for ``reason`` (or stopped)."""
+        with self.cond:
+            return self.cond.wait_for(
+                lambda: self.state == "stopped" or self.closed_for == reason,
+                timeout,
+            )

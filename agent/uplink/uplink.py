@@ -1,8 +1,15 @@
 """The uplink's worker: one thread that connects, serves one session at a time, and reconnects.
 
 The public API (``start``, ``stop``, ``wait_drained``, ``publish_status``, ``add_schema``,
-``reconnect``, ``publish``, ``stats``) may be called from any thread; everything paho runs on the
-worker thread, callbacks included, so no lock of ours is ever held across a paho call.
+``reconnect``, ``pause``, ``resume``, ``publish``, ``stats``) may be called from any thread;
+everything paho runs on the worker thread, callbacks included, so no lock of ours is ever held
+across a paho call.
+
+Paused (the vehicle parked, the battery low): the worker publishes the retained status as
+``offline`` with the reason ``paused: <why>``, disconnects cleanly (so the broker does not send
+the last will) and then makes no connection attempt and runs no timer until ``resume``, which
+connects at once (the reconnect delays start over). Waits between attempts end early on
+``pause``, ``resume``, ``reconnect`` and ``stop``.
 
 Failures are reported once per change of reason, never per attempt: the first failure and every
 new reason are logged (and told to ``on_link``, which the daemon hands to the modem manager as a
@@ -29,7 +36,7 @@ from agent.mqttclient import PahoLog, describe_error, tls_context
 from agent.ratelimit import RateLimitedLog
 from agent.uplink.linkreport import LinkReport
 from agent.uplink.pacing import TokenBucket
-from agent.uplink.session import IDLE_WAIT, MessageHandler, OutboxLike, Outgoing, Session
+from agent.uplink.session import MessageHandler, OutboxLike, Outgoing, Session
 from agent.uplink.stats import Counters, UplinkStats
 from agent.uplink.wakeup import Wakeup
 
@@ -90,6 +97,9 @@ class Uplink:
         self._stop_deadline = float("inf")
         self._status_requested = threading.Event()
         self._drained_at_stop = False
+        # Ends the worker's waits between attempts and while paused: stop, pause, resume,
+        # reconnect requests.
+        self._kick = threading.Event()
 
         # Shared with other threads, guarded by _lock: schemas, reconnect requests, publish().
         self._lock = threading.Lock()
@@ -100,6 +110,7 @@ class Uplink:
         self._reconnect_reason = ""
         self._pending: deque[Outgoing] = deque()
         self._pending_dropped = 0
+        self._paused: str | None = None  # why radio traffic is stopped, until resume()
         # With a downlink the idle wait watches the socket too, woken by publish() and commits.
         self._wakeup: Wakeup | None = None
         if self._subscriptions:
@@ -134,6 +145,7 @@ class Uplink:
             return False
         self._stop_deadline = time.monotonic() + timeout
         self._stop.set()
+        self._kick.set()
         # Beyond the drain time: one connect attempt and the clean close may still be running.
         self._thread.join(timeout + _CONNACK_TIMEOUT + 2 * _CLOSE_WAIT)
         if self._thread.is_alive():
@@ -167,6 +179,28 @@ class Uplink:
         with self._lock:
             self._reconnects += 1
             self._reconnect_reason = reason
+        self._kick.set()
+
+    def pause(self, reason: str, timeout: float = 10.0) -> bool:
+        """Stop radio traffic: publish the retained status (``offline``, reason ``paused:
+        <reason>``) if connected, disconnect cleanly, and attempt no connection until
+        ``resume``. Waits until the link is closed: True, or False after ``timeout``. Rows
+        committed meanwhile stay in the outbox; a later ``pause`` only changes the reason."""
+        with self._lock:
+            self._paused = reason
+        self._kick.set()
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._thread is None:
+            self._counters.set(paused=reason, state="paused", closed_for=reason)
+            return True
+        return self._counters.wait_paused(reason, timeout)
+
+    def resume(self) -> None:
+        """End a pause: connect at once, without waiting for a reconnect delay."""
+        with self._lock:
+            self._paused = None
+        self._kick.set()
 
     def publish(
         self, topic: str, payload: bytes, *, retain: bool = False, properties: Any = None
@@ -204,10 +238,17 @@ class Uplink:
             try:
                 if self._should_end():
                     break
+                if self._pause_reason() is not None:
+                    if not self._wait_paused():
+                        break
+                    continue
+                # Any kick so far is answered by this attempt.
+                self._kick.clear()
                 seen = self._reconnect_count()
                 session = self._connect(seen)
                 if session is None:
-                    self._sleep(self._backoff.next_delay())
+                    if self._pause_reason() is None:
+                        self._sleep(self._backoff.next_delay())
                     continue
                 self._backoff.succeeded()
                 self._serve(session, seen)
@@ -222,12 +263,34 @@ class Uplink:
         self._counters.wake()
 
     def _sleep(self, seconds: float) -> None:
+        """Wait before the next attempt; a kick (stop, pause, resume, reconnect) ends it."""
         until = min(time.monotonic() + seconds, self._stop_deadline)
         while not self._stopping_done():
             left = until - time.monotonic()
-            if left <= 0:
+            if left <= 0 or self._kick.wait(left):
                 return
-            self._stop.wait(min(left, IDLE_WAIT))
+
+    def _pause_reason(self) -> str | None:
+        with self._lock:
+            return self._paused
+
+    def _wait_paused(self) -> bool:
+        """Disconnected and paused: block (no timer) until resume() or stop(). False on stop."""
+        reason = self._pause_reason()
+        log.info("MQTT paused (%s): no connection until resumed", reason)
+        while reason is not None:
+            self._counters.set(paused=reason, state="paused", closed_for=reason)
+            if self._stop.is_set():
+                return False
+            self._kick.wait()
+            self._kick.clear()
+            reason = self._pause_reason()
+        self._counters.set(paused=None, state="disconnected", closed_for=None)
+        # The radio was off, not the broker failing: the first attempt goes at once, and the
+        # delays after it start from the shortest.
+        self._backoff.reset()
+        log.info("MQTT resumed: connecting to %s:%d", self.cfg.host, self.cfg.port)
+        return True
 
     def _reconnect_count(self) -> int:
         with self._lock:
@@ -292,6 +355,8 @@ class Uplink:
         def abort() -> str | None:
             if self._stopping_done():
                 return "stopping"
+            if self._pause_reason() is not None:
+                return "paused"
             return self._reconnect_requested(seen)
 
         why = session.wait_connack(time.monotonic() + _CONNACK_TIMEOUT, abort)
@@ -299,7 +364,7 @@ class Uplink:
             why += "; a TLS listener ends plain MQTT like this: is [mqtt] tls needed?"
         if why is not None:
             session.drop()
-            if why != "stopping":
+            if why not in ("stopping", "paused"):
                 self._link.down(f"{cfg.host}:{cfg.port}: {why}")
             return None
         return session
@@ -330,6 +395,10 @@ class Uplink:
                         "MQTT disconnected from %s:%d (shutdown)", self.cfg.host, self.cfg.port
                     )
                     return
+                paused = self._pause_reason()
+                if paused is not None:
+                    self._close_paused(session, paused)
+                    return
                 self._queue_shared(session)
                 now = time.monotonic()
                 if self._status_requested.is_set() or now >= next_status:
@@ -347,6 +416,14 @@ class Uplink:
         why = session.reason()
         session.drop()
         self._link.down(f"{self.cfg.host}:{self.cfg.port}: {why}")
+
+    def _close_paused(self, session: Session, reason: str) -> None:
+        """The clean pause: the retained status says why, then DISCONNECT (no last will)."""
+        self._counters.set(paused=reason, state="paused")
+        doc = self._status_doc("offline", f"paused: {reason}")
+        session.close(Outgoing(self.status_topic, doc, True))
+        log.info("MQTT disconnected from %s:%d (paused: %s)", self.cfg.host, self.cfg.port, reason)
+        self._counters.set(closed_for=reason)
 
     def _queue_shared(self, session: Session) -> None:
         """Hand schemas added and messages published from other threads to the session."""

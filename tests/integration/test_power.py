@@ -8,6 +8,7 @@ records its calls in a file.
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import uuid
@@ -25,7 +26,7 @@ from agent.modem.simulator import ModemSimulator
 from agent.spime import decode_update
 from tests.support.agentrun import write_config
 from tests.support.broker import Mosquitto, Subscriber
-from tests.support.e2e import DATA_TOPIC, retained_status
+from tests.support.e2e import DATA_TOPIC, STATUS_TOPIC, retained_status
 from tests.support.wait import wait_for
 
 WAIT = 30.0
@@ -218,6 +219,125 @@ def test_voltage_sag_below_cutoff_then_recovery(tmp_path: Path) -> None:
         volts.write_text("12900\n")
         wait_for(lambda: _state(agent) != "low_voltage", WAIT, "recovered")
         assert "back above 12.6 V" in agent.status()["power"]["reason"]
+
+
+def _statuses(sub: Subscriber) -> list[dict[str, Any]]:
+    return [json.loads(m.payload) for m in sub.messages]
+
+
+def _link(agent: Agent) -> tuple[str, str | None]:
+    u = agent.uplink.stats()
+    return u.state, u.paused
+
+
+def test_parking_pauses_the_link_cleanly_and_a_wake_reconnects_at_once(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """Parked means no radio traffic: after the park upload the uplink says why in the retained
+    status and disconnects cleanly (the last will never fires), makes no attempt while parked,
+    also with the broker gone, and connects at once on the wake although its reconnect delays
+    are a minute or more."""
+    channel = f"power-{uuid.uuid4().hex[:8]}"
+    cfg = _config(
+        tmp_path,
+        channel,
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_min = 60\n'
+        "reconnect_max = 120\n"
+        '[outbox]\npath = "outbox.db"\ncommit_interval = 0.05\n'
+        '[power]\nignition = "Body.Ignition"\nignition_on = ["Run"]\n'
+        "park_after = 600\npark_upload = 1\n",
+    )
+    with ExitStack() as stack:
+        status = stack.enter_context(Subscriber(broker, STATUS_TOPIC, reconnect=True))
+        data = stack.enter_context(Subscriber(broker, DATA_TOPIC, reconnect=True))
+        agent, _ = stack.enter_context(running(cfg, dry_run=False))
+        car = stack.enter_context(can.Bus(interface="virtual", channel=channel, ignore_config=True))
+        wait_for(lambda: _link(agent)[0] == "connected", WAIT, "connected")
+        sent: set[int] = set()
+        for cycle in range(2):
+            _frame(car, 0x200, 2)  # Run
+            wait_for(lambda: _state(agent) == "driving", WAIT, "driving")
+            for _ in range(5):
+                value = len(sent) + 1
+                _frame(car, 0x100, value)
+                sent.add(value)
+            if cycle == 1:
+                # The broker goes away while driving: the uplink waits a minute or more
+                # between attempts, and parking must end that wait too.
+                wait_for(lambda: _link(agent)[0] == "connected", WAIT, "connected")
+                broker.stop()
+                wait_for(lambda: _link(agent)[0] == "disconnected", WAIT, "link lost")
+            _frame(car, 0x200, 0)  # Off
+            wait_for(lambda: _link(agent) == ("paused", "parked"), WAIT, "link paused")
+            assert _state(agent) == "parked"
+            attempts = agent.uplink.stats().attempts
+            if cycle == 0:
+                doc = wait_for(
+                    lambda: [d for d in _statuses(status) if d.get("reason") == "paused: parked"],
+                    WAIT,
+                    "the paused status",
+                )[0]
+                assert doc["state"] == "offline" and doc["power"]["state"] == "parked"
+                assert doc["uplink"]["state"] == "paused"
+                assert doc["uplink"]["paused"] == "parked"
+            else:
+                broker.start()  # back while the car is parked: no attempt until the wake
+                assert status.wait_subscribed(WAIT) and data.wait_subscribed(WAIT)
+            assert agent.uplink.stats().attempts == attempts
+            _frame(car, 0x200, 2)  # Run: the wake
+            # Within WAIT (30 s), half the shortest reconnect delay: no backoff was waited.
+            wait_for(lambda: _link(agent)[0] == "connected", WAIT, "reconnected on the wake")
+            assert agent.uplink.stats().attempts == attempts + 1
+            if cycle == 0:
+                # A will would reach the subscriber before the status of the new connection.
+                wait_for(lambda: _statuses(status)[-1]["state"] == "online", WAIT, "online")
+                reasons = [d.get("reason") for d in _statuses(status)]
+                assert reasons.count("paused: parked") == 1, reasons
+                assert "connection lost" not in reasons, reasons
+
+        def values() -> set[int]:
+            got: set[int] = set()
+            for m in data.messages:
+                for smp in decode_update(m.payload, agent.catalog.schema)["samples"]:
+                    if smp["signal"] == "Engine.Counter":
+                        got.add(int(smp["value"]))
+            return got
+
+        wait_for(lambda: sent <= values(), WAIT, "every value delivered")
+
+
+def test_low_voltage_pauses_the_link_until_the_car_wakes(tmp_path: Path, broker: Mosquitto) -> None:
+    channel = f"power-{uuid.uuid4().hex[:8]}"
+    volts = tmp_path / "in_voltage0_raw"
+    volts.write_text("12600\n")
+    cfg = _config(
+        tmp_path,
+        channel,
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_min = 60\n'
+        "reconnect_max = 120\n"
+        '[outbox]\npath = "outbox.db"\ncommit_interval = 0.05\n'
+        "[power]\npark_after = 600\ncutoff_after = 0.3\nheartbeat = 0.1\n"
+        f'voltage_file = "{volts}"\nvoltage_scale = 0.001\n',
+    )
+    with (
+        Subscriber(broker, STATUS_TOPIC) as status,
+        running(cfg, dry_run=False) as (agent, _),
+        can.Bus(interface="virtual", channel=channel, ignore_config=True) as car,
+    ):
+        wait_for(lambda: _link(agent)[0] == "connected", WAIT, "connected")
+        volts.write_text("11900\n")
+        wait_for(lambda: _link(agent) == ("paused", "low voltage"), WAIT, "link paused")
+        assert _state(agent) == "low_voltage"
+        wait_for(
+            lambda: any(d.get("reason") == "paused: low voltage" for d in _statuses(status)),
+            WAIT,
+            "the paused status",
+        )
+        _frame(car, 0x100, 1)
+        volts.write_text("12900\n")
+        wait_for(lambda: _state(agent) == "driving", WAIT, "driving after the recovery")
+        wait_for(lambda: _link(agent) == ("connected", None), WAIT, "reconnected at once")
+        assert "connection lost" not in [d.get("reason") for d in _statuses(status)]
 
 
 def test_the_state_event_is_sent_only_with_driving_consent(tmp_path: Path) -> None:
