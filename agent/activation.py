@@ -45,7 +45,7 @@ from agent.atomicfile import write_atomic
 from agent.brokerprobe import check_broker
 from agent.config import (
     COARSE_LOCATION,
-    CONSENT_CATEGORIES,
+    GRANTABLE,
     Config,
     TlsConfig,
     error_message,
@@ -62,7 +62,6 @@ DEFAULT_BASE = Path("/etc/spime-agent/base.toml")
 DEFAULT_CONFIG = Path("/etc/spime-agent/agent.toml")
 SERVICE_USER = "spime-agent"
 COARSE = COARSE_LOCATION
-GRANTABLE = (*CONSENT_CATEGORIES, COARSE)
 DEFAULT_PORT = 8883
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 

@@ -383,11 +383,14 @@ def cmd_command(args: argparse.Namespace) -> int:
     return 0 if answer.get("status") == "ok" else 1
 
 
+_COMMAND_HELP = "send a signed command to a car and print its answer"
+
+
 def _add_command_parser(sub: Any) -> None:
-    from agent.control.remote import GRANTABLE
+    from agent.config import GRANTABLE
     from agent.mqttclient import add_client_arguments
 
-    c = sub.add_parser("command", help="send a signed command to a car and print its answer")
+    c = sub.add_parser("command", help=_COMMAND_HELP)
     add_client_arguments(c, tls_key="--client-key")
     c.add_argument("--vin", required=True)
     c.add_argument("--key", required=True, type=Path, help="the fleet's private command key")
@@ -417,7 +420,18 @@ def _add_command_parser(sub: Any) -> None:
     c.set_defaults(func=cmd_command)
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands whose flags are defined by modules that load paho, cryptography or tomli_w.
+_HEAVY_COMMANDS = ("activate", "listen", "command")
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the command line, the flags of the commands in _HEAVY_COMMANDS
+    only when it names them (``run`` starts without loading what they need)."""
+    words = None if argv is None else set(argv)
+
+    def wanted(command: str) -> bool:
+        return words is None or command in words
+
     p = argparse.ArgumentParser(
         prog="spime-agent",
         description="MQTT edge agent: CAN frames -> DBC signals -> compact spime updates",
@@ -468,10 +482,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--json", action="store_true", help="machine-readable output")
     m.set_defaults(func=cmd_modems)
 
-    from agent.activation import add_arguments
-
     a = sub.add_parser("activate", help="dealer activation: write the car's config from the base")
-    add_arguments(a)
+    if wanted("activate"):
+        from agent.activation import add_arguments
+
+        add_arguments(a)
     a.set_defaults(func=cmd_activate)
 
     st = sub.add_parser("status", help="summarise the running agent's status file")
@@ -480,26 +495,31 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(func=cmd_status)
 
     li = sub.add_parser("listen", help="subscribe, decode and print updates (backend side)")
-    from agent.mqttclient import add_client_arguments
+    if wanted("listen"):
+        from agent.mqttclient import add_client_arguments
 
-    add_client_arguments(li)
-    li.add_argument("--vin", help="only this vehicle (default: every vehicle)")
-    li.add_argument("--prefix", default="spime/v1", help="topic prefix")
-    li.add_argument("--count", type=int, help="exit after this many updates")
-    li.add_argument("--timeout", type=float, help="exit after this many seconds")
-    li.add_argument("--brief", action="store_true", help="one human line per update, not JSON")
+        add_client_arguments(li)
+        li.add_argument("--vin", help="only this vehicle (default: every vehicle)")
+        li.add_argument("--prefix", default="spime/v1", help="topic prefix")
+        li.add_argument("--count", type=int, help="exit after this many updates")
+        li.add_argument("--timeout", type=float, help="exit after this many seconds")
+        li.add_argument("--brief", action="store_true", help="one human line per update, not JSON")
     li.set_defaults(func=cmd_listen)
 
     kg = sub.add_parser("keygen", help="make an Ed25519 command key pair (fleet side)")
     kg.add_argument("--out", required=True, type=Path, help="private key file; public key .pub")
     kg.add_argument("--force", action="store_true", help="replace existing key files")
     kg.set_defaults(func=cmd_keygen)
-    _add_command_parser(sub)
+    if wanted("command"):
+        _add_command_parser(sub)
+    else:
+        c = sub.add_parser("command", help=_COMMAND_HELP)
+        c.set_defaults(func=cmd_command)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(sys.argv[1:] if argv is None else argv).parse_args(argv)
     _setup_logging(args.log_level)
     try:
         return int(args.func(args))

@@ -44,6 +44,8 @@ Priority = Literal["telemetry", "event"]
 PRIORITIES: tuple[Priority, ...] = ("telemetry", "event")
 CONSENT_CATEGORIES = ("location", "driving", "vehicle_health", "diagnostics")
 COARSE_LOCATION = "coarse_location"
+# What an owner (or, where allowed, the backend) may grant.
+GRANTABLE = (*CONSENT_CATEGORIES, COARSE_LOCATION)
 
 
 class _Model(BaseModel):

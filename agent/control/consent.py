@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.atomicfile import write_atomic
-from agent.config import Config
-from agent.control.remote import GRANTABLE
+from agent.config import GRANTABLE, Config
 
 log = logging.getLogger(__name__)
 

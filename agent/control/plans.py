@@ -20,17 +20,17 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from agent.atomicfile import write_atomic
 from agent.catalog import Catalog
 from agent.config import Config, ConsentConfig, PlanModel, format_validation_error, merge_plan
-from agent.control.envelope import EnvelopeError, open_envelope
-from agent.control.remote import check_args
 from agent.errors import AgentError, ConfigError
+
+if TYPE_CHECKING:  # cryptography is loaded only when a signed plan arrives, not at start-up
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,9 @@ def _ids(doc: Any) -> tuple[str | None, int | None]:
 
 def open_retained(data: bytes, key: Ed25519PublicKey, *, vin: str, now_ms: int) -> Any:
     """The plan document inside a signed retained message; ConfigError says why not."""
+    from agent.control.envelope import EnvelopeError, open_envelope
+    from agent.control.remote import check_args
+
     try:
         cmd = open_envelope(data, key)
     except EnvelopeError as err:

@@ -23,7 +23,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from agent.config import COARSE_LOCATION, CONSENT_CATEGORIES
+from agent.config import GRANTABLE
 from agent.control.envelope import Command, EnvelopeError, key_id, open_envelope
 
 OK, REJECTED, FAILED, EXPIRED = "ok", "rejected", "failed", "expired"
@@ -47,7 +47,6 @@ MAX_LIFETIME_MS = 7 * 24 * 3600 * 1000
 # wrong, and its expiry cannot be judged.
 MAX_SKEW_MS = 5 * 60 * 1000
 MAX_SEEN = 4096
-GRANTABLE = (*CONSENT_CATEGORIES, COARSE_LOCATION)
 
 
 @dataclass(frozen=True)
