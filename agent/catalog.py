@@ -21,6 +21,7 @@ from typing import Any
 from agent.config import COARSE_LOCATION, BusConfig, Config, SignalConfig
 from agent.decode import DbcFile, Message, load_dbc
 from agent.errors import ConfigError, DbcError
+from agent.locationschema import LocationPlan, add_location
 from agent.policy.expr import parse as parse_condition
 from agent.policy.trigger import TriggerSpec
 from agent.spime import Schema, SignalDef
@@ -137,6 +138,8 @@ class Catalog:
     power: tuple[PowerRead, ...] = ()
     # Schema id of POWER_SIGNAL when [power] is configured.
     power_sid: int | None = None
+    # The GNSS signals when [gnss] is configured and consent covers location.
+    location: LocationPlan | None = None
 
     @property
     def message_count(self) -> int:
@@ -393,6 +396,10 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
                 category=POWER_CATEGORY,
             )
         )
+    location = None
+    if cfg.gnss is not None:
+        grid = cfg.consent.coarse_grid if cfg.consent is not None else 0.0
+        location = add_location(defs, _consent(cfg, "location"), grid, src)
     return Catalog(
         schema=Schema.build(defs),
         selected=tuple(selected),
@@ -405,6 +412,7 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
         disabled=trig.disabled,
         power=tuple(power),
         power_sid=power_sid,
+        location=location,
     )
 
 

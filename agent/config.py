@@ -543,6 +543,81 @@ class PowerConfig(_Model):
         return self
 
 
+class GnssConfig(_Model):
+    """The GNSS receiver and which of its fixes are sent (README, Location)."""
+
+    source: Literal["nmea", "gpsd", "at"] = "nmea"
+    # nmea: a serial device or any pyserial URL (str); gpsd: its TCP port (int, default 2947).
+    port: str | Port | None = None
+    baudrate: int = Field(default=9600, gt=0)
+    host: Host = "127.0.0.1"  # gpsd
+    modem: str | None = Field(default=None, min_length=1)  # at: the [[modem]] whose port polls
+    # No valid sentence (or no new position) for this long: "gnss down" (or "no fix").
+    down_after: PositiveSeconds = 3.0
+    # Fixes waiting between the receiver's thread and the pipeline; the oldest beyond is dropped.
+    queue_limit: int = Field(default=10_000, ge=16, le=1_000_000)
+    # Sampling (agent.policy.track): curve logging, or tracker rules.
+    mode: Literal["curve", "rules"] = "curve"
+    tolerance: float = Field(default=10.0, gt=0, le=10_000)
+    max_delay: PositiveSeconds = 30.0
+    max_points: int = Field(default=600, ge=2, le=100_000)
+    min_interval: NonNegSeconds = 1.0
+    max_interval: PositiveSeconds = 60.0
+    distance: float = Field(default=100.0, gt=0)
+    heading: float = Field(default=10.0, gt=0, le=180)
+    speed_change: float = Field(default=10.0, gt=0)
+    parked_interval: PositiveSeconds = 3600.0
+    parked_speed: float = Field(default=3.0, ge=0)
+
+    @model_validator(mode="after")
+    def _by_source(self) -> GnssConfig:
+        if self.source == "nmea" and not (isinstance(self.port, str) and self.port):
+            raise ValueError(
+                'source "nmea" needs port = "<device or pyserial URL>", e.g. "/dev/ttyUSB1"'
+            )
+        if self.source == "gpsd" and isinstance(self.port, str):
+            raise ValueError('source "gpsd" takes port as a number (gpsd listens on 2947)')
+        if self.source == "at" and self.modem is None:
+            raise ValueError('source "at" needs modem = "<name of a [[modem]]>"')
+        if self.source != "at" and self.modem is not None:
+            raise ValueError(f'modem is only for source "at", not "{self.source}"')
+        if self.max_interval < self.min_interval:
+            raise ValueError("max_interval must be at least min_interval")
+        return self
+
+    @property
+    def gpsd_port(self) -> int:
+        return self.port if isinstance(self.port, int) else 2947
+
+
+class ZoneConfig(_Model):
+    """A privacy zone: a circle around a place (degrees, metres) where no fix is kept."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    radius: float = Field(gt=0, le=100_000)
+
+
+class PrivacyConfig(_Model):
+    """Location privacy on the box (README, Location): zones and trip ends."""
+
+    zones: list[ZoneConfig] = Field(default_factory=list, max_length=256)
+    # Fixes within this distance of where a trip starts and ends are withheld (0: off).
+    trip_end_radius: float = Field(default=500.0, ge=0, le=100_000)
+    # The receiver down this long ends a trip (its trailing fixes are then dropped).
+    trip_gap: PositiveSeconds = 300.0
+
+    @field_validator("zones")
+    @classmethod
+    def _unique(cls, v: list[ZoneConfig]) -> list[ZoneConfig]:
+        names = [z.name for z in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"zone names must be unique: {', '.join(dup)}")
+        return v
+
+
 class Config(_Model):
     vehicle: VehicleConfig
     bus: list[BusConfig] = Field(min_length=1)
@@ -559,6 +634,8 @@ class Config(_Model):
     remote: RemoteConfig | None = None
     power: PowerConfig | None = None
     diagnostics: list[DiagnosticsConfig] = Field(default_factory=list, max_length=8)
+    gnss: GnssConfig | None = None
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     source: Path | None = Field(default=None, exclude=True)
 
@@ -589,6 +666,8 @@ class Config(_Model):
         dbus = [d.bus for d in self.diagnostics]
         if len(set(dbus)) != len(dbus):
             raise ValueError("one [[diagnostics]] section per bus")
+        if self.gnss is not None and self.gnss.modem is not None and self.gnss.modem not in mnames:
+            raise ValueError(f"gnss.modem: no [[modem]] named {self.gnss.modem!r}")
         return self
 
     @property

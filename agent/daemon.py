@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import __version__
+from agent import __version__, gnss_wiring
 from agent.can_source import validate_sources
 from agent.catalog import Catalog, build_catalog
 from agent.config import Config
@@ -44,6 +44,7 @@ SHUTDOWN_PUBLISH_SECONDS = 3.0
 def prepare(cfg: Config) -> Catalog:
     """Every check that needs no bus or broker; raises ConfigError/DbcError with all problems."""
     validate_sources(cfg)
+    gnss_wiring.check(cfg)
     if cfg.remote is not None:
         from agent.control.envelope import load_public_key
 
@@ -116,6 +117,10 @@ class Agent:
             )
             self.pipeline.on_power = self.power.on_value
             self.pipeline.on_activity = self.power.on_activity
+        # [gnss]: the receiver, polled by the pipeline (agent.gnss_wiring).
+        self.location = gnss_wiring.Location(self.pipeline) if cfg.gnss is not None else None
+        if self.location is not None:
+            self.pipeline.inputs.append(self.location)
         self.outbox: Any = None
         self.uplink: Any = None
         self.modems: Any = None
@@ -177,6 +182,8 @@ class Agent:
         doc["triggers"] = p.trigger_status()
         if self.power is not None:
             doc["power"] = self.power.status()
+        if self.location is not None:
+            doc["gnss"] = self.location.status()
         plan = self.planner.book.status_doc()
         if plan is not None:
             doc["plan"] = plan
@@ -463,7 +470,7 @@ class Agent:
             cfg, catalog = self.planner.rebase(cfg, catalog, _now_ms())
         except AgentError as err:
             return list(err.problems)
-        fixed = ("vehicle", "bus", "mqtt", "outbox", "modem", "modems", "status", "remote")
+        fixed = ("vehicle", "bus", "mqtt", "outbox", "modem", "modems", "status", "remote", "gnss")
         changed = [k for k in fixed if getattr(cfg, k) != getattr(self.cfg, k)]
         if changed:
             return [

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from agent.can_source import (
     BATCH,
@@ -47,6 +47,15 @@ rlog = RateLimitedLog(log)
 
 # SocketCAN error frame class bit for bus-off (linux/can/error.h CAN_ERR_BUSOFF).
 _CAN_ERR_BUSOFF = 0x40
+
+
+class Input(Protocol):
+    """A source other than the buses (agent.gnss_wiring): polled in the pipeline's thread at
+    every turn (it may offer values to ``sampler``), closed when the input ends."""
+
+    def poll(self) -> None: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass
@@ -145,6 +154,7 @@ class Pipeline:
         # systemd's watchdog interval when there is one: parked, the loop still turns this often.
         self.watchdog_every: float | None = None
         self.dropped_calls = 0
+        self.inputs: list[Input] = []
 
     def _load(self, cfg: Config, catalog: Catalog, *, seq: int) -> None:
         """Build the runtime state for a catalog; update numbering continues at ``seq``."""
@@ -317,6 +327,7 @@ class Pipeline:
             self._turn(index, payload if isinstance(payload, list) else [])
         for src in self.sources:
             src.join(timeout=2.0)
+        self._close_inputs()
         self.finish()
 
     def _run_replays(self) -> None:
@@ -343,7 +354,12 @@ class Pipeline:
                     break
         except SourceError as err:
             self.stats.source_errors.extend(err.problems)
+        self._close_inputs()
         self.finish()
+
+    def _close_inputs(self) -> None:
+        for inp in self.inputs:
+            inp.close()
 
     def _turn(self, index: int, batch: list[Any]) -> None:
         """One turn of the loop: process a batch, then timers, reloads, the watchdog."""
@@ -352,6 +368,11 @@ class Pipeline:
             if self.on_activity is not None:
                 self.on_activity(index)
             self._process(index, batch)
+        if self.inputs:
+            for inp in self.inputs:
+                inp.poll()
+            if self.sampler.out:
+                self._collect()
         while self._calls:
             self._calls.popleft()()
         if self.now >= self._due:

@@ -1,1 +1,74 @@
-"""Inputs other than CAN that turn what they read into timestamped values for the pipeline."""
+"""Inputs other than CAN that turn what they read into timestamped values for the pipeline.
+
+``open_gnss`` is the one place that maps ``[gnss] source`` to a receiver object. Every receiver
+has the interface of ``agent.sources.gnss.NmeaSource`` (``GnssSource`` below): its own thread
+(``start``/``stop``), privacy zones, sampling and trip ends applied on that thread, the fixes
+that may be stored handed out by ``take`` from a bounded queue (``dropped`` counts what it
+lost), and ``state`` (``fix``, ``no fix``, ``gnss down``, ``in privacy zone``).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from agent.config import GnssConfig, PrivacyConfig
+from agent.errors import ConfigError
+from agent.policy.geo import Fix
+from agent.policy.privacy import PrivacyFilter, Zone
+from agent.policy.track import TrackPolicy, TrackSampler
+
+
+class GnssSource(Protocol):
+    state: str
+    dropped: int
+    track: TrackSampler
+    privacy: PrivacyFilter
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = 5.0) -> None: ...
+
+    def take(self) -> list[Fix]: ...
+
+
+def zones(cfg: PrivacyConfig) -> tuple[Zone, ...]:
+    return tuple(Zone(z.name, z.lat, z.lon, z.radius) for z in cfg.zones)
+
+
+def track_policy(cfg: GnssConfig) -> TrackPolicy:
+    return TrackPolicy(
+        mode=cfg.mode,
+        tolerance=cfg.tolerance,
+        max_delay=cfg.max_delay,
+        max_points=cfg.max_points,
+        min_interval=cfg.min_interval,
+        max_interval=cfg.max_interval,
+        parked_interval=cfg.parked_interval,
+        parked_speed=cfg.parked_speed,
+        distance=cfg.distance,
+        heading=cfg.heading,
+        speed_change=cfg.speed_change,
+    )
+
+
+def open_gnss(cfg: GnssConfig, privacy: PrivacyConfig) -> GnssSource:
+    """The receiver ``cfg`` names, not started; ConfigError for a source not built here."""
+    track = TrackSampler(track_policy(cfg))
+    private = PrivacyFilter(zones=zones(privacy), trip_end_radius=privacy.trip_end_radius)
+    if cfg.source == "nmea":
+        from agent.sources.gnss import NmeaSource
+
+        assert isinstance(cfg.port, str)  # checked by GnssConfig
+        return NmeaSource(
+            cfg.port,
+            baudrate=cfg.baudrate,
+            track=track,
+            privacy=private,
+            down_after=cfg.down_after,
+            trip_gap=privacy.trip_gap,
+            queue_limit=cfg.queue_limit,
+        )
+    raise ConfigError(
+        f'gnss.source: "{cfg.source}" is not available yet in this version; use "nmea" '
+        "(a serial port or any pyserial URL, e.g. socket://host:port for an NMEA stream)"
+    )

@@ -135,7 +135,9 @@ class FixSource:
             # Zones first: a fix inside one never reaches the sampler, not even as an anchor.
             self._in_zone = zone_of(self.privacy.zones, fix.lat, fix.lon) is not None
             if self._in_zone:
-                self.privacy.counters["zone"] += 1
+                # The privacy filter still sees it (and drops it): a trip that starts in a zone
+                # starts there, and its first fixes outside are withheld around that place.
+                self.privacy.offer(fix)
                 continue
             for kept in self.track.offer(fix):
                 self._put(self.privacy.offer(kept))

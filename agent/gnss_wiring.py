@@ -1,0 +1,165 @@
+"""The GNSS receiver as an input of the pipeline: fixes and states -> samples, in its thread.
+
+``Location`` is polled by the pipeline at every turn of its loop (agent.pipeline ``inputs``):
+it takes the fixes the receiver released (zones, sampling and trip ends were applied on the
+receiver's own thread, before anything here: what is taken may be stored) and offers their
+values to the pipeline's sampler as the schema's location signals, through the same
+``coarse_location`` grid as CAN positions. The receiver's state becomes an event sample of
+``Vehicle.CurrentLocation.State`` when it changes, so a dead receiver or a privacy zone is
+reported, never hidden behind the last position.
+
+Follows the config in force: on a reload (consent, ``[privacy]`` zones) it opens the receiver
+when location consent appears, closes it when consent goes, and hands new zones and trip-end
+radius to the receiver's privacy filter. Changing ``[gnss]`` itself needs a restart. It does
+not parse NMEA (agent.sources) nor decide which fixes are kept (agent.policy).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from agent.catalog import Catalog, Policy
+from agent.config import Config
+from agent.locationschema import STATES, LocationPlan, raw_values
+from agent.sampling import Group, SignalState, grid_snapper
+from agent.sources import GnssSource, open_gnss, zones
+
+if TYPE_CHECKING:
+    from agent.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+_STATE_CODE = {name: code for code, name in enumerate(STATES)}
+
+
+def check(cfg: Config) -> None:
+    """ConfigError if the configured receiver cannot be built (a source not available)."""
+    if cfg.gnss is not None:
+        open_gnss(cfg.gnss, cfg.privacy)
+
+
+class Location:
+    """The receiver of ``[gnss]`` wired into one pipeline (see the module docstring); the
+    receiver is opened at the pipeline's first turn."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.pipeline = pipeline
+        self.source: GnssSource | None = None
+        self.fixes = 0  # fixes taken and offered to the sampler
+        self._catalog: Catalog | None = None
+        self._cfg: Config | None = None
+        self._plan: LocationPlan | None = None
+        self._states: dict[int, SignalState] = {}
+        self._fix_group = Group()
+        self._reported: str | None = None
+        self._report_from = 0.0  # monotonic: the receiver's first state is reported from then
+        self._closed = False
+
+    # -- called by the pipeline, in its thread -------------------------------------------------
+
+    def poll(self) -> None:
+        p = self.pipeline
+        if p.catalog is not self._catalog and not self._closed:
+            self._follow()
+        src, plan = self.source, self._plan
+        if src is None or plan is None:
+            return
+        fixes = src.take()
+        now = p.now
+        offer = p.sampler.offer
+        for fix in fixes:
+            self._fix_group.last_t = fix.t
+            for _, sid, raw in raw_values(plan, fix):
+                offer(self._states[sid], raw, fix.t, now)
+        self.fixes += len(fixes)
+        self._report_state(src.state)
+
+    def close(self) -> None:
+        """End of input: the receiver stops (its trip ends: trailing fixes are dropped); what
+        it released before goes into the open update."""
+        self._closed = True
+        src = self.source
+        if src is None:
+            return
+        src.stop()
+        self.poll()
+        self.source = None
+        log.info(
+            "gnss: stopped; %d fixes sent of those the receiver gave (%s; privacy %s)",
+            self.fixes,
+            ", ".join(f"{k} {v}" for k, v in src.track.counters.items()),
+            ", ".join(f"{k} {v}" for k, v in src.privacy.counters.items()),
+        )
+
+    def status(self) -> dict[str, Any]:
+        src = self.source
+        if src is None:
+            return {"state": "off" if self._plan is None else "stopped", "fixes_sent": self.fixes}
+        return {
+            "state": src.state,
+            "fixes_sent": self.fixes,
+            "dropped": src.dropped,
+            "track": dict(src.track.counters),
+            "privacy": dict(src.privacy.counters),
+        }
+
+    # -- following the config in force ---------------------------------------------------------
+
+    def _follow(self) -> None:
+        p = self.pipeline
+        cfg, catalog = p.cfg, p.catalog
+        self._catalog = catalog
+        plan = catalog.location if cfg.gnss is not None else None
+        if plan is None:
+            if self.source is not None:
+                log.warning("gnss: no consent for location any more: receiver closed")
+                self.source.stop()
+                self.source = None
+            self._plan, self._states = None, {}
+            self._cfg = cfg
+            return
+        self._plan = plan
+        self._build_states(plan)
+        if self.source is None:
+            assert cfg.gnss is not None
+            self.source = open_gnss(cfg.gnss, cfg.privacy)
+            self.source.start()
+            self._reported = None
+            self._report_from = time.monotonic() + cfg.gnss.down_after
+            log.info("gnss: receiver %s opened", cfg.gnss.source)
+        elif self._cfg is not None and cfg.privacy != self._cfg.privacy:
+            # A plain attribute swap: the receiver's thread reads each fix's zones once.
+            self.source.privacy.zones = zones(cfg.privacy)
+            self.source.privacy.trip_end_radius = cfg.privacy.trip_end_radius
+            log.info("gnss: privacy zones now %s", [z.name for z in cfg.privacy.zones])
+        self._cfg = cfg
+
+    def _build_states(self, plan: LocationPlan) -> None:
+        """Sampler states for the location signals under the schema in force; part of the
+        pipeline's states so snapshots carry them (stamped with the fix's own time)."""
+        p = self.pipeline
+        old = {id(s) for s in self._states.values()}
+        p.states[:] = [s for s in p.states if id(s) not in old]
+        self._states = {}
+        for f, sid in plan.fields:
+            snap = None
+            if plan.coarse and f.coarse:
+                snap = grid_snapper(f.scale, 0, plan.grid, True)
+            self._states[sid] = SignalState(sid, Policy(), f.scale, self._fix_group, snap)
+        self._states[plan.state_sid] = SignalState(plan.state_sid, Policy(event=True), 1, Group())
+        p.states.extend(self._states.values())
+        p.states.sort(key=lambda s: s.sid)
+        self._reported = None
+
+    def _report_state(self, state: str) -> None:
+        if state == self._reported or time.monotonic() < self._report_from:
+            return
+        assert self._plan is not None
+        log.info("gnss: %s", state)
+        self._reported = state
+        st = self._states[self._plan.state_sid]
+        t_ms = int(time.time() * 1000)
+        st.group.last_t = t_ms
+        self.pipeline.sampler.offer(st, _STATE_CODE[state], t_ms, self.pipeline.now)

@@ -1,0 +1,142 @@
+"""[gnss] and [privacy]: strict values named by field; location signals in the schema by consent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.catalog import build_catalog
+from agent.config import load_config
+from agent.errors import ConfigError
+from agent.gnss_wiring import check
+from agent.locationschema import STATE_SIGNAL
+from tests.support.data import DEMO_DBC
+
+BASE = f"""
+[vehicle]
+vin = "WVWZZZ1JZXW000001"
+
+[[bus]]
+name = "car"
+interface = "virtual"
+channel = "x"
+dbc = ["{DEMO_DBC}"]
+[[signal]]
+match = "*.VehicleSpeed"
+"""
+
+NMEA = '[gnss]\nport = "/dev/ttyUSB1"\n'
+
+
+def _load(tmp_path: Path, text: str) -> object:
+    p = tmp_path / "agent.toml"
+    p.write_text(BASE + text)
+    return load_config(p)
+
+
+def _problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        _load(tmp_path, text)
+    return list(exc.value.problems)
+
+
+def test_defaults_follow_the_readme(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, NMEA)
+    g = cfg.gnss  # type: ignore[attr-defined]
+    assert (g.source, g.port, g.baudrate, g.down_after, g.mode, g.tolerance) == (
+        "nmea",
+        "/dev/ttyUSB1",
+        9600,
+        3.0,
+        "curve",
+        10.0,
+    )
+    p = cfg.privacy  # type: ignore[attr-defined]
+    assert (p.zones, p.trip_end_radius, p.trip_gap) == ([], 500.0, 300.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        ("[gnss]\n", "gnss", 'needs port = "<device'),
+        ('[gnss]\nsource = "gpsd"\nport = "x"\n', "gnss", "port as a number"),
+        ('[gnss]\nsource = "gpsd"\nport = 70000\n', "gnss.port", "not a port number"),
+        ('[gnss]\nsource = "at"\n', "gnss", "needs modem"),
+        ('[gnss]\nsource = "at"\nmodem = "lte"\n', "(top level)", "no [[modem]] named 'lte'"),
+        ('[gnss]\nsource = "sirf"\nport = "x"\n', "gnss.source", "'nmea', 'gpsd' or 'at'"),
+        (NMEA + "baudrate = true\n", "gnss.baudrate", "must be an integer"),
+        (NMEA + "tolerance = 0\n", "gnss.tolerance", "greater than 0"),
+        (NMEA + 'mode = "smart"\n', "gnss.mode", "'curve' or 'rules'"),
+        (NMEA + "heading = 200\n", "gnss.heading", "less than or equal to 180"),
+        (NMEA + "tolerence = 5\n", "gnss.tolerence", "unknown key"),
+        ("[privacy]\nzones = [{name='a', lat=91.0, lon=0.0, radius=100.0}]\n", "zones[0].lat", ""),
+        ("[privacy]\nzones = [{name='a', lat=1.0, lon=-181, radius=100.0}]\n", "zones[0].lon", ""),
+        ("[privacy]\nzones = [{name='a', lat=1.0, lon=2.0, radius=0}]\n", "zones[0].radius", ""),
+        ("[privacy]\nzones = [{name='a', lat=1.0, lon=2.0}]\n", "zones[0].radius", "missing"),
+        ("[privacy]\nzones = [{name='a', lat='1', lon=2.0, radius=5}]\n", "zones[0].lat", "number"),
+        (
+            "[privacy]\nzones = [{name='a', lat=1, lon=2, radius=5}, "
+            "{name='a', lat=3, lon=4, radius=5}]\n",
+            "privacy.zones",
+            "unique: a",
+        ),
+        ("[privacy]\ntrip_end_radius = -1\n", "privacy.trip_end_radius", "greater than or equal"),
+    ],
+)
+def test_bad_values_are_named_by_field(tmp_path: Path, text: str, field: str, words: str) -> None:
+    lines = _problems(tmp_path, text)
+    assert any(field in line and words in line for line in lines), lines
+
+
+@pytest.mark.parametrize("source", ["gpsd", "at"])
+def test_a_source_not_built_yet_is_a_clear_config_error(tmp_path: Path, source: str) -> None:
+    extra = '[[modem]]\nname = "lte"\nport = "/dev/ttyUSB2"\n' if source == "at" else ""
+    arg = 'modem = "lte"' if source == "at" else "port = 2947"
+    cfg = _load(tmp_path, f'{extra}[gnss]\nsource = "{source}"\n{arg}\n')
+    with pytest.raises(ConfigError, match=f'gnss.source: "{source}" is not available yet'):
+        check(cfg)  # type: ignore[arg-type]
+
+
+def _names(tmp_path: Path, consent: str) -> list[str]:
+    cfg = _load(tmp_path, NMEA + consent)
+    return [s.name for s in build_catalog(cfg).schema.signals]  # type: ignore[arg-type]
+
+
+def test_location_signals_follow_consent(tmp_path: Path) -> None:
+    every = _names(tmp_path, "")  # not activated: nothing filtered
+    assert "Vehicle.CurrentLocation.Latitude" in every and STATE_SIGNAL in every
+    assert "Vehicle.CurrentLocation.Heading" in every
+    exact = _names(tmp_path, '[consent]\ngranted = ["location"]\ndefault_category = "driving"\n')
+    assert [n for n in exact if "Location" in n] == [n for n in every if "Location" in n]
+    coarse = _names(tmp_path, '[consent]\ngranted = ["coarse_location"]\n')
+    assert [n for n in coarse if "Location" in n] == [
+        "Vehicle.CurrentLocation.Latitude",
+        "Vehicle.CurrentLocation.Longitude",
+        STATE_SIGNAL,
+    ]
+    none = _names(tmp_path, '[consent]\ngranted = ["driving"]\ndefault_category = "driving"\n')
+    assert not [n for n in none if "Location" in n]
+
+
+def test_lat_lon_are_scaled_integers_of_1e7_degree(tmp_path: Path) -> None:
+    cfg = _load(tmp_path, NMEA)
+    schema = build_catalog(cfg).schema  # type: ignore[arg-type]
+    lat = next(s for s in schema.signals if s.name == "Vehicle.CurrentLocation.Latitude")
+    assert (lat.kind, lat.scale, lat.unit, lat.category, lat.source) == (
+        "int",
+        1e-7,
+        "deg",
+        "location",
+        "gnss:lat",
+    )
+    assert lat.physical(481234567) == pytest.approx(48.1234567, abs=1e-12)
+
+
+def test_a_signal_named_like_a_gnss_signal_is_refused(tmp_path: Path) -> None:
+    named = f'match = "ESP_VehicleDynamics.VehicleSpeed"\nname = "{STATE_SIGNAL}"'
+    text = BASE.replace('match = "*.VehicleSpeed"', named)
+    p = tmp_path / "agent.toml"
+    p.write_text(text + NMEA)
+    with pytest.raises(ConfigError, match="name of a GNSS signal"):
+        build_catalog(load_config(p))
