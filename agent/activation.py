@@ -3,10 +3,11 @@
 Takes the vehicle's own settings (VIN, primary SIM, broker, TLS material, the owner's consent)
 from flags, or asks for the missing ones on a terminal, checks all of them before writing
 anything, and writes ``--config`` = ``--base`` + [vehicle] vin + [mqtt] host/port/tls +
-[modems] primary + [consent] granted. The values are validated by the config models that
-`spime-agent check` uses (agent.config: VIN and its check digit, host, port, consent
-categories), on the very text that will be written, so the two never disagree; a model error
-about a value the dealer gave is named by its flag (``--port: ...``). Then: the TLS files
+[modems] primary + [consent] granted + [privacy] zones (``--privacy-zone``, when given). The
+values are validated by the config models that `spime-agent check` uses (agent.config: VIN and
+its check digit, host, port, consent categories, zone ranges), on the very text that will be
+written, so the two never disagree; a model error about a value the dealer gave is named by its
+flag (``--port: ...``). Then: the TLS files
 (agent.tlscheck: parse, key matches certificate, nothing expired, loadable by the uplink), the
 final config passes ``agent.daemon.prepare`` (DBCs, signals), the chosen SIM is present and
 ready (one probe of every modem), and the broker completes a TLS handshake and answers an MQTT
@@ -147,6 +148,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="let the backend grant consent categories too (revoking is always allowed)",
     )
+    p.add_argument(
+        "--privacy-zone",
+        action="append",
+        metavar="NAME=LAT,LON,RADIUS",
+        help="a place where no position is stored or sent (degrees, metres); repeatable",
+    )
     p.add_argument("--base", type=Path, default=DEFAULT_BASE, help=f"default {DEFAULT_BASE}")
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help=f"default {DEFAULT_CONFIG}")
     p.add_argument("--offline", action="store_true", help="do not contact the broker")
@@ -169,6 +176,30 @@ class Choices:
     granted: list[str] | None
     command_key: Path | None = None  # [remote] command_key; None: no remote commands
     allow_remote_consent: bool = False
+    zones: list[dict[str, Any]] | None = None  # [privacy] zones; None: the base's
+
+
+def parse_zones(texts: list[str] | None) -> tuple[list[dict[str, Any]] | None, list[str]]:
+    """``NAME=LAT,LON,RADIUS`` of each ``--privacy-zone`` as [privacy] zone tables, and syntax
+    problems. Ranges and names are the config model's to check."""
+    if texts is None:
+        return None, []
+    zones, problems = [], []
+    for text in texts:
+        name, sep, rest = text.partition("=")
+        parts = rest.split(",")
+        try:
+            lat, lon, radius = (float(p) for p in parts)
+        except ValueError:  # not three numbers
+            sep = ""
+        if not sep or not name.strip():
+            problems.append(
+                f"--privacy-zone {text!r}: expected NAME=LAT,LON,RADIUS "
+                "(degrees, degrees, metres), e.g. home=48.137,11.575,300"
+            )
+            continue
+        zones.append({"name": name.strip(), "lat": lat, "lon": lon, "radius": radius})
+    return zones, problems
 
 
 def _ask(out: TextIO, question: str, default: str | None) -> str | None:
@@ -263,8 +294,10 @@ def gather(
     elif args.allow_remote_consent:
         problems.append("--allow-remote-consent: needs --command-key (no remote commands without)")
     allow = bool(args.allow_remote_consent)
+    zones, zone_problems = parse_zones(getattr(args, "privacy_zone", None))
+    problems += zone_problems
     return Choices(
-        vin, primary, host, port_value, ca, cert, key, granted, command_key, allow
+        vin, primary, host, port_value, ca, cert, key, granted, command_key, allow, zones
     ), problems
 
 
@@ -300,11 +333,24 @@ def validate(
             field = where.split("[")[0]
             if field in missing:
                 continue
+            if field.startswith("privacy.zones") and c.zones is not None:
+                problems.append(f"--privacy-zone {_zone_error(where, c.zones)}: {error_message(e)}")
+                continue
             if field in _FLAGS:
                 problems.append(f"{_FLAGS[field]}: {error_message(e)}")
             else:
                 problems.append(f"{base_path}: {where}: {error_message(e)}")
         return None, problems
+
+
+def _zone_error(where: str, zones: list[dict[str, Any]]) -> str:
+    """``privacy.zones[1].lat`` as the dealer wrote it: ``home lat``."""
+    index, _, key = where.removeprefix("privacy.zones").partition(".")
+    try:
+        name = zones[int(index.strip("[]"))]["name"]
+    except (ValueError, IndexError):
+        return where
+    return f"{name} {key}".strip()
 
 
 # -- building the config ---------------------------------------------------------------------
@@ -357,6 +403,8 @@ def build_config(
         "granted": list(c.granted or ()),
         **{k: v for k, v in consent.items() if k != "granted"},
     }
+    if c.zones is not None:
+        data["privacy"] = {**_table(data, "privacy"), "zones": c.zones}
     if c.command_key is not None:
         data["remote"] = {
             "command_key": str(c.command_key),
@@ -428,6 +476,9 @@ def _summary(
         for (cat, coarse), n in sorted(counts.items())
     )
     lines.append(f"the car will send {len(catalog.selected)} signals: {sent or 'none'}")
+    if cfg.privacy.zones:
+        zones = ", ".join(f"{z.name} ({z.radius:g} m)" for z in cfg.privacy.zones)
+        lines.append(f"privacy zones: {zones}")
     if catalog.excluded:
         held = ", ".join(f"{why}: {n}" for why, n in sorted(catalog.excluded.items()))
         lines.append(f"not sent: {held}")

@@ -578,3 +578,51 @@ def test_every_kind_of_base_value_is_written_back_unchanged(setup: Setup) -> Non
     cfg = load_config(setup.config)
     assert cfg.bus[0].options["note"] == 'tab\there "q" back\\slash é 漢'
     assert cfg.updates.max_age == 0.25 and cfg.updates.compress is False
+
+
+# -- privacy zones ---------------------------------------------------------------------------
+def test_privacy_zones_are_written_and_summarised(setup: Setup) -> None:
+    argv = setup.args(
+        "--offline",
+        "--privacy-zone=home=48.137,11.575,300",
+        "--privacy-zone",
+        "work = -33.86, 151.2 , 1500",
+        consent="location,driving",
+    )
+    r = setup.run(argv)
+    assert r.code == 0, r.err
+    zones = load_config(setup.config).privacy.zones
+    assert [(z.name, z.lat, z.lon, z.radius) for z in zones] == [
+        ("home", 48.137, 11.575, 300.0),
+        ("work", -33.86, 151.2, 1500.0),
+    ]
+    assert "privacy zones: home (300 m), work (1500 m)" in r.out
+
+
+@pytest.mark.parametrize(
+    ("zone", "words"),
+    [
+        ("home=91,11,300", "--privacy-zone home lat: Input should be less than or equal to 90"),
+        ("home=48,-181,300", "--privacy-zone home lon: Input should be greater than or equal"),
+        ("home=48,11,0", "--privacy-zone home radius: Input should be greater than 0"),
+        ("home=48,11", "--privacy-zone 'home=48,11': expected NAME=LAT,LON,RADIUS"),
+        ("48,11,300", "expected NAME=LAT,LON,RADIUS"),
+        ("home=north,11,300", "expected NAME=LAT,LON,RADIUS"),
+        ("my home=48,11,300", "--privacy-zone my home name: String should match pattern"),
+    ],
+)
+def test_a_bad_privacy_zone_is_named_and_nothing_is_written(
+    setup: Setup, zone: str, words: str
+) -> None:
+    r = setup.run(setup.args("--offline", f"--privacy-zone={zone}"))
+    assert r.code == 2
+    assert words in r.err, r.err
+    assert "nothing written" in r.err
+    assert setup.files() == []
+
+
+def test_two_zones_of_one_name_are_refused(setup: Setup) -> None:
+    argv = setup.args("--offline", "--privacy-zone=a=1,2,3", "--privacy-zone=a=4,5,6")
+    r = setup.run(argv)
+    assert r.code == 2 and "zone names must be unique: a" in r.err, r.err
+    assert setup.files() == []
