@@ -339,8 +339,20 @@ def _command_args(args: argparse.Namespace) -> dict[str, Any]:
             out["revoke"] = args.revoke
         if args.grant:
             out["grant"] = args.grant
+        if args.add_zone:
+            from agent.activation import parse_zones
+
+            zones, problems = parse_zones(args.add_zone)
+            if problems:
+                raise InputError(problems[0].replace("--privacy-zone", "--add-zone"))
+            out["add_zones"] = zones
+        if args.remove_zone:
+            out["remove_zones"] = args.remove_zone
         if not out:
-            raise InputError("consent: name categories with --revoke CAT... and/or --grant CAT...")
+            raise InputError(
+                "consent: name categories with --revoke CAT... and/or --grant CAT..., or zones "
+                "with --add-zone NAME=LAT,LON,RADIUS / --remove-zone NAME"
+            )
         return out
     return {}
 
@@ -417,6 +429,18 @@ def _add_command_parser(sub: Any) -> None:
     co = acts.add_parser("consent", help="revoke (or, where allowed, grant) consent categories")
     co.add_argument("--revoke", nargs="+", metavar="CAT", choices=GRANTABLE, default=[])
     co.add_argument("--grant", nargs="+", metavar="CAT", choices=GRANTABLE, default=[])
+    co.add_argument(
+        "--add-zone",
+        action="append",
+        metavar="NAME=LAT,LON,RADIUS",
+        help="add a privacy zone (always allowed: it makes the car more private)",
+    )
+    co.add_argument(
+        "--remove-zone",
+        action="append",
+        metavar="NAME",
+        help="remove a privacy zone (needs allow_remote_consent on the car)",
+    )
     c.set_defaults(func=cmd_command)
 
 

@@ -513,8 +513,12 @@ class Agent:
     def consent_granted(self) -> list[str] | None:
         return None if self.cfg.consent is None else list(self.cfg.consent.granted)
 
-    def change_consent(self, granted: frozenset[str]) -> list[str]:
-        """Remote consent change: stored on the box first, then the same path as a reload."""
+    def privacy_zones(self) -> list[Any]:
+        return list(self.cfg.privacy.zones)
+
+    def change_consent(self, granted: frozenset[str], zones: list[Any] | None = None) -> list[str]:
+        """Remote consent (and privacy zone) change: stored on the box first, then the same
+        path as a reload."""
         from agent.control.consent import ConsentStore
 
         folder = control_dir(self.cfg)
@@ -523,10 +527,16 @@ class Agent:
         with self._reload_lock:
             # From the config file's own sections (a plan in force is laid over again).
             consent = self.cfg.consent.model_copy(update={"granted": sorted(granted)})
-            cfg = self.base_cfg.model_copy(update={"consent": consent})
+            privacy = self.cfg.privacy.model_copy(
+                update={"zones": list(self.cfg.privacy.zones if zones is None else zones)}
+            )
+            cfg = self.base_cfg.model_copy(update={"consent": consent, "privacy": privacy})
             try:
                 ConsentStore(folder / "consent.json").save(
-                    self.base_cfg, granted, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                    self.base_cfg,
+                    granted,
+                    time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    zones=privacy.zones,
                 )
             except OSError as err:
                 return [f"cannot store the consent change: {err}"]

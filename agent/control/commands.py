@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from agent.config import ZoneConfig
 from agent.control.envelope import Command
 from agent.control.remote import FAILED, NOT_ALLOWED, OK, REJECTED, Response, consent_change
+from agent.control.zones import zone_change
 
 
 class Target(Protocol):
@@ -29,11 +31,18 @@ class Target(Protocol):
     def consent_granted(self) -> list[str] | None:
         """Categories granted now (None: the car has no [consent] section)."""
 
-    def change_consent(self, granted: frozenset[str]) -> list[str]:
-        """Apply, store and purge; problems (empty list: applied)."""
+    def change_consent(
+        self, granted: frozenset[str], zones: list[ZoneConfig] | None = None
+    ) -> list[str]:
+        """Apply, store and purge (``zones``: the privacy zones too); problems (empty list:
+        applied)."""
+
+    def privacy_zones(self) -> list[ZoneConfig]:
+        """The privacy zones in force."""
 
 
 SNAPSHOT_WAIT = 5.0
+_ZONE_KEYS = {"add_zones", "remove_zones"}
 
 
 def summary(status: dict[str, Any]) -> dict[str, Any]:
@@ -89,15 +98,33 @@ def _consent(target: Target, cmd: Command, allow_grant: bool) -> Response:
     after = consent_change(before, cmd.args, allow_grant=allow_grant)
     if isinstance(after, str):
         return Response(cmd.id, REJECTED, after, None, NOT_ALLOWED)
+    zones_before = target.privacy_zones() if _ZONE_KEYS & set(cmd.args) else None
+    zones = None
+    if zones_before is not None:
+        # Adding a zone is stricter, so always allowed; removing one is not (allow_grant).
+        changed = zone_change(zones_before, cmd.args, allow_loosen=allow_grant)
+        if isinstance(changed, str):
+            reason = NOT_ALLOWED if changed.startswith(NOT_ALLOWED) else "bad_args"
+            return Response(cmd.id, REJECTED, changed, None, reason)
+        zones = None if changed == zones_before else changed
     revoked = sorted(set(before) - after)
     granted = sorted(after - set(before))
-    if revoked or granted:
-        problems = target.change_consent(after)
+    if revoked or granted or zones is not None:
+        problems = (
+            target.change_consent(after) if zones is None else target.change_consent(after, zones)
+        )
         if problems:
             return Response(cmd.id, FAILED, "; ".join(problems), None)
-    detail = "; ".join(
-        [f"revoked {', '.join(revoked)}"] * bool(revoked)
-        + [f"granted {', '.join(granted)}"] * bool(granted)
-    )
-    result = {"granted": sorted(after), "revoked": revoked, "newly_granted": granted}
+    parts = [f"revoked {', '.join(revoked)}"] * bool(revoked)
+    parts += [f"granted {', '.join(granted)}"] * bool(granted)
+    if zones is not None:
+        parts.append(f"privacy zones now {', '.join(z.name for z in zones) or 'none'}")
+    detail = "; ".join(parts)
+    result: dict[str, Any] = {
+        "granted": sorted(after),
+        "revoked": revoked,
+        "newly_granted": granted,
+    }
+    if zones_before is not None:
+        result["zones"] = [z.name for z in (zones if zones is not None else zones_before)]
     return Response(cmd.id, OK, detail or "consent unchanged", result)

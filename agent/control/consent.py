@@ -1,28 +1,38 @@
 """Consent changed remotely, kept on the box: the owner's consent as activated, minus what was
-revoked (plus what was granted, where allowed) through the backend.
+revoked (plus what was granted, where allowed) through the backend, and the privacy zones as
+the backend left them (zones added; removed where allowed).
 
 The config file stays as the dealer's activation wrote it (under systemd /etc is read-only to
 the agent); the remote change is a small JSON file beside the outbox, replaced atomically, that
 ``apply`` lays over every config the agent loads (at start and on each SIGHUP reload). It
 records the config's own grant it was made against: when the config's consent changes (a new
 activation or a local edit), that newer local decision wins and the remote change is dropped.
+The same holds for the zones: the config's own zones are recorded too, and a change to them
+drops the remote change.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from agent.atomicfile import write_atomic
-from agent.config import GRANTABLE, Config
+from agent.config import GRANTABLE, Config, PrivacyConfig, ZoneConfig
 
 log = logging.getLogger(__name__)
 
 
 def _granted(cfg: Config) -> list[str] | None:
     return None if cfg.consent is None else sorted(cfg.consent.granted)
+
+
+def _zones(zones: Iterable[ZoneConfig]) -> list[dict[str, Any]]:
+    return [z.model_dump() for z in zones]
 
 
 class ConsentStore:
@@ -44,7 +54,8 @@ class ConsentStore:
         doc = self._load()
         if doc is None or cfg.consent is None:
             return cfg
-        if doc.get("config") != _granted(cfg):
+        stale_zones = "zones" in doc and doc.get("config_zones") != _zones(cfg.privacy.zones)
+        if doc.get("config") != _granted(cfg) or stale_zones:
             log.warning(
                 "the config's own consent changed since the remote consent change of %s: "
                 "the config's consent is in force",
@@ -56,10 +67,30 @@ class ConsentStore:
             return cfg
         known = [c for c in GRANTABLE if c in granted]
         consent = cfg.consent.model_copy(update={"granted": known})
-        return cfg.model_copy(update={"consent": consent})
+        update: dict[str, Any] = {"consent": consent}
+        if "zones" in doc:
+            try:
+                privacy = PrivacyConfig.model_validate(
+                    {**cfg.privacy.model_dump(), "zones": doc["zones"]}
+                )
+            except ValidationError as err:
+                log.error("remote privacy zones in %s invalid (%s): ignored", self.path, err)
+                return cfg
+            update["privacy"] = privacy
+        return cfg.model_copy(update=update)
 
-    def save(self, base: Config, granted: frozenset[str], at: str) -> None:
-        """Record ``granted`` as the remote change over ``base`` (the config as loaded)."""
-        doc = {"config": _granted(base), "granted": sorted(granted), "at": at}
+    def save(
+        self,
+        base: Config,
+        granted: frozenset[str],
+        at: str,
+        zones: Iterable[ZoneConfig] | None = None,
+    ) -> None:
+        """Record ``granted`` (and ``zones``) as the remote change over ``base`` (the config
+        as loaded)."""
+        doc: dict[str, Any] = {"config": _granted(base), "granted": sorted(granted), "at": at}
+        if zones is not None:
+            doc["config_zones"] = _zones(base.privacy.zones)
+            doc["zones"] = _zones(zones)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(self.path, json.dumps(doc).encode(), mode=0o600)

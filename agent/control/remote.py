@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from agent.config import GRANTABLE
 from agent.control.envelope import Command, EnvelopeError, key_id, open_envelope
+from agent.control.zones import ZONE_ARGS, check_zone_args
 
 OK, REJECTED, FAILED, EXPIRED = "ok", "rejected", "failed", "expired"
 
@@ -145,9 +146,15 @@ def check_args(cmd: Command) -> str | None:
             return 'plan takes args {"plan": {...}} (a plan object)'
         return None
     if cmd.command == "consent":
-        extra = sorted(set(args) - {"revoke", "grant"})
+        extra = sorted(set(args) - {"revoke", "grant", *ZONE_ARGS})
         if extra or not args:
-            return 'consent takes args {"revoke": [...]} and/or {"grant": [...]}'
+            return (
+                'consent takes args {"revoke": [...]}, {"grant": [...]}, {"add_zones": [...]} '
+                'and/or {"remove_zones": [...]}'
+            )
+        zone_problem = check_zone_args(args)
+        if zone_problem is not None:
+            return zone_problem
         for name in ("revoke", "grant"):
             if name in args:
                 got = _categories(args[name], name)
