@@ -1521,6 +1521,27 @@ def run(plan: Plan, work: Path) -> Report:
         bench_capture_latency(plan, report, frames, port, work)
         bench_commands(plan, report, port, work)
         bench_power(plan, report, port, work)
+    run_location(plan, report, work)
+    return report
+
+
+def run_location(plan: Plan, report: Report, work: Path) -> None:
+    """12: location sampling and bytes per fix (scripts/bench_location.py), with 1 s updates
+    of a short demo drive as the CAN data a fix rides along with."""
+    from bench_location import bench_location
+
+    progress("location: fixes sent and bytes per fix")
+    drive = work / "location-drive.log"
+    generate_drive(drive, 20_000)
+    cfg = write_config(work / "location.toml", [replay_bus(drive, DEMO_DBC)])
+    run = run_pipeline(cfg)
+    updates = [p for p, _ in run.sink.payloads]
+    bench_location(report, updates, run.pipeline.catalog.schema)
+
+
+def run_location_only(plan: Plan, work: Path) -> Report:
+    report = Report()
+    run_location(plan, report, work)
     return report
 
 
@@ -1537,13 +1558,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="shortened smoke run (< 60 s)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.md")
     parser.add_argument("--power", action="store_true", help="only the lifecycle measurements")
+    parser.add_argument("--location", action="store_true", help="only the location part")
     args = parser.parse_args(argv)
     plan = Plan.make(args.quick)
     started = time.time()
     t0 = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="spime-bench-"))
     try:
-        report = run_power_only(plan, work) if args.power else run(plan, work)
+        if args.location:
+            report = run_location_only(plan, work)
+        else:
+            report = run_power_only(plan, work) if args.power else run(plan, work)
     except (BenchError, BrokerError) as err:
         print(f"bench: {err}", file=sys.stderr)
         return 1
