@@ -1,5 +1,9 @@
-"""NMEA test data: sentences with their checksums, a drive as RMC/GGA epochs, and a 1 Hz drive
-with turns, stops and a motorway part (for tests, scripts/bench and scripts/demo)."""
+"""NMEA test data: sentences with their checksums, a drive as RMC/GGA epochs, a 1 Hz drive with
+turns, stops and a motorway part (tests, scripts/bench), and a receiver on a pseudo-terminal
+that replays the GNSS track of a demo drive's CAN log in real time or faster (scripts/demo)::
+
+    python -m tests.support.nmea --link /tmp/gnss --log drive.log --dbc demo.dbc --speed 5
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,9 @@ import datetime as dt
 import functools
 import math
 import operator
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 M_LAT = 111_195.0
 
@@ -93,3 +99,80 @@ def drive(lat0: float, lon0: float) -> list[Point]:
     for _ in range(60):
         step(0)
     return out
+
+
+def log_track(log: Path, dbc: Path) -> list[Point]:
+    """1 Hz, from a CAN log of the demo vehicle: the GNSS_Position and GNSS_Course its GNSS
+    module sent, the latest of each second of the log."""
+    import can
+    import cantools
+
+    db = cantools.database.load_file(str(dbc))
+    pos, course = db.get_message_by_name("GNSS_Position"), db.get_message_by_name("GNSS_Course")
+    out: list[Point] = []
+    lat = lon = None
+    speed = heading = 0.0
+    first: float | None = None
+    with can.LogReader(str(log)) as reader:
+        for msg in reader:
+            first = msg.timestamp if first is None else first
+            while lat is not None and lon is not None and msg.timestamp - first >= len(out) + 1:
+                out.append(Point(lat, lon, speed, heading))
+            if msg.arbitration_id == pos.frame_id:
+                v = pos.decode(msg.data)
+                lat, lon = float(v["Latitude"]), float(v["Longitude"])
+            elif msg.arbitration_id == course.frame_id:
+                v = course.decode(msg.data)
+                speed, heading = float(v["GroundSpeed"]), float(v["Heading"]) % 360
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """A receiver on a pty (``--link`` points at its slave) replaying the GNSS track of a demo
+    drive's CAN log from now, one epoch per ``1 / speed`` seconds (0: as fast as it is read);
+    then silent until killed. With ``--wait`` the car stays parked at the start until the port
+    is opened (opening it discards what came before; a serial open sets the line speed, which
+    is what is watched)."""
+    import argparse
+    import os
+    import signal
+    import termios
+    import time
+    import tty
+
+    from agent.atomicfile import replace_symlink
+
+    p = argparse.ArgumentParser(prog="python -m tests.support.nmea")
+    p.add_argument("--link", required=True, help="symlink to the receiver's pty")
+    p.add_argument("--log", type=Path, required=True, help="CAN log of the demo vehicle")
+    p.add_argument("--dbc", type=Path, required=True, help="dbc/demo_vehicle.dbc")
+    p.add_argument("--speed", type=float, default=1.0, help="replay speed (0: unpaced)")
+    p.add_argument("--wait", action="store_true", help="parked until the port is opened")
+    args = p.parse_args(argv)
+    points = log_track(args.log, args.dbc)
+    master, slave = os.openpty()  # the slave stays open: writes wait while nobody reads
+    tty.setraw(slave)
+    replace_symlink(args.link, os.ttyname(slave))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    now = dt.datetime.now(dt.UTC)
+    day = now.date()
+    first = now.hour * 3600 + now.minute * 60 + now.second
+    start = time.monotonic()
+    unopened = termios.tcgetattr(slave)[5]
+    i = 0
+    while args.wait and points and termios.tcgetattr(slave)[5] == unopened:
+        time.sleep(max(0.0, start + i / max(args.speed, 1.0) - time.monotonic()))
+        home = points[0]
+        os.write(master, epoch("GN", first + i, home.lat, home.lon, 0.0, 0.0, day))
+        i += 1
+    for pt in points:
+        if args.speed > 0:
+            time.sleep(max(0.0, start + i / args.speed - time.monotonic()))
+        os.write(master, epoch("GN", first + i, pt.lat, pt.lon, pt.speed_kmh, pt.heading, day))
+        i += 1
+    signal.pause()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
