@@ -479,6 +479,11 @@ def _summary(
     if cfg.privacy.zones:
         zones = ", ".join(f"{z.name} ({z.radius:g} m)" for z in cfg.privacy.zones)
         lines.append(f"privacy zones: {zones}")
+    from agent.gnss_wiring import describe
+
+    gnss = describe(cfg, catalog)
+    if gnss is not None:
+        lines.append(gnss)
     if catalog.excluded:
         held = ", ".join(f"{why}: {n}" for why, n in sorted(catalog.excluded.items()))
         lines.append(f"not sent: {held}")

@@ -91,6 +91,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"  mqtt {m.host}:{m.port}: {how}")
     if cfg.consent is not None:
         print(f"  consent granted: {', '.join(cfg.consent.granted) or 'nothing'}")
+    from agent.gnss_wiring import describe
+
+    gnss = describe(cfg, catalog)
+    if gnss is not None:
+        print(f"  {gnss}")
     events = sum(1 for s in catalog.selected if s.policy.event)
     print(
         f"  {catalog.message_count} messages in DBC files, {len(catalog.selected)} signals "

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.catalog import Catalog, Policy
 from agent.config import Config
+from agent.errors import ConfigError
 from agent.locationschema import STATES, LocationPlan, raw_values
 from agent.sampling import Group, SignalState, grid_snapper
 from agent.sources import GnssSource, open_gnss, zones
@@ -37,7 +38,31 @@ _STATE_CODE = {name: code for code, name in enumerate(STATES)}
 def check(cfg: Config) -> None:
     """ConfigError if the configured receiver cannot be built (a source not available)."""
     if cfg.gnss is not None:
-        open_gnss(cfg.gnss, cfg.privacy)
+        try:
+            open_gnss(cfg.gnss, cfg.privacy)
+        except ConfigError as err:
+            src = cfg.source or "config"
+            raise ConfigError(*(f"{src}: {p}" for p in err.problems)) from None
+
+
+def describe(cfg: Config, catalog: Catalog) -> str | None:
+    """One line on the receiver and the privacy in force (check, activate), or None."""
+    g = cfg.gnss
+    if g is None:
+        return None
+    where = {"nmea": f"{g.port} ({g.baudrate} baud)", "gpsd": f"{g.host}:{g.gpsd_port}"}
+    line = f"gnss {g.source} {where.get(g.source, f'modem {g.modem}')}: "
+    plan = catalog.location
+    if plan is None:
+        return line + "not opened: no consent for location"
+    how = f"curve logging {g.tolerance:g} m" if g.mode == "curve" else "tracker rules"
+    grid = f", coarse ({plan.grid:g}-degree grid)" if plan.coarse else ""
+    p = cfg.privacy
+    zones = ", ".join(f"{z.name} {z.radius:g} m" for z in p.zones) or "none"
+    return (
+        f"{line}{len(plan.fields) + 1} location signals{grid}, {how}; privacy zones: {zones}; "
+        f"trip ends withheld within {p.trip_end_radius:g} m"
+    )
 
 
 class Location:

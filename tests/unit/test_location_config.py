@@ -9,7 +9,7 @@ import pytest
 from agent.catalog import build_catalog
 from agent.config import load_config
 from agent.errors import ConfigError
-from agent.gnss_wiring import check
+from agent.gnss_wiring import check, describe
 from agent.locationschema import STATE_SIGNAL
 from tests.support.data import DEMO_DBC
 
@@ -140,3 +140,13 @@ def test_a_signal_named_like_a_gnss_signal_is_refused(tmp_path: Path) -> None:
     p.write_text(text + NMEA)
     with pytest.raises(ConfigError, match="name of a GNSS signal"):
         build_catalog(load_config(p))
+
+
+def test_check_describes_the_receiver_and_the_privacy_in_force(tmp_path: Path) -> None:
+    zone = "[privacy]\nzones = [{name='home', lat=1.0, lon=2.0, radius=300.0}]\n"
+    cfg = _load(tmp_path, NMEA + zone + '[consent]\ngranted = ["coarse_location"]\n')
+    line = describe(cfg, build_catalog(cfg))  # type: ignore[arg-type]
+    assert line is not None and line.startswith("gnss nmea /dev/ttyUSB1 (9600 baud): 3 location")
+    assert "coarse (0.01-degree grid)" in line and "home 300 m" in line
+    cfg = _load(tmp_path, NMEA + '[consent]\ngranted = ["driving"]\n')
+    assert "not opened: no consent for location" in str(describe(cfg, build_catalog(cfg)))  # type: ignore[arg-type]
