@@ -103,13 +103,15 @@ class Location:
 
     def close(self) -> None:
         """End of input: the receiver stops (its trip ends: trailing fixes are dropped); what
-        it released before goes into the open update."""
+        it released before goes into the open update, then the state ``gnss down``."""
         self._closed = True
         src = self.source
         if src is None:
             return
         src.stop()
         self.poll()
+        # The receiver is no longer read: the twin must not keep showing its last "fix".
+        self._report_state("gnss down", force=True)
         self.source = None
         log.info(
             "gnss: stopped; %d fixes sent of those the receiver gave (%s; privacy %s)",
@@ -178,8 +180,8 @@ class Location:
         p.states.sort(key=lambda s: s.sid)
         self._reported = None
 
-    def _report_state(self, state: str) -> None:
-        if state == self._reported or time.monotonic() < self._report_from:
+    def _report_state(self, state: str, *, force: bool = False) -> None:
+        if state == self._reported or (time.monotonic() < self._report_from and not force):
             return
         assert self._plan is not None
         log.info("gnss: %s", state)
