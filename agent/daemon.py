@@ -118,7 +118,9 @@ class Agent:
             self.pipeline.on_power = self.power.on_value
             self.pipeline.on_activity = self.power.on_activity
         # [gnss]: the receiver, polled by the pipeline (agent.gnss_wiring).
-        self.location = gnss_wiring.Location(self.pipeline) if cfg.gnss is not None else None
+        self.location = (
+            gnss_wiring.Location(self.pipeline, lambda: self.modems) if cfg.gnss else None
+        )
         if self.location is not None:
             self.pipeline.inputs.append(self.location)
         self.outbox: Any = None

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent.catalog import Catalog, Policy
@@ -36,8 +37,9 @@ _STATE_CODE = {name: code for code, name in enumerate(STATES)}
 
 
 def check(cfg: Config) -> None:
-    """ConfigError if the configured receiver cannot be built (a source not available)."""
-    if cfg.gnss is not None:
+    """ConfigError if the configured receiver cannot be built. An "at" receiver needs the
+    modem manager, which exists only in a run: its modem was checked by the config model."""
+    if cfg.gnss is not None and cfg.gnss.source != "at":
         try:
             open_gnss(cfg.gnss, cfg.privacy)
         except ConfigError as err:
@@ -69,8 +71,9 @@ class Location:
     """The receiver of ``[gnss]`` wired into one pipeline (see the module docstring); the
     receiver is opened at the pipeline's first turn."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, modems: Callable[[], Any] = lambda: None) -> None:
         self.pipeline = pipeline
+        self._modems = modems  # the modem manager once it runs (an "at" receiver needs it)
         self.source: GnssSource | None = None
         self.fixes = 0  # fixes taken and offered to the sampler
         self._catalog: Catalog | None = None
@@ -151,7 +154,13 @@ class Location:
         self._build_states(plan)
         if self.source is None:
             assert cfg.gnss is not None
-            self.source = open_gnss(cfg.gnss, cfg.privacy)
+            try:
+                self.source = open_gnss(cfg.gnss, cfg.privacy, self._modems())
+            except ConfigError as err:
+                # Only an "at" receiver without the modem manager (a dry run) gets here.
+                log.error("gnss: receiver not opened: %s", "; ".join(err.problems))
+                self._plan, self._states, self._cfg = None, {}, cfg
+                return
             self.source.start()
             self._reported = None
             self._report_from = time.monotonic() + cfg.gnss.down_after

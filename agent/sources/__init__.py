@@ -9,13 +9,16 @@ lost), and ``state`` (``fix``, ``no fix``, ``gnss down``, ``in privacy zone``).
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from agent.config import GnssConfig, PrivacyConfig
 from agent.errors import ConfigError
 from agent.policy.geo import Fix
 from agent.policy.privacy import PrivacyFilter, Zone
 from agent.policy.track import TrackPolicy, TrackSampler
+
+if TYPE_CHECKING:
+    from agent.sources.atgnss import ModemCommands
 
 
 class GnssSource(Protocol):
@@ -51,8 +54,11 @@ def track_policy(cfg: GnssConfig) -> TrackPolicy:
     )
 
 
-def open_gnss(cfg: GnssConfig, privacy: PrivacyConfig) -> GnssSource:
-    """The receiver ``cfg`` names, not started; ConfigError for a source not built here."""
+def open_gnss(
+    cfg: GnssConfig, privacy: PrivacyConfig, modems: ModemCommands | None = None
+) -> GnssSource:
+    """The receiver ``cfg`` names, not started. ``modems`` is the modem manager, which owns the
+    AT ports: without one (a dry run, ``check``) an "at" receiver cannot be built (ConfigError)."""
     track = TrackSampler(track_policy(cfg))
     private = PrivacyFilter(zones=zones(privacy), trip_end_radius=privacy.trip_end_radius)
     if cfg.source == "nmea":
@@ -68,7 +74,32 @@ def open_gnss(cfg: GnssConfig, privacy: PrivacyConfig) -> GnssSource:
             trip_gap=privacy.trip_gap,
             queue_limit=cfg.queue_limit,
         )
-    raise ConfigError(
-        f'gnss.source: "{cfg.source}" is not available yet in this version; use "nmea" '
-        "(a serial port or any pyserial URL, e.g. socket://host:port for an NMEA stream)"
+    if cfg.source == "gpsd":
+        from agent.sources.gpsd import GpsdSource
+
+        return GpsdSource(
+            cfg.host,
+            cfg.gpsd_port,
+            track=track,
+            privacy=private,
+            down_after=cfg.down_after,
+            trip_gap=privacy.trip_gap,
+            queue_limit=cfg.queue_limit,
+        )
+    assert cfg.modem is not None  # checked by GnssConfig
+    if modems is None:
+        raise ConfigError(
+            f'gnss.source: "at" polls modem {cfg.modem} through the modem manager, which runs '
+            "only when the agent publishes (not in a dry run)"
+        )
+    from agent.sources.atgnss import AtGnssSource
+
+    return AtGnssSource(
+        modems,
+        cfg.modem,
+        track=track,
+        privacy=private,
+        down_after=cfg.down_after,
+        trip_gap=privacy.trip_gap,
+        queue_limit=cfg.queue_limit,
     )

@@ -11,6 +11,7 @@ from agent.config import load_config
 from agent.errors import ConfigError
 from agent.gnss_wiring import check, describe
 from agent.locationschema import STATE_SIGNAL
+from agent.sources import open_gnss
 from tests.support.data import DEMO_DBC
 
 BASE = f"""
@@ -89,13 +90,18 @@ def test_bad_values_are_named_by_field(tmp_path: Path, text: str, field: str, wo
     assert any(field in line and words in line for line in lines), lines
 
 
-@pytest.mark.parametrize("source", ["gpsd", "at"])
-def test_a_source_not_built_yet_is_a_clear_config_error(tmp_path: Path, source: str) -> None:
-    extra = '[[modem]]\nname = "lte"\nport = "/dev/ttyUSB2"\n' if source == "at" else ""
-    arg = 'modem = "lte"' if source == "at" else "port = 2947"
-    cfg = _load(tmp_path, f'{extra}[gnss]\nsource = "{source}"\n{arg}\n')
-    with pytest.raises(ConfigError, match=f'gnss.source: "{source}" is not available yet'):
-        check(cfg)  # type: ignore[arg-type]
+def test_each_source_maps_to_its_receiver(tmp_path: Path) -> None:
+    gpsd = _load(tmp_path, '[gnss]\nsource = "gpsd"\nport = 2948\nhost = "10.0.0.5"\n')
+    check(gpsd)  # type: ignore[arg-type]
+    src = open_gnss(gpsd.gnss, gpsd.privacy)  # type: ignore[attr-defined]
+    assert (type(src).__name__, src.host, src.port) == ("GpsdSource", "10.0.0.5", 2948)  # type: ignore[attr-defined]
+    at = _load(
+        tmp_path,
+        '[[modem]]\nname = "lte"\nport = "/dev/ttyUSB2"\n[gnss]\nsource = "at"\nmodem = "lte"\n',
+    )
+    check(at)  # type: ignore[arg-type]  # the modem is checked by the model
+    with pytest.raises(ConfigError, match="through the modem manager"):
+        open_gnss(at.gnss, at.privacy)  # type: ignore[attr-defined]
 
 
 def _names(tmp_path: Path, consent: str) -> list[str]:
