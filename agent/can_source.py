@@ -35,6 +35,7 @@ from agent.backoff import Backoff
 from agent.config import BusConfig, Config
 from agent.errors import ConfigError, SourceError
 from agent.ratelimit import RateLimitedLog
+from agent.sources import bcm
 
 log = logging.getLogger(__name__)
 
@@ -381,6 +382,7 @@ class Source:
         stop: threading.Event,
         *,
         can_filters: list[dict[str, Any]] | None = None,
+        messages: dict[int, Any] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.index = index
@@ -388,6 +390,9 @@ class Source:
         self.out = out
         self.stop = stop
         self.can_filters = can_filters
+        # The catalog's messages of this bus, for kernel-side change detection (agent.sources.bcm).
+        self.messages = messages
+        self._bcm: bcm.BcmReader | None = None
         self.clock = clock
         self.status = SourceStatus(cfg.name, "replay" if cfg.is_replay else cfg.interface)
         self._last_frame = clock()
@@ -404,9 +409,15 @@ class Source:
     def join(self, timeout: float | None = None) -> None:
         self._thread.join(timeout)
 
-    def set_filters(self, can_filters: list[dict[str, Any]] | None) -> None:
+    def set_filters(
+        self, can_filters: list[dict[str, Any]] | None, messages: dict[int, Any] | None = None
+    ) -> None:
         """New kernel filters, applied to the open bus at once and kept for reopening."""
         self.can_filters = can_filters
+        self.messages = messages if messages is not None else self.messages
+        if (reader := self._bcm) is not None and self.messages is not None:
+            reader.update(self.messages)
+            return
         bus = self._bus
         if bus is not None:
             try:
@@ -659,6 +670,12 @@ class Source:
 
     def _read(self, bus: Any) -> None:
         _size_receive_buffer(bus, self.cfg.name, self.cfg.receive_buffer)
+        if (reader := bcm.reader(self, bus)) is not None:
+            self._bcm = reader
+            try:
+                return reader.run()
+            finally:
+                self._bcm = None
         drops = _KernelDrops.of(bus, self.cfg.name, self.status)
         try:
             self._read_loop(bus, drops)

@@ -138,6 +138,9 @@ class BusConfig(_Model):
     # Live SocketCAN only: the kernel's receive buffer for the bus socket, in bytes, sized so a
     # burst outlasts a scheduling hiccup of the reader (the kernel default holds ~200 frames).
     receive_buffer: int = Field(default=4 * 1024 * 1024, ge=65536, le=256 * 1024 * 1024)
+    # Live SocketCAN only: kernel-side change detection (CAN_BCM, agent.sources.bcm); "auto" is
+    # on for socketcan buses without an id mask.
+    change_detection: Literal["auto", "bcm", "off"] = "auto"
     # A live bus with no frame for this long is reported "silent" (never mistaken for healthy).
     silent_after: PositiveSeconds = 5.0
     reopen_min: PositiveSeconds = 0.5
@@ -169,6 +172,10 @@ class BusConfig(_Model):
                 raise ValueError(f'interface "{self.interface}" needs channel = "<name>"')
         if self.j1939 and self.frame_id_mask is not None:
             raise ValueError("set either j1939 = true or frame_id_mask, not both")
+        if self.change_detection == "bcm" and (
+            self.interface != "socketcan" or self.id_mask is not None
+        ):
+            raise ValueError('change_detection = "bcm" needs interface "socketcan", no id mask')
         return self
 
     @property

@@ -129,7 +129,14 @@ class Pipeline:
         )
         self._load(cfg, catalog, seq=0)
         self.sources = [
-            Source(i, bp.config, self.queue, self.stop_event, can_filters=bp.can_filters)
+            Source(
+                i,
+                bp.config,
+                self.queue,
+                self.stop_event,
+                can_filters=bp.can_filters,
+                messages=bp.messages,
+            )
             for i, bp in enumerate(catalog.buses)
         ]
         self.now = 0.0
@@ -230,7 +237,7 @@ class Pipeline:
         self.finish()
         self._load(cfg, catalog, seq=self.builder.seq)
         for src, bp in zip(self.sources, catalog.buses, strict=True):
-            src.set_filters(bp.can_filters)
+            src.set_filters(bp.can_filters, bp.messages)
         self._reschedule()
         self._reloaded.set()
         log.info(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import can
 import cantools
+import pytest
 
 from tests.integration.test_live_virtual import DBC, Running
 from tests.support.agentrun import VIN, json_lines, write_config
@@ -36,8 +37,11 @@ def _config(tmp_path: Path, channel: str, **bus: object) -> Path:
     )
 
 
-def test_kernel_filters_and_can_fd_on_vcan(tmp_path: Path, canfd_link: str, open_bus) -> None:
-    with Running(_config(tmp_path, canfd_link)) as run:
+@pytest.mark.parametrize("mode", ["off", "bcm"])
+def test_kernel_filters_and_can_fd_on_vcan(
+    tmp_path: Path, canfd_link: str, open_bus, mode: str
+) -> None:
+    with Running(_config(tmp_path, canfd_link, change_detection=mode)) as run:
         wait_for(lambda: run.agent.pipeline.source_states()["pt"] == "up", what="bus up")
         car = open_bus()
         car.send(can.Message(arbitration_id=0x123, data=b"\x01", is_extended_id=False))
@@ -58,8 +62,8 @@ def test_kernel_filters_and_can_fd_on_vcan(tmp_path: Path, canfd_link: str, open
         wait_for(lambda: len(run.samples()) >= 2, what="two samples")
         stats = run.agent.pipeline.stats
     assert [(s, v) for _, s, v in run.samples()] == [("Engine.Speed", 100.0), ("Fd.Wide", 7)]
-    # 0x123 was dropped by the kernel filter: the agent never saw it.
-    assert stats.frames == 2 and stats.unselected == 0
+    # 0x123 was dropped by the kernel filter (or never watched): the agent never saw it.
+    assert stats.decoded == 2 and stats.unselected == 0
 
 
 def test_link_down_is_reported_and_recovery_is_automatic(
@@ -213,7 +217,8 @@ while True:
 def test_frames_the_kernel_drops_from_a_full_receive_buffer_are_counted(
     tmp_path: Path, scratch_vcan, caplog
 ) -> None:
-    cfg = _config(tmp_path, scratch_vcan.name, fd=False)
+    # The raw path's counter (change detection has its own test in test_bcm_vcan.py).
+    cfg = _config(tmp_path, scratch_vcan.name, fd=False, change_detection="off")
     with Running(cfg) as run:
         wait_for(lambda: run.agent.pipeline.source_states()["pt"] == "up", what="bus up")
         assert run.agent.status()["pipeline"]["kernel_dropped"] == 0

@@ -1,0 +1,463 @@
+"""Kernel-side change detection on a live SocketCAN bus (the broadcast manager, CAN_BCM).
+
+For each message the pipeline decodes, one ``RX_SETUP`` asks the kernel to hand over a frame
+only when the bits of the decoded signals changed (agent.sources.bcmmask), its length changed
+(``RX_CHECK_DLC``), or the id resumes after a silence (``RX_ANNOUNCE_RESUME``); a per-id
+timeout (``RX_TIMEOUT``) says when an id went silent. Unchanged frames then never wake user
+space. What the pipeline learns from them is kept: every ``CONFIRM_SECONDS`` each id that has
+not timed out is confirmed by handing its last frame on again, stamped with the latest time a
+frame of it is known to have arrived (now minus its timeout), so heartbeats still need a frame
+that confirmed the value, and the bus counts as heard, so silence is still detected.
+
+A notification lost to a full receive buffer (the socket's drop counter, read as on the raw
+path) or to a full
+pipeline queue could hide a change for good: after either, every setup is issued again, which
+makes the kernel forward the next frame of each id. python-can still opens and configures the
+bus; its raw socket then receives error frames only.
+
+It does not decode frames (agent.pipeline) nor choose signals (agent.catalog). The struct
+layouts are those of linux/can/bcm.h and linux/can.h.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import queue
+import select
+import socket
+import struct
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import can
+
+from agent.config import BusConfig
+from agent.ratelimit import RateLimitedLog
+from agent.sources.bcmmask import CLASSIC_DATA, FD_DATA, content_mask
+
+if TYPE_CHECKING:
+    from agent.can_source import Source
+    from agent.catalog import MessagePlan
+
+log = logging.getLogger(__name__)
+rlog = RateLimitedLog(log)
+
+# struct bcm_msg_head: opcode, flags, count, ival1 and ival2 (struct bcm_timeval: two longs
+# each), can_id, nframes; native alignment pads after count on 64-bit systems.
+_HEAD = struct.Struct("@3I4l2I")
+_CAN_FRAME = struct.Struct("=IB3x8s")  # can_id, len, pad, res0, len8_dlc, data[8]
+_CANFD_FRAME = struct.Struct("=IBB2x64s")  # can_id, len, flags, res0, res1, data[64]
+_CAN_EFF_FLAG = 0x80000000
+_CAN_EFF_MASK = 0x1FFFFFFF
+_CAN_SFF_MASK = 0x7FF
+# linux/asm-generic/socket.h; not on every Python build's socket module.
+_SO_TIMESTAMPNS = 35
+
+_SETUP_FLAGS = (
+    socket.CAN_BCM_SETTIMER
+    | socket.CAN_BCM_STARTTIMER
+    | socket.CAN_BCM_RX_CHECK_DLC
+    | socket.CAN_BCM_RX_ANNOUNCE_RESUME
+)
+_RECV_SIZE = _HEAD.size + _CANFD_FRAME.size
+_ANC_SIZE = socket.CMSG_SPACE(16)
+
+# How often live ids are confirmed to the pipeline (at most; a short silent_after shortens it).
+CONFIRM_SECONDS = 0.5
+# An id's receive timeout: three of its DBC cycle times, else this; at most half the bus's
+# silent_after, so that a confirmed bus never looks silent between two confirmations.
+DEFAULT_TIMEOUT = 1.0
+MIN_TIMEOUT = 0.05
+
+
+@dataclass(frozen=True)
+class Watch:
+    """One RX_SETUP: an id (CAN_EFF_FLAG set for 29-bit ids), its frame kind and mask."""
+
+    can_id: int
+    fd: bool
+    mask: bytes
+    timeout: float
+
+
+def wanted(cfg: BusConfig, messages: Mapping[int, Any] | None) -> bool:
+    """Whether a bus reads through change detection: socketcan, not switched off, no id mask
+    (the kernel watches exact ids), something selected."""
+    return bool(
+        messages
+        and cfg.change_detection != "off"
+        and cfg.interface == "socketcan"
+        and cfg.id_mask is None
+    )
+
+
+def watches(cfg: BusConfig, messages: Mapping[int, MessagePlan]) -> list[Watch]:
+    """The setups for a bus: per message, the signals sent, read by triggers or by the
+    lifecycle, since each of those is decoded from its frames."""
+    most = max(MIN_TIMEOUT, cfg.silent_after / 2)
+    out = []
+    for mp in messages.values():
+        msg = mp.message
+        names = {s.signal for s in mp.signals}
+        names.update(r.signal for r in mp.reads)
+        names.update(p.signal for p in mp.power)
+        fd = bool(msg.is_fd) or msg.length > CLASSIC_DATA
+        cycle = (msg.cycle_time or 0) / 1000
+        timeout = min(most, max(MIN_TIMEOUT, 3 * cycle if cycle else DEFAULT_TIMEOUT))
+        can_id = msg.frame_id | (_CAN_EFF_FLAG if msg.is_extended_frame else 0)
+        out.append(
+            Watch(can_id, fd, content_mask(msg, names, FD_DATA if fd else CLASSIC_DATA), timeout)
+        )
+    return out
+
+
+def _setup(w: Watch) -> bytes:
+    sec, usec = int(w.timeout), round((w.timeout % 1) * 1_000_000)
+    flags = _SETUP_FLAGS | (socket.CAN_BCM_CAN_FD_FRAME if w.fd else 0)
+    head = _HEAD.pack(socket.CAN_BCM_RX_SETUP, flags, 0, sec, usec, 0, 0, w.can_id, 1)
+    frame = _CANFD_FRAME if w.fd else _CAN_FRAME
+    if w.fd:
+        return head + frame.pack(w.can_id, len(w.mask), 0, w.mask)
+    return head + frame.pack(w.can_id, len(w.mask), w.mask)
+
+
+def _delete(w: Watch) -> bytes:
+    flags = socket.CAN_BCM_CAN_FD_FRAME if w.fd else 0
+    return _HEAD.pack(socket.CAN_BCM_RX_DELETE, flags, 0, 0, 0, 0, 0, w.can_id, 0)
+
+
+class _Id:
+    """What is known of one watched id: its last frame handed on and whether it is live."""
+
+    __slots__ = ("last", "live", "stamp", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.last: can.Message | None = None
+        self.live = False
+        self.stamp = 0.0  # data time of the last frame or confirmation handed on
+
+
+class BcmReader:
+    """Reads one open socketcan bus through CAN_BCM, in the source's thread."""
+
+    def __init__(self, source: Source, bus: Any, messages: Mapping[int, MessagePlan]) -> None:
+        self.source = source
+        self.bus = bus
+        self.channel = source.cfg.channel
+        self.sock: socket.socket | None = None
+        self.ids: dict[tuple[int, bool], _Id] = {}
+        self._watches: list[Watch] = []
+        self._pending: Mapping[int, MessagePlan] | None = messages
+        self._drops: Any = None  # agent.can_source._KernelDrops of the BCM socket
+        self._resync = False
+        self._since = 0.0  # when the first setups were issued
+        # Counters for tests and the bench.
+        self.notifications = 0
+        self.timeouts = 0
+        self.confirmations = 0
+        self.resyncs = 0
+
+    def update(self, messages: Mapping[int, MessagePlan]) -> None:
+        """Thread-safe: watch these messages instead (a reload); applied by the reader."""
+        self._pending = messages
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+    # -- kernel ------------------------------------------------------------------------
+    def _open(self) -> socket.socket:
+        from agent.can_source import _KernelDrops, _size_receive_buffer
+
+        sock = socket.socket(socket.AF_CAN, socket.SOCK_DGRAM, socket.CAN_BCM)
+        try:
+            sock.connect((self.channel,))
+            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            _size_receive_buffer(
+                _Holder(sock), self.source.cfg.name, self.source.cfg.receive_buffer
+            )
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._drops = _KernelDrops(sock, self.source.cfg.name, self.source.status)
+        self._drops.seen = self._drops.read() or 0
+        return sock
+
+    def _apply(self, messages: Mapping[int, MessagePlan]) -> None:
+        """Watch a selection: the socket is opened the first time; later (a reload) ids no
+        longer wanted are deleted and the rest set up again on the same socket, so no frame
+        falls between two selections."""
+        new = watches(self.source.cfg, messages)
+        old, self._watches = self._watches, new
+        ids = self.ids
+        self.ids = {}
+        for w in new:
+            state = ids.get((w.can_id, w.fd)) or _Id(w.timeout)
+            state.timeout = w.timeout
+            self.ids[(w.can_id, w.fd)] = state
+        first = self.sock is None
+        if self.sock is None:
+            self.sock = self._open()
+        for w in old:
+            if (w.can_id, w.fd) not in self.ids:
+                self.sock.sendall(_delete(w))
+        self._setup_all()
+        if first:
+            self._since = time.time()
+
+    def _setup_all(self) -> None:
+        assert self.sock is not None
+        for w in self._watches:
+            self.sock.sendall(_setup(w))
+
+    def resync(self) -> None:
+        """Issue every setup again: the kernel forgets the last content and forwards the next
+        frame of each id, so a lost notification cannot hide a change."""
+        self.resyncs += 1
+        self._setup_all()
+
+    def _quiet_raw(self) -> None:
+        """python-can's raw socket: no frames (the BCM socket carries them), error frames
+        still (they are filtered apart in the kernel)."""
+        sock = getattr(self.bus, "socket", None)
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.SOL_CAN_RAW, socket.CAN_RAW_FILTER, b"")
+
+    def _recv(self, out: list[Any]) -> int:
+        """Read every notification waiting; frames go to ``out``. Returns how many."""
+        sock = self.sock
+        assert sock is not None
+        n = 0
+        while True:
+            try:
+                data, anc, _, _ = sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
+            except BlockingIOError:
+                return n
+            n += 1
+            self._notice(data, anc, out)
+
+    def _notice(self, data: bytes, anc: list[tuple[int, int, bytes]], out: list[Any]) -> None:
+        opcode, flags, _, _, _, _, _, can_id, nframes = _HEAD.unpack_from(data)
+        fd = bool(flags & socket.CAN_BCM_CAN_FD_FRAME)
+        state = self.ids.get((can_id, fd))
+        stamp = 0.0
+        for level, kind, value in anc:
+            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
+                sec, nsec = struct.unpack_from("@2l", value)
+                stamp = sec + nsec / 1e9
+        if state is None:
+            return
+        if opcode == socket.CAN_BCM_RX_TIMEOUT:
+            self.timeouts += 1
+            state.live = False
+            return
+        if opcode != socket.CAN_BCM_RX_CHANGED or nframes < 1:
+            return
+        if fd:
+            fid, length, fflags, payload = _CANFD_FRAME.unpack_from(data, _HEAD.size)
+            brs, esi = bool(fflags & 0x01), bool(fflags & 0x02)
+        else:
+            fid, length, payload = _CAN_FRAME.unpack_from(data, _HEAD.size)
+            brs = esi = False
+        ext = bool(fid & _CAN_EFF_FLAG)
+        msg = can.Message(
+            timestamp=stamp or time.time(),
+            arbitration_id=fid & (_CAN_EFF_MASK if ext else _CAN_SFF_MASK),
+            is_extended_id=ext,
+            is_fd=fd,
+            bitrate_switch=brs,
+            error_state_indicator=esi,
+            dlc=length,
+            data=payload[:length],
+            channel=self.channel,
+        )
+        self.notifications += 1
+        state.last = msg
+        state.live = True
+        state.stamp = msg.timestamp
+        out.append(msg)
+
+    def _check_drops(self) -> None:
+        """Count what the kernel dropped from the BCM socket's full buffer; resync if any."""
+        drops = self._drops
+        if drops is None:
+            return
+        before = self.source.status.kernel_dropped
+        drops.check()
+        if self.source.status.kernel_dropped > before:
+            self._resync = True
+
+    def _confirm(self, out: list[Any]) -> float | None:
+        """Hand on the last frame of every live id, stamped with the latest time a frame of it
+        is known to have arrived; returns the shortest timeout of a live id (None: none live)."""
+        now = time.time()
+        shortest = None
+        for state in self.ids.values():
+            last = state.last
+            if not state.live or last is None:
+                continue
+            if shortest is None or state.timeout < shortest:
+                shortest = state.timeout
+            stamp = now - state.timeout
+            if stamp <= state.stamp:
+                continue
+            state.stamp = stamp
+            out.append(
+                can.Message(
+                    timestamp=stamp,
+                    arbitration_id=last.arbitration_id,
+                    is_extended_id=last.is_extended_id,
+                    is_fd=last.is_fd,
+                    bitrate_switch=last.bitrate_switch,
+                    error_state_indicator=last.error_state_indicator,
+                    dlc=last.dlc,
+                    data=last.data,
+                    channel=self.channel,
+                )
+            )
+            self.confirmations += 1
+        return shortest
+
+    # -- loop --------------------------------------------------------------------------
+    def _take_raw(self, since: float, out: list[Any]) -> None:
+        """The frames python-can's socket took before the setups were in place (from its
+        opening until ``since``): the BCM socket has only the later ones."""
+        while (msg := self.bus.recv(0)) is not None:
+            if msg.is_error_frame or msg.timestamp < since:
+                out.append(msg)
+
+    def _raw(self, out: list[Any]) -> None:
+        """A frame on python-can's socket: an error frame is handed on; any other can only
+        come from filters set just before this reader quieted the socket (a reload racing
+        it), and the BCM socket carries it too."""
+        msg = self.bus.recv(0)
+        if msg is None:
+            return
+        if msg.is_error_frame:
+            out.append(msg)
+        else:
+            self._quiet_raw()
+
+    def open(self) -> None:
+        """Apply a pending selection now: its setups are in place when this returns."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._apply(pending)
+
+    def _reopen(self, raw_fd: int, out: list[Any] | None) -> select.poll:
+        """Apply a pending selection; on the first call (``out`` given) also quiet python-can's
+        socket and take what it holds from before the setups."""
+        self.open()
+        if out is not None:
+            self._quiet_raw()
+            self._take_raw(self._since, out)
+        poller = select.poll()
+        assert self.sock is not None
+        poller.register(self.sock, select.POLLIN)
+        if raw_fd >= 0:
+            poller.register(raw_fd, select.POLLIN)
+        self._resync = False
+        return poller
+
+    def run(self) -> None:
+        """Read until the source stops; raises what breaks the bus (the source reopens it)."""
+        from agent.can_source import BATCH, BATCH_SECONDS, DROP_CHECK_SECONDS
+
+        src = self.source
+        status, stop, clock = src.status, src.stop, src.clock
+        raw = getattr(self.bus, "socket", None)
+        raw_fd = raw.fileno() if isinstance(raw, socket.socket) else -1
+        every = min(CONFIRM_SECONDS, src.cfg.silent_after / 4)
+        next_drop_check = 0.0
+        batch: list[Any] = []
+        started = 0.0
+        now = clock()
+        next_confirm = now + every
+        live = False  # some id is live: confirmations are due
+        try:
+            poller = self._reopen(raw_fd, batch)
+            status.frames += len(batch)
+            while not stop.is_set():
+                if self._pending is not None:
+                    poller = self._reopen(raw_fd, None)
+                sock = self.sock
+                assert sock is not None
+                if batch:
+                    wait = max(0.0, started + BATCH_SECONDS - now)
+                elif live:
+                    wait = min(src.idle_recv, max(0.0, next_confirm - now))
+                else:
+                    wait = src.idle_recv
+                events = poller.poll(wait * 1000)
+                now = clock()
+                before = len(batch)
+                for fd, ev in events:
+                    if fd == raw_fd:
+                        self._raw(batch)
+                    elif ev & select.POLLERR:
+                        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        raise OSError(err, f"CAN_BCM socket: {errno.errorcode.get(err, err)}")
+                    else:
+                        self._recv(batch)
+                if len(batch) > before:
+                    status.frames += len(batch) - before
+                    src._last_frame = now
+                    live = True
+                if live and now >= next_confirm:
+                    next_confirm = now + every
+                    shortest = self._confirm(batch)
+                    live = shortest is not None
+                    if shortest is not None:
+                        # A frame of a live id arrived within its timeout: the bus was heard.
+                        src._last_frame = max(src._last_frame, now - shortest)
+                if batch and not before:
+                    started = now
+                if batch and (len(batch) >= BATCH or now - started >= BATCH_SECONDS):
+                    try:
+                        src.out.put_nowait((src.index, batch))
+                    except queue.Full:
+                        status.dropped_frames += len(batch)
+                        self._resync = True
+                    batch = []
+                if now >= next_drop_check:
+                    next_drop_check = now + DROP_CHECK_SECONDS
+                    self._check_drops()
+                if self._resync:
+                    self._resync = False
+                    self.resync()
+        finally:
+            self.close()
+
+
+def reader(source: Source, bus: Any) -> BcmReader | None:
+    """A change-detecting reader for a bus that wants one, or None: not wanted, or (with
+    ``change_detection = "auto"``) this kernel has no CAN_BCM, which is logged."""
+    messages = source.messages
+    if messages is None or not wanted(source.cfg, messages):
+        return None
+    try:
+        socket.socket(socket.AF_CAN, socket.SOCK_DGRAM, socket.CAN_BCM).close()
+    except OSError as err:
+        if source.cfg.change_detection == "bcm":
+            raise
+        rlog.warning(
+            ("no-bcm", source.cfg.name),
+            "bus %s: no CAN_BCM in this kernel (%s): every frame is read",
+            source.cfg.name,
+            err,
+        )
+        return None
+    return BcmReader(source, bus, messages)
+
+
+class _Holder:
+    """A socket where a python-can bus's ``socket`` attribute is expected."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.socket = sock
