@@ -229,18 +229,20 @@ class BcmReader:
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.SOL_CAN_RAW, socket.CAN_RAW_FILTER, b"")
 
-    def _recv(self, out: list[Any]) -> int:
-        """Read every notification waiting; frames go to ``out``. Returns how many."""
+    def _recv(self, out: list[Any], most: int) -> int:
+        """Read the notifications waiting, at most ``most``; frames go to ``out``. Returns how
+        many were read."""
         sock = self.sock
         assert sock is not None
         n = 0
-        while True:
+        while n < most:
             try:
                 data, anc, _, _ = sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
             except BlockingIOError:
                 return n
             n += 1
             self._notice(data, anc, out)
+        return n
 
     def _notice(self, data: bytes, anc: list[tuple[int, int, bytes]], out: list[Any]) -> None:
         opcode, flags, _, _, _, _, _, can_id, nframes = _HEAD.unpack_from(data)
@@ -404,7 +406,7 @@ class BcmReader:
                         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                         raise OSError(err, f"CAN_BCM socket: {errno.errorcode.get(err, err)}")
                     else:
-                        self._recv(batch)
+                        self._recv(batch, max(1, BATCH - len(batch)))
                 if len(batch) > before:
                     status.frames += len(batch) - before
                     src._last_frame = now
