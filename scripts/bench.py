@@ -1553,13 +1553,25 @@ def run_power_only(plan: Plan, work: Path) -> Report:
     return report
 
 
+def run_bcm() -> int:
+    """Kernel-side change detection on real SocketCAN (scripts/bench_bcm.py): on vcan0 where
+    this kernel has it, else inside scripts/vcan-vm; its table goes to out/bench-bcm.md."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_bcm.py")]
+    if not Path("/sys/class/net/vcan0").exists():
+        cmd = [str(ROOT / "scripts" / "vcan-vm"), "--timeout", "1800", "--", *cmd]
+    return subprocess.run(cmd, cwd=ROOT, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shortened smoke run (< 60 s)")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench.md")
     parser.add_argument("--power", action="store_true", help="only the lifecycle measurements")
     parser.add_argument("--location", action="store_true", help="only the location part")
+    parser.add_argument("--bcm", action="store_true", help="only CAN_BCM on vcan (VM if needed)")
     args = parser.parse_args(argv)
+    if args.bcm:
+        return run_bcm()
     plan = Plan.make(args.quick)
     started = time.time()
     t0 = time.monotonic()
