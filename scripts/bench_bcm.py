@@ -102,7 +102,9 @@ class NullSink:
         pass
 
 
-def agent_run(work: Path, log: Path, mode: str, signals: list[str]) -> dict[str, float]:
+def agent_run(
+    work: Path, log: Path, mode: str, signals: list[str], **more: Any
+) -> dict[str, float]:
     shutil.copy(DBC, work / "car.dbc")
     extra = "[updates]\nmax_age = 1.0\nsnapshot_interval = 0\n" + "".join(
         f'[[signal]]\nmatch = "{s}"\n' for s in signals
@@ -113,6 +115,7 @@ def agent_run(work: Path, log: Path, mode: str, signals: list[str]) -> dict[str,
         "channel": CHANNEL,
         "dbc": ["car.dbc"],
         "change_detection": mode,
+        **more,
     }
     cfg = load_config(write_config(work / f"{mode}.toml", [bus], extra))
     pipeline = Pipeline(cfg, prepare(cfg), boot=os.urandom(8), sink=NullSink())
@@ -168,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         signals = selection(which)
         for mode in ("off", "bcm"):
             r = agent_run(work, cpu_log, mode, signals)
-            loss = agent_run(work, loss_log, mode, signals)
+            # The smallest receive buffer (64 KiB): the default 4 MiB holds the whole drive.
+            loss = agent_run(work, loss_log, mode, signals, receive_buffer=65536)
             rows.append((which, len(signals), mode, r, loss))
             print(f"bench_bcm: {which} {mode}: {r} / {loss}", file=sys.stderr)
     lines = [
@@ -177,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         "1000 frames.",
         "",
         "| selection | signals | change detection | wake-ups | bus frames per wake-up | "
-        "reader CPU / candump | lost at 9,300/s |",
+        "reader CPU / candump | lost at 9,300/s (64 KiB buffer) |",
         "|---|---|---|---|---|---|---|",
     ]
     for which, count, mode, r, loss in rows:

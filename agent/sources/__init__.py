@@ -1,4 +1,6 @@
-"""Inputs other than CAN that turn what they read into timestamped values for the pipeline.
+"""Inputs beside agent.can_source: GNSS receivers that turn what they read into timestamped
+values for the pipeline, and the SocketCAN readers agent.can_source hands a live bus to
+(kernel-side change detection: agent.sources.bcm, agent.sources.bcmmask).
 
 ``open_gnss`` is the one place that maps ``[gnss] source`` to a receiver object. Every receiver
 has the interface of ``agent.sources.gnss.NmeaSource`` (``GnssSource`` below): its own thread
