@@ -1,6 +1,7 @@
 """Kernel-side change detection (CAN_BCM) on vcan: the same changes as the raw path on a real
 drive, heartbeats confirmed and a silent bus detected although unchanged frames never reach
-user space, and a resynchronisation after the kernel dropped notifications."""
+user space, a resynchronisation after the kernel dropped notifications, and a reload changing
+what the kernel watches."""
 
 from __future__ import annotations
 
@@ -174,3 +175,39 @@ def test_dropped_notifications_resynchronise(tmp_path: Path, vcan0: str, open_bu
         if thread.is_alive():
             thread.join(5)
         bus.shutdown()
+
+
+def _fd_wide(value: int) -> can.Message:
+    return can.Message(
+        arbitration_id=0x18FEF1FE,
+        is_extended_id=True,
+        is_fd=True,
+        data=bytes(12) + value.to_bytes(4, "little"),
+    )
+
+
+def test_a_reload_changes_what_the_kernel_watches(
+    tmp_path: Path, canfd_link: str, open_bus
+) -> None:
+    (tmp_path / "car.dbc").write_text(DBC)
+    bus = [_bus(canfd_link, "pt", "bcm", fd=True)]
+    extra = "[updates]\nmax_age = 0.05\nsnapshot_interval = 0\n"
+    cfg = write_config(tmp_path / "agent.toml", bus, extra + _signals([{"match": "Engine.Speed"}]))
+    car = open_bus()
+    with Running(cfg) as run:
+        wait_for(lambda: run.agent.pipeline.source_states()["pt"] == "up", what="bus up")
+        wait_for(lambda: car.send(_speed(1000)) or run.samples(), what="Engine.Speed")
+        write_config(cfg, bus, extra + _signals([{"match": "Fd.Wide"}]))
+        assert run.agent.reload()
+        # Until the reader applied the new selection, the frame of the new message is not seen.
+        wait_for(lambda: car.send(_fd_wide(7)) or len(run.samples()) > 1, what="Fd.Wide")
+        # The old message is no longer watched: its change is not handed on, the later frame
+        # of the new message is.
+        car.send(_speed(2000))
+        car.send(_fd_wide(8))
+        wait_for(lambda: ("Fd.Wide", 8) in {(n, v) for _, n, v in run.samples()}, what="8")
+    assert [(n, v) for _, n, v in run.samples()] == [
+        ("Engine.Speed", 10.0),
+        ("Fd.Wide", 7),
+        ("Fd.Wide", 8),
+    ]
