@@ -8,7 +8,8 @@ backoff and jitter; one that delivers nothing for ``silent_after`` seconds is re
 so a dead bus never looks like a quiet one. Frames the kernel drops from a full SocketCAN
 receive buffer are counted too. A replay reads every format python-can reads (and their gzip
 variants); a line of a text log that cannot be read is skipped and counted, as a bad frame would
-be on a live bus. The only module that imports python-can; it does not decode frames.
+be on a live bus. A SocketCAN bus's socket is read in batches by agent.sources.socketcan. The
+only module that imports python-can; it does not decode frames.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from agent.config import BusConfig, Config
 from agent.errors import ConfigError, SourceError
 from agent.ratelimit import RateLimitedLog
 from agent.sources import bcm
+from agent.sources.socketcan import BatchReader
 
 log = logging.getLogger(__name__)
 
@@ -678,7 +680,11 @@ class Source:
                 self._bcm = None
         drops = _KernelDrops.of(bus, self.cfg.name, self.status)
         try:
-            self._read_loop(bus, drops)
+            # A SocketCAN bus's socket is read directly, in batches (agent.sources.socketcan).
+            if (batches := BatchReader.of(bus, size=BATCH)) is not None:
+                self._batch_loop(batches.read, drops)
+            else:
+                self._read_loop(bus, drops)
         finally:
             if drops is not None:
                 drops.check()
@@ -708,6 +714,24 @@ class Source:
                 except queue.Full:
                     status.dropped_frames += len(batch)
                 batch = []
+            if drops is not None and now >= next_drop_check:
+                next_drop_check = now + DROP_CHECK_SECONDS
+                drops.check()
+
+    def _batch_loop(self, read: Callable[[float], list[Any]], drops: _KernelDrops | None) -> None:
+        """Hand on what ``read`` returns, a batch per call (it waits at most its argument)."""
+        clock, stop, status, out, index = self.clock, self.stop, self.status, self.out, self.index
+        next_drop_check = clock() + DROP_CHECK_SECONDS
+        while not stop.is_set():
+            batch = read(self.idle_recv)
+            now = clock()
+            if batch:
+                self._last_frame = now
+                status.frames += len(batch)
+                try:
+                    out.put_nowait((index, batch))
+                except queue.Full:
+                    status.dropped_frames += len(batch)
             if drops is not None and now >= next_drop_check:
                 next_drop_check = now + DROP_CHECK_SECONDS
                 drops.check()
