@@ -1522,6 +1522,7 @@ def run(plan: Plan, work: Path) -> Report:
         bench_commands(plan, report, port, work)
         bench_power(plan, report, port, work)
     run_location(plan, report, work)
+    report.sections += run_vcan(plan).sections
     return report
 
 
@@ -1542,6 +1543,22 @@ def run_location(plan: Plan, report: Report, work: Path) -> None:
 def run_location_only(plan: Plan, work: Path) -> Report:
     report = Report()
     run_location(plan, report, work)
+    return report
+
+
+def run_vcan(plan: Plan) -> Report:
+    """The SocketCAN part (scripts/bench_vcan.py): here where the kernel has vcan, else in
+    scripts/vcan-vm (its Markdown section is taken as it comes)."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_vcan.py")]
+    cmd += ["--quick"] * plan.quick
+    if not Path("/sys/class/net/vcan0").exists():
+        cmd = [str(ROOT / "scripts" / "vcan-vm"), "--timeout", "3000", "--", *cmd]
+    progress("SocketCAN receive path: " + " ".join(cmd))
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=3600, cwd=ROOT)
+    if proc.returncode != 0:
+        raise BenchError(f"the SocketCAN bench failed (exit {proc.returncode})")
+    report = Report()
+    report.sections.append(proc.stdout[proc.stdout.index("## ") :])
     return report
 
 
@@ -1569,6 +1586,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--power", action="store_true", help="only the lifecycle measurements")
     parser.add_argument("--location", action="store_true", help="only the location part")
     parser.add_argument("--bcm", action="store_true", help="only CAN_BCM on vcan (VM if needed)")
+    parser.add_argument(
+        "--vcan", action="store_true", help="only the SocketCAN receive path (in the VM if need be)"
+    )
     args = parser.parse_args(argv)
     if args.bcm:
         return run_bcm()
@@ -1579,6 +1599,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.location:
             report = run_location_only(plan, work)
+        elif args.vcan:
+            report = run_vcan(plan)
         else:
             report = run_power_only(plan, work) if args.power else run(plan, work)
     except (BenchError, BrokerError) as err:
