@@ -175,7 +175,8 @@ def test_corpus_drive_over_canplayer_decodes_as_its_log_replay(
     )
     live_cfg = write_config(
         tmp_path / "live.toml",
-        [{**bus, "interface": "socketcan", "channel": canfd_link, "fd": True}],
+        # The raw reader, not kernel-side change detection (tested in test_bcm_vcan).
+        [{**bus, "interface": "socketcan", "channel": canfd_link, "change_detection": "off"}],
         extra,
     )
     with Running(replay_cfg) as replay:
