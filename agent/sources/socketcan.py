@@ -3,13 +3,11 @@
 python-can still opens the bus, binds it and sets its options (kernel filters, CAN FD, error
 frames, kernel timestamps); this module only reads the socket it made (``bus.socket``), faster
 than python-can's ``recv``, which costs per frame a ``select``, a ``recvmsg`` (in which CPython
-looks up the interface name with an ioctl) and a ``Message``. Here one ``poll`` waits for the
-first frame, a short pause lets a batch gather (at most ``window`` seconds after the previous
-drain; while frames keep coming the reader sleeps out the window instead of waking for each
-frame), and one
-``recvmmsg(2)`` call takes up to ``size`` frames with their kernel receive times
-(SO_TIMESTAMPNS). The frames are parsed by ``struct`` into ``Frame`` tuples that carry the
-attributes the pipeline reads of a python-can ``Message``.
+looks up the interface name with an ioctl) and a ``Message``. Here one ``poll`` waits for a
+frame and one ``recvmmsg(2)`` call takes up to ``size`` frames with their kernel receive times
+(SO_TIMESTAMPNS); while frames keep coming, the reader sleeps out a window (``WINDOW``) between
+calls instead of waking for each frame. The frames are parsed by ``struct`` into ``Frame``
+tuples that carry the attributes the pipeline reads of a python-can ``Message``.
 
 Where libc has no ``recvmmsg`` (or the bus is not a SocketCAN one) ``BatchReader.of`` returns
 None and the caller keeps python-can's own path. It does not open, configure or close buses,
