@@ -607,10 +607,12 @@ class Agent:
             try:
                 switch = self.planner.expire(plan, self.cfg.consent)
             except AgentError as err:
+                self.planner.book.expired(plan)
                 log.error("plan expired, but the config's own selection fails: %s", err)
                 return
             if switch is not None:
                 self._switch(*switch, f"plan {plan.id} version {plan.version} expired")
+                self.planner.book.expired(plan)
 
     def _purge_revoked(self, revoked: set[str]) -> None:
         """Remove samples of revoked categories from every update not yet sent."""

@@ -270,12 +270,13 @@ class Planner:
     def expire(
         self, plan: PlanModel, consent: ConsentConfig | None
     ) -> tuple[Config, Catalog] | None:
-        """The config's own selection, if ``plan`` is still the one in force."""
+        """The config's own selection, if ``plan`` is still the one in force. The caller marks
+        the plan expired (``book.expired``) once it switched, so the status never reports the
+        expiry before the selection went back."""
         if self.book.plan is not plan:
             return None
         if self.book.plan_state != APPLIED:
             return None
-        self.book.expired(plan)
         base = self.base.model_copy(update={"consent": consent})
         return base, self.prepare(base)
 
