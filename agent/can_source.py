@@ -232,12 +232,21 @@ def _text_frames(
 
 def _link_up(name: str | None) -> bool:
     """Whether a network interface exists and is administratively and operationally up."""
+    folder = Path(f"/sys/class/net/{name}")
     try:
-        flags = int(Path(f"/sys/class/net/{name}/flags").read_text(), 16)
+        flags = int((folder / "flags").read_text(), 16)
+        operstate = (folder / "operstate").read_text().strip()
     except (OSError, ValueError):
         return False
-    # IFF_UP (0x1) and IFF_RUNNING (0x40); vcan reports operstate "unknown", so flags decide.
-    return bool(flags & 0x1) and bool(flags & 0x40)
+    # sysfs "flags" holds the administrative flags only (IFF_RUNNING, 0x40, is never there):
+    # IFF_UP (0x1) says the link was set up; the operational state says whether it works
+    # (vcan reports "unknown", a CAN controller "up", or "down" once bus-off or unplugged).
+    return bool(flags & 0x1) and operstate not in (
+        "down",
+        "lowerlayerdown",
+        "notpresent",
+        "dormant",
+    )
 
 
 def paced_batches(

@@ -75,17 +75,20 @@ def test_link_down_is_reported_and_recovery_is_automatic(
     cfg = _config(tmp_path, name, fd=False, silent_after=0.3, reopen_min=0.1, reopen_max=0.2)
     with Running(cfg) as run:
         states = run.agent.pipeline.source_states
-        wait_for(lambda: states()["pt"] == "up", what="bus up")
+        # Nothing is sent yet: after silent_after (0.3 s) an open link with no traffic is
+        # "silent", never "down" (the interface is up).
+        wait_for(lambda: states()["pt"] == "silent", what="open and silent")
         run_ip("link", "set", "dev", name, "down")
         wait_for(lambda: states()["pt"] == "down", what="reported down")
         run_ip("link", "set", "dev", name, "up")
         car = open_bus(channel=name)
-        wait_for(lambda: states()["pt"] in ("up", "silent"), what="back after link up")
+        wait_for(lambda: states()["pt"] == "silent", what="back (silent) after link up")
         car.send(
             can.Message(arbitration_id=0x100, data=bytes([1, 0]) + bytes(6), is_extended_id=False)
         )
         wait_for(lambda: run.samples() != [], what="frames flow again")
-        assert states()["pt"] == "up"
+        # "up" lasts silent_after after the frame: a loaded machine may read it late.
+        assert states()["pt"] in ("up", "silent")
 
 
 def _cantools_changes(log: Path) -> dict[str, list[object]]:
