@@ -559,6 +559,9 @@ class GnssConfig(_Model):
     baudrate: int = Field(default=9600, gt=0)
     host: Host = "127.0.0.1"  # gpsd
     modem: str | None = Field(default=None, min_length=1)  # at: the [[modem]] whose port polls
+    # at: which position command (Quectel AT+QGPSLOC, SIMCom AT+CGNSINF); None: by AT+CGMI
+    vendor: Literal["quectel", "simcom"] | None = None
+    poll_interval: PositiveSeconds = 1.0  # at: seconds between position queries
     # No valid sentence (or no new position) for this long: "gnss down" (or "no fix").
     down_after: PositiveSeconds = 3.0
     # Fixes waiting between the receiver's thread and the pipeline; the oldest beyond is dropped.
@@ -588,6 +591,8 @@ class GnssConfig(_Model):
             raise ValueError('source "at" needs modem = "<name of a [[modem]]>"')
         if self.source != "at" and self.modem is not None:
             raise ValueError(f'modem is only for source "at", not "{self.source}"')
+        if self.source != "at" and self.vendor is not None:
+            raise ValueError(f'vendor is only for source "at", not "{self.source}"')
         if self.max_interval < self.min_interval:
             raise ValueError("max_interval must be at least min_interval")
         return self

@@ -99,6 +99,8 @@ def open_gnss(
     return AtGnssSource(
         modems,
         cfg.modem,
+        vendor=cfg.vendor,
+        interval=cfg.poll_interval,
         track=track,
         privacy=private,
         down_after=cfg.down_after,

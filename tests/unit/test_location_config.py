@@ -65,6 +65,13 @@ def test_defaults_follow_the_readme(tmp_path: Path) -> None:
         ('[gnss]\nsource = "gpsd"\nport = 70000\n', "gnss.port", "not a port number"),
         ('[gnss]\nsource = "at"\n', "gnss", "needs modem"),
         ('[gnss]\nsource = "at"\nmodem = "lte"\n', "(top level)", "no [[modem]] named 'lte'"),
+        ('[gnss]\nsource = "gpsd"\nvendor = "simcom"\n', "gnss", 'only for source "at"'),
+        (
+            '[[modem]]\nname = "lte"\nport = "/dev/ttyUSB2"\n'
+            '[gnss]\nsource = "at"\nmodem = "lte"\nvendor = "ublox"\n',
+            "gnss.vendor",
+            "quectel",
+        ),
         ('[gnss]\nsource = "sirf"\nport = "x"\n', "gnss.source", "'nmea', 'gpsd' or 'at'"),
         (NMEA + "baudrate = true\n", "gnss.baudrate", "must be an integer"),
         (NMEA + "tolerance = 0\n", "gnss.tolerance", "greater than 0"),
@@ -102,6 +109,13 @@ def test_each_source_maps_to_its_receiver(tmp_path: Path) -> None:
     check(at)  # type: ignore[arg-type]  # the modem is checked by the model
     with pytest.raises(ConfigError, match="through the modem manager"):
         open_gnss(at.gnss, at.privacy)  # type: ignore[attr-defined]
+    tuned = _load(
+        tmp_path,
+        '[[modem]]\nname = "lte"\nport = "/dev/ttyUSB2"\n[gnss]\nsource = "at"\nmodem = "lte"\n'
+        'vendor = "simcom"\npoll_interval = 2.0\n',
+    )
+    src = open_gnss(tuned.gnss, tuned.privacy, modems=object())  # type: ignore[attr-defined, arg-type]
+    assert (src.modem, src.vendor, src.interval) == ("lte", "simcom", 2.0)  # type: ignore[attr-defined]
 
 
 def _names(tmp_path: Path, consent: str) -> list[str]:
