@@ -7,12 +7,20 @@ open batch, upload until a deadline, modem to low or full power, run the sleep c
 input). The state is derived from the inputs each time, never remembered across a restart: an
 agent started in a parked car parks again as soon as the inputs say so.
 
+A new machine has no evidence of a drive: it reports ``parked`` (reason ``started``) and does
+nothing until the inputs decide; that first decision is a transition from ``started`` (the
+previous state named in the Transition, never a state of its own), so a restarted agent in a
+parked car puts the box back to sleep without waking the modem, and one in a driving car
+switches the radio on (it may have been left in low power).
+
 Rules (README, Lifecycle):
 - parked when the ignition signal (if configured and seen within ``park_after`` seconds: the
   message is cyclic, an older value is stale) is not one of ``ignition_on``, or when every bus
   has been silent for ``park_after`` seconds;
 - driving when the ignition is on, or, while no fresh ignition value is known, when a bus
-  delivered a frame within ``park_after`` seconds;
+  delivered a frame within ``park_after`` seconds (after a start, with an ignition signal
+  configured, frames alone decide only once ``park_after`` passed without an ignition value:
+  the first frames of a parked car must not look like a drive);
 - low voltage, above both, when the battery stayed below ``cutoff_volts`` for ``cutoff_after``
   seconds; left only once it reads at least ``resume_volts``.
 
@@ -30,6 +38,8 @@ from agent.config import PowerConfig
 
 DRIVING, PARKED, LOW_VOLTAGE = "driving", "parked", "low_voltage"
 STATES = (DRIVING, PARKED, LOW_VOLTAGE)
+# Only as Transition.previous: the first state the inputs decided after a start.
+STARTED = "started"
 
 
 class Action(StrEnum):
@@ -50,6 +60,10 @@ ACTIONS: dict[tuple[str, str], tuple[Action, ...]] = {
     (LOW_VOLTAGE, DRIVING): (Action.MODEM_FULL, Action.RESUME),
     # The battery recovered but the car is still parked: it stays asleep.
     (LOW_VOLTAGE, PARKED): (),
+    # After a start the radio may still be in the low power a previous run left it in.
+    (STARTED, DRIVING): (Action.MODEM_FULL, Action.RESUME),
+    (STARTED, PARKED): (Action.COMMIT, Action.UPLOAD, Action.MODEM_LOW, Action.SLEEP),
+    (STARTED, LOW_VOLTAGE): (Action.COMMIT, Action.MODEM_LOW, Action.SLEEP),
 }
 
 
@@ -90,14 +104,16 @@ class Transition:
 
 class Lifecycle:
     """Derives the lifecycle state from ``PowerInputs``; ``step`` returns a Transition when the
-    state changed (once per change), else None."""
+    state changed (once per change) or was first decided after the start, else None."""
 
     def __init__(
         self, settings: PowerSettings, clock: Callable[[], float], *, reason: str = "started"
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.state = DRIVING
+        # Until the inputs decide (``settled``): parked, doing nothing.
+        self.state = PARKED
+        self.settled = False
         self.since = clock()
         self.reason = reason
         self.volts: float | None = None
@@ -118,16 +134,19 @@ class Lifecycle:
                 return True
         return False
 
-    def _all_silent_since(self, inputs: PowerInputs) -> float | None:
-        """The time since when every bus has been silent past ``park_after``, else None."""
-        now = self.clock()
+    def _all_silent(self, inputs: PowerInputs) -> bool:
+        """Every bus silent for ``park_after`` (counted from the start, or from entering
+        driving, when no frame came since)."""
         frames = [t for t in inputs.last_frame.values() if t is not None]
-        latest = max(frames, default=self.since if self.state == DRIVING else None)
+        latest = max(frames, default=None)
         if latest is None:
-            return self.since
-        return latest if now - latest >= self.settings.park_after else None
+            if self.settled and self.state != DRIVING:
+                return True
+            latest = self.since
+        return self.clock() - latest >= self.settings.park_after
 
-    def _wanted(self, inputs: PowerInputs) -> tuple[str, str]:
+    def _wanted(self, inputs: PowerInputs) -> tuple[str, str] | None:
+        """The state the inputs ask for with its reason; None while they do not decide yet."""
         s, now = self.settings, self.clock()
         volts = inputs.volts
         # No reading (none yet, or the source lost): no cut-off is decided on a guess.
@@ -150,22 +169,31 @@ class Lifecycle:
             return DRIVING, "ignition on"
         if on is False:
             return PARKED, "ignition off"
-        if self._all_silent_since(inputs) is not None:
+        if self._all_silent(inputs):
             return PARKED, f"every bus silent for {s.park_after:g} s"
+        if not self.settled and (
+            all(t is None for t in inputs.last_frame.values())
+            # Frames but no ignition value yet: it is the better witness, give it time.
+            or (s.has_ignition and now - self.since < s.park_after)
+        ):
+            return None
         if self.state != DRIVING:
             return DRIVING, "bus activity"
         return DRIVING, self.reason
 
     def step(self, inputs: PowerInputs) -> Transition | None:
         self.volts = inputs.volts
-        state, reason = self._wanted(inputs)
-        if state == self.state:
+        wanted = self._wanted(inputs)
+        if wanted is None or (self.settled and wanted[0] == self.state):
             return None
+        state, reason = wanted
         now = self.clock()
         if self.state == LOW_VOLTAGE and state in (DRIVING, PARKED):
             reason = f"battery {inputs.volts:.2f} V back above {self.settings.resume_volts:g} V"
             reason += f"; {'ignition on' if state == DRIVING else 'still parked'}"
-        previous, self.state, self.since, self.reason = self.state, state, now, reason
+        previous = self.state if self.settled else STARTED
+        self.settled = True
+        self.state, self.since, self.reason = state, now, reason
         actions = ACTIONS[(previous, state)]
         deadline = now + self.settings.park_upload if Action.UPLOAD in actions else None
         return Transition(state, previous, now, reason, inputs.volts, actions, deadline)
@@ -175,7 +203,9 @@ class Lifecycle:
         sag reaching its limit), or None when only new input can change it."""
         now, s = self.clock(), self.settings
         due: list[float] = []
-        if self.state == DRIVING:
+        if not self.settled:
+            due.append(self.since + s.park_after)
+        elif self.state == DRIVING:
             frames = [t for t in inputs.last_frame.values() if t is not None]
             latest = max(frames, default=self.since)
             due.append(latest + s.park_after)

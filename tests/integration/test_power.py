@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import sys
-import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,71 +19,13 @@ import can
 
 from agent.catalog import POWER_SIGNAL
 from agent.config import load_config
-from agent.daemon import Agent, RunResult, prepare
+from agent.daemon import Agent, prepare
 from agent.modem.simulator import ModemSimulator
 from agent.spime import decode_update
-from tests.support.agentrun import write_config
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.e2e import DATA_TOPIC, STATUS_TOPIC, retained_status
+from tests.support.power import WAIT, frame, power_config, running, state
 from tests.support.wait import wait_for
-
-WAIT = 30.0
-DBC = """VERSION ""
-NS_ :
-BS_:
-BU_: ECU
-BO_ 256 Engine: 8 ECU
- SG_ Counter : 0|16@1+ (1,0) [0|65535] "" Vector__XXX
-BO_ 512 Body: 8 ECU
- SG_ Ignition : 0|8@1+ (1,0) [0|3] "" Vector__XXX
-VAL_ 512 Ignition 0 "Off" 1 "Acc" 2 "Run" ;
-"""
-SLEEPER = """import sys, time
-with open(sys.argv[1], "a") as f:
-    f.write(f"{time.monotonic()}\\n")
-"""
-
-
-def _config(tmp_path: Path, channel: str, extra: str) -> Path:
-    (tmp_path / "car.dbc").write_text(DBC)
-    (tmp_path / "sleeper.py").write_text(SLEEPER)
-    return write_config(
-        tmp_path / "agent.toml",
-        [{"name": "car", "interface": "virtual", "channel": channel, "dbc": ["car.dbc"]}],
-        extra="[updates]\nmax_age = 0.05\n" + extra,
-    )
-
-
-@contextmanager
-def running(cfg_path: Path, *, dry_run: bool) -> Iterator[tuple[Agent, list[dict[str, Any]]]]:
-    cfg = load_config(cfg_path)
-    seen: list[dict[str, Any]] = []
-    agent = Agent(cfg, prepare(cfg), dry_run=dry_run, on_json=seen.append if dry_run else None)
-    result: list[RunResult] = []
-    thread = threading.Thread(target=lambda: result.append(agent.run()), daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: agent.pipeline.source_states().get("car") == "up", WAIT, "bus up")
-        yield agent, seen
-    finally:
-        agent.request_stop()
-        thread.join(WAIT)
-    assert not thread.is_alive()
-    assert result and result[0].exit_code == 0
-
-
-def _state(agent: Agent) -> str:
-    return agent.status()["power"]["state"]  # type: ignore[no-any-return]
-
-
-def _frame(car: can.BusABC, arbitration_id: int, value: int) -> None:
-    car.send(
-        can.Message(
-            arbitration_id=arbitration_id,
-            data=value.to_bytes(2, "little") + bytes(6),
-            is_extended_id=False,
-        )
-    )
 
 
 def test_ignition_cycles_park_and_wake_modem_and_sleep_with_nothing_lost(
@@ -96,7 +36,7 @@ def test_ignition_cycles_park_and_wake_modem_and_sleep_with_nothing_lost(
     cycles = 20
     with ExitStack() as stack:
         sim = stack.enter_context(ModemSimulator("healthy", ident=1))
-        cfg = _config(
+        cfg = power_config(
             tmp_path,
             channel,
             f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_min = 0.1\n'
@@ -118,16 +58,16 @@ def test_ignition_cycles_park_and_wake_modem_and_sleep_with_nothing_lost(
         sent: set[int] = set()
         value = 1
         for cycle in range(1, cycles + 1):
-            _frame(car, 0x200, 2)  # Run
-            wait_for(lambda: _state(agent) == "driving", WAIT, "driving")
+            frame(car, 0x200, 2)  # Run
+            wait_for(lambda: state(agent) == "driving", WAIT, "driving")
             for _ in range(10):
-                _frame(car, 0x100, value)
+                frame(car, 0x100, value)
                 sent.add(value)
                 value += 1
             if cycle % 2 == 0:
                 broker.stop()  # the backlog waits in the outbox across the park
-            _frame(car, 0x200, 0)  # Off
-            wait_for(lambda: _state(agent) == "parked", WAIT, "parked")
+            frame(car, 0x200, 0)  # Off
+            wait_for(lambda: state(agent) == "parked", WAIT, "parked")
             wait_for(
                 lambda n=cycle: calls.exists() and len(calls.read_text().splitlines()) == n,
                 WAIT,
@@ -144,10 +84,11 @@ def test_ignition_cycles_park_and_wake_modem_and_sleep_with_nothing_lost(
                 broker.reload()
         doc = agent.status()["power"]
         assert doc["reason"] == "ignition off" and doc["volts"] is None
-        _frame(car, 0x200, 2)
-        wait_for(lambda: _state(agent) == "driving", WAIT, "driving again")
+        frame(car, 0x200, 2)
+        wait_for(lambda: state(agent) == "driving", WAIT, "driving again")
         wait_for(lambda: sim.cfun_changes[-1:] == [1], WAIT, "modem at full power")
-        assert sim.cfun_changes == [4, 1] * cycles
+        # The first value decided the state after the start: radio on (it may have been off).
+        assert sim.cfun_changes == [1] + [4, 1] * cycles
         assert agent.status()["power"]["reason"] == "ignition on"
 
         def received() -> tuple[set[int], list[str]]:
@@ -171,19 +112,24 @@ def test_ignition_cycles_park_and_wake_modem_and_sleep_with_nothing_lost(
 
 def test_every_bus_silent_parks_and_a_frame_wakes(tmp_path: Path) -> None:
     channel = f"power-{uuid.uuid4().hex[:8]}"
-    cfg = _config(tmp_path, channel, "[power]\npark_after = 0.5\n")
+    cfg = power_config(tmp_path, channel, "[power]\npark_after = 0.5\n")
     with (
         running(cfg, dry_run=True) as (agent, seen),
         can.Bus(interface="virtual", channel=channel, ignore_config=True) as car,
     ):
-        _frame(car, 0x100, 7)
-        wait_for(lambda: _state(agent) == "parked", WAIT, "parked for silence")
-        assert agent.status()["power"]["reason"] == "every bus silent for 0.5 s"
+        frame(car, 0x100, 7)
+        # (Before the frame the agent was parked only because it had just started.)
+        wait_for(
+            lambda: agent.status()["power"]["reason"] == "every bus silent for 0.5 s",
+            WAIT,
+            "parked for silence",
+        )
+        assert state(agent) == "parked"
         # Parked, nothing polls: the loop blocks for the heartbeat, the readers for seconds.
         wait_for(lambda: agent.pipeline.idle_timeout == 60.0, WAIT, "idle pipeline")
         assert [s.idle_recv for s in agent.pipeline.sources] == [5.0]
-        _frame(car, 0x100, 8)
-        wait_for(lambda: _state(agent) == "driving", WAIT, "woken by a frame")
+        frame(car, 0x100, 8)
+        wait_for(lambda: state(agent) == "driving", WAIT, "woken by a frame")
         assert agent.status()["power"]["reason"] == "bus activity"
         wait_for(lambda: agent.pipeline.idle_timeout is None, WAIT, "pipeline running")
         assert [s.idle_recv for s in agent.pipeline.sources] == [0.05]
@@ -191,7 +137,10 @@ def test_every_bus_silent_parks_and_a_frame_wakes(tmp_path: Path) -> None:
         def events() -> list[Any]:
             return [s["value"] for u in seen for s in u["samples"] if s["signal"] == POWER_SIGNAL]
 
-        wait_for(lambda: events() == ["parked", "driving"], WAIT, "transitions in the data")
+        # The first frame decided the state after the start, then the park and the wake.
+        wait_for(
+            lambda: events() == ["driving", "parked", "driving"], WAIT, "transitions in the data"
+        )
 
 
 def test_voltage_sag_below_cutoff_then_recovery(tmp_path: Path) -> None:
@@ -199,7 +148,7 @@ def test_voltage_sag_below_cutoff_then_recovery(tmp_path: Path) -> None:
     volts = tmp_path / "in_voltage0_raw"
     volts.write_text("12600\n")
     calls = tmp_path / "sleep-calls"
-    cfg = _config(
+    cfg = power_config(
         tmp_path,
         channel,
         "[power]\npark_after = 600\ncutoff_after = 0.3\nheartbeat = 0.1\n"
@@ -209,15 +158,15 @@ def test_voltage_sag_below_cutoff_then_recovery(tmp_path: Path) -> None:
     with running(cfg, dry_run=True) as (agent, _):
         wait_for(lambda: agent.status()["power"]["volts"] == 12.6, WAIT, "voltage read")
         volts.write_text("11900\n")
-        wait_for(lambda: _state(agent) == "low_voltage", WAIT, "low voltage")
+        wait_for(lambda: state(agent) == "low_voltage", WAIT, "low voltage")
         doc = agent.status()["power"]
         assert doc["reason"] == "battery 11.90 V below 12.2 V for 0.3 s"
         wait_for(lambda: calls.exists(), WAIT, "sleep command run")
         volts.write_text("12400\n")  # above the cut-off, below resume_volts: stays cut off
         wait_for(lambda: agent.status()["power"]["volts"] == 12.4, WAIT, "voltage read")
-        assert _state(agent) == "low_voltage"
+        assert state(agent) == "low_voltage"
         volts.write_text("12900\n")
-        wait_for(lambda: _state(agent) != "low_voltage", WAIT, "recovered")
+        wait_for(lambda: state(agent) != "low_voltage", WAIT, "recovered")
         assert "back above 12.6 V" in agent.status()["power"]["reason"]
 
 
@@ -238,7 +187,7 @@ def test_parking_pauses_the_link_cleanly_and_a_wake_reconnects_at_once(
     also with the broker gone, and connects at once on the wake although its reconnect delays
     are a minute or more."""
     channel = f"power-{uuid.uuid4().hex[:8]}"
-    cfg = _config(
+    cfg = power_config(
         tmp_path,
         channel,
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_min = 60\n'
@@ -255,11 +204,11 @@ def test_parking_pauses_the_link_cleanly_and_a_wake_reconnects_at_once(
         wait_for(lambda: _link(agent)[0] == "connected", WAIT, "connected")
         sent: set[int] = set()
         for cycle in range(2):
-            _frame(car, 0x200, 2)  # Run
-            wait_for(lambda: _state(agent) == "driving", WAIT, "driving")
+            frame(car, 0x200, 2)  # Run
+            wait_for(lambda: state(agent) == "driving", WAIT, "driving")
             for _ in range(5):
                 value = len(sent) + 1
-                _frame(car, 0x100, value)
+                frame(car, 0x100, value)
                 sent.add(value)
             if cycle == 1:
                 # The broker goes away while driving: the uplink waits a minute or more
@@ -267,9 +216,9 @@ def test_parking_pauses_the_link_cleanly_and_a_wake_reconnects_at_once(
                 wait_for(lambda: _link(agent)[0] == "connected", WAIT, "connected")
                 broker.stop()
                 wait_for(lambda: _link(agent)[0] == "disconnected", WAIT, "link lost")
-            _frame(car, 0x200, 0)  # Off
+            frame(car, 0x200, 0)  # Off
             wait_for(lambda: _link(agent) == ("paused", "parked"), WAIT, "link paused")
-            assert _state(agent) == "parked"
+            assert state(agent) == "parked"
             attempts = agent.uplink.stats().attempts
             if cycle == 0:
                 doc = wait_for(
@@ -284,7 +233,7 @@ def test_parking_pauses_the_link_cleanly_and_a_wake_reconnects_at_once(
                 broker.start()  # back while the car is parked: no attempt until the wake
                 assert status.wait_subscribed(WAIT) and data.wait_subscribed(WAIT)
             assert agent.uplink.stats().attempts == attempts
-            _frame(car, 0x200, 2)  # Run: the wake
+            frame(car, 0x200, 2)  # Run: the wake
             # Within WAIT (30 s), half the shortest reconnect delay: no backoff was waited.
             wait_for(lambda: _link(agent)[0] == "connected", WAIT, "reconnected on the wake")
             assert agent.uplink.stats().attempts == attempts + 1
@@ -310,7 +259,7 @@ def test_low_voltage_pauses_the_link_until_the_car_wakes(tmp_path: Path, broker:
     channel = f"power-{uuid.uuid4().hex[:8]}"
     volts = tmp_path / "in_voltage0_raw"
     volts.write_text("12600\n")
-    cfg = _config(
+    cfg = power_config(
         tmp_path,
         channel,
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_min = 60\n'
@@ -327,15 +276,15 @@ def test_low_voltage_pauses_the_link_until_the_car_wakes(tmp_path: Path, broker:
         wait_for(lambda: _link(agent)[0] == "connected", WAIT, "connected")
         volts.write_text("11900\n")
         wait_for(lambda: _link(agent) == ("paused", "low voltage"), WAIT, "link paused")
-        assert _state(agent) == "low_voltage"
+        assert state(agent) == "low_voltage"
         wait_for(
             lambda: any(d.get("reason") == "paused: low voltage" for d in _statuses(status)),
             WAIT,
             "the paused status",
         )
-        _frame(car, 0x100, 1)
+        frame(car, 0x100, 1)
         volts.write_text("12900\n")
-        wait_for(lambda: _state(agent) == "driving", WAIT, "driving after the recovery")
+        wait_for(lambda: state(agent) == "driving", WAIT, "driving after the recovery")
         wait_for(lambda: _link(agent) == ("connected", None), WAIT, "reconnected at once")
         assert "connection lost" not in [d.get("reason") for d in _statuses(status)]
 
@@ -343,7 +292,7 @@ def test_low_voltage_pauses_the_link_until_the_car_wakes(tmp_path: Path, broker:
 def test_the_state_event_is_sent_only_with_driving_consent(tmp_path: Path) -> None:
     for granted, sent in (('["vehicle_health"]', False), ('["driving"]', True)):
         cfg = load_config(
-            _config(
+            power_config(
                 tmp_path,
                 "unused",
                 f'[power]\n[consent]\ngranted = {granted}\ndefault_category = "driving"\n',

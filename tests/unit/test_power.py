@@ -13,6 +13,7 @@ from agent.control.power import (
     DRIVING,
     LOW_VOLTAGE,
     PARKED,
+    STARTED,
     STATES,
     Action,
     Lifecycle,
@@ -63,8 +64,43 @@ def test_ignition_values_and_labels(value: object, label: str | None, state: str
     assert m.state == state
 
 
+def test_a_start_is_parked_and_idle_until_the_inputs_decide() -> None:
+    # No evidence of a drive yet: parked, reason "started", no action until the inputs decide.
+    m, c = machine()
+    assert (m.state, m.reason) == (PARKED, "started")
+    empty = PowerInputs(last_frame={"a": None})
+    assert m.step(empty) is None and m.next_check(empty) == pytest.approx(10)
+    # With an ignition signal, frames alone decide only after park_after without its value.
+    assert m.step(frame(c)) is None
+    c.t += 9.9
+    assert m.step(frame(c)) is None
+    c.t += 0.1
+    t = m.step(frame(c))
+    assert t is not None and (t.previous, t.state, t.reason) == (STARTED, DRIVING, "bus activity")
+    # The first decision switches the radio on: a previous run may have left it off.
+    assert t.actions == (Action.MODEM_FULL, Action.RESUME)
+
+
+def test_a_start_in_a_parked_car_parks_again_without_waking() -> None:
+    m, c = machine()
+    t = m.step(frame(c, ignition=0, ignition_at=c.t))
+    assert t is not None and (t.previous, t.state, t.reason) == (STARTED, PARKED, "ignition off")
+    # The box goes back to sleep; the radio is never switched on.
+    assert t.actions == (Action.COMMIT, Action.UPLOAD, Action.MODEM_LOW, Action.SLEEP)
+    assert m.step(frame(c, ignition=0, ignition_at=c.t)) is None
+    m, c = machine(NO_IGN)
+    empty = PowerInputs(last_frame={"a": None})
+    c.t += 9.9
+    assert m.step(empty) is None
+    c.t += 0.1
+    t = m.step(empty)
+    assert t is not None and (t.previous, t.state) == (STARTED, PARKED)
+    assert Action.MODEM_FULL not in t.actions
+
+
 def test_park_actions_in_order_with_upload_deadline() -> None:
     m, c = machine()
+    assert m.step(frame(c, ignition=1, ignition_at=c.t)) is not None
     c.t += 5
     t = m.step(frame(c, ignition=0, ignition_at=c.t))
     assert t is not None and t.state == PARKED and t.previous == DRIVING
@@ -82,6 +118,8 @@ def test_park_actions_in_order_with_upload_deadline() -> None:
 def test_all_buses_silent_parks_and_activity_wakes() -> None:
     m, c = machine(NO_IGN)
     inputs = frame(c)
+    t = m.step(inputs)
+    assert t is not None and (t.previous, t.state, t.reason) == (STARTED, DRIVING, "bus activity")
     assert m.step(inputs) is None
     assert m.next_check(inputs) == pytest.approx(10)
     c.t += 9.9
@@ -125,7 +163,7 @@ def test_restart_while_parked_parks_from_inputs() -> None:
 def test_low_voltage_sag_then_recovery() -> None:
     s = PowerSettings(park_after=1e6, cutoff_volts=12.2, cutoff_after=240, resume_volts=12.6)
     m, c = machine(s)
-    assert m.step(frame(c, volts=11.9)) is None
+    assert m.step(frame(c, volts=11.9)) is not None  # started -> driving
     assert m.next_check(frame(c, volts=11.9)) == pytest.approx(240)
     c.t += 100
     assert m.step(frame(c, volts=12.3)) is None  # back above: the count restarts
@@ -185,13 +223,15 @@ def test_properties_of_any_input_sequence(seq: list[tuple[float, str, float | No
             ignition_at=None if ign is None else ign[1],
             volts=volts,
         )
-        before = m.state
+        before, settled = m.state, m.settled
         t = m.step(inputs)
         assert m.state in STATES
         if t is None:
             assert m.state == before
             continue
-        assert t.state != t.previous == before and t.since == c.t
+        # The first decision after the start, then only changes.
+        assert t.previous == (before if settled else STARTED) and t.since == c.t
+        assert t.state != t.previous and m.settled
         # Nothing produced is left uncommitted before a sleep.
         if Action.SLEEP in t.actions:
             assert t.actions[0] == Action.COMMIT

@@ -1,0 +1,151 @@
+"""Lifecycle test support: a small car (a counter and an ignition with labels, a battery
+voltage), the agent run in this process on python-can's ``virtual`` bus, a sleep command that
+records its calls (and can fail or hang), and readers of the power state in status and data.
+
+Nothing here mocks the agent: ``running`` starts the real ``Agent`` in a thread; frames go over
+a real (virtual) python-can bus; the sleep command is a real child process.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import can
+
+from agent.catalog import POWER_SIGNAL
+from agent.config import load_config
+from agent.daemon import Agent, RunResult, prepare
+from agent.spime import decode_update
+from agent.spime.schema import Schema
+from tests.support.agentrun import write_config
+from tests.support.broker import Received
+from tests.support.wait import wait_for
+
+WAIT = 30.0
+DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 256 Engine: 8 ECU
+ SG_ Counter : 0|16@1+ (1,0) [0|65535] "" Vector__XXX
+BO_ 512 Body: 8 ECU
+ SG_ Ignition : 0|8@1+ (1,0) [0|3] "" Vector__XXX
+VAL_ 512 Ignition 0 "Off" 1 "Acc" 2 "Run" ;
+BO_ 768 Battery: 8 ECU
+ SG_ Volts : 0|16@1+ (0.01,0) [0|655.35] "V" Vector__XXX
+"""
+ENGINE, BODY, BATTERY = 0x100, 0x200, 0x300
+OFF, RUN = 0, 2
+# The sleep command: appends a line per call to the file argv[1]; argv[2] "fail" makes it exit
+# 3 after saying why, "hang" makes it outlive any timeout.
+SLEEPER = """import sys, time
+with open(sys.argv[1], "a") as f:
+    f.write(f"{time.monotonic()}\\n")
+mode = sys.argv[2] if len(sys.argv) > 2 else ""
+if mode == "fail":
+    sys.stderr.write("power controller refused\\n")
+    sys.exit(3)
+if mode == "hang":
+    time.sleep(3600)
+"""
+
+
+def power_config(tmp_path: Path, channel: str, extra: str) -> Path:
+    """A config for the small car on the virtual bus ``channel``; ``extra``: more TOML."""
+    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    return write_config(
+        tmp_path / "agent.toml",
+        [{"name": "car", "interface": "virtual", "channel": channel, "dbc": ["car.dbc"]}],
+        extra="[updates]\nmax_age = 0.05\n" + extra,
+    )
+
+
+def sleep_command(tmp_path: Path, calls: Path, mode: str = "") -> str:
+    """The TOML line of a sleep command recording its calls in ``calls``."""
+    argv = [sys.executable, str(tmp_path / "sleeper.py"), str(calls), *([mode] if mode else [])]
+    return "sleep_command = [" + ", ".join(f'"{a}"' for a in argv) + "]\n"
+
+
+def sleep_calls(calls: Path) -> int:
+    return len(calls.read_text().splitlines()) if calls.exists() else 0
+
+
+def publishing(port: int, tmp_path: Path) -> str:
+    """[mqtt] and [outbox] TOML for a broker on 127.0.0.1:port, with quick reconnects."""
+    return (
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nreconnect_min = 0.1\nreconnect_max = 0.5\n'
+        f'[outbox]\npath = "{tmp_path / "outbox.db"}"\ncommit_interval = 0.05\n'
+    )
+
+
+def modem(port: str, tmp_path: Path) -> str:
+    """[[modem]] TOML for one (simulated) modem on ``port``."""
+    return (
+        f'[[modem]]\nname = "a"\nport = "{port}"\n'
+        f'[modems]\ncheck_interval = 0.2\npin_ledger = "{tmp_path / "pins"}"\n'
+    )
+
+
+@contextmanager
+def running(
+    cfg_path: Path, *, dry_run: bool, wait_bus: bool = True
+) -> Iterator[tuple[Agent, list[dict[str, Any]]]]:
+    """The agent of ``cfg_path`` in a thread; yields it and (dry run) the updates decoded.
+    Stopped on exit, which must end with exit code 0."""
+    cfg = load_config(cfg_path)
+    seen: list[dict[str, Any]] = []
+    agent = Agent(cfg, prepare(cfg), dry_run=dry_run, on_json=seen.append if dry_run else None)
+    result: list[RunResult] = []
+    thread = threading.Thread(target=lambda: result.append(agent.run()), daemon=True)
+    thread.start()
+    try:
+        if wait_bus:
+            wait_for(lambda: agent.pipeline.source_states().get("car") == "up", WAIT, "bus up")
+        yield agent, seen
+    finally:
+        agent.request_stop()
+        thread.join(WAIT)
+    assert not thread.is_alive()
+    assert result and result[0].exit_code == 0
+
+
+def state(agent: Agent) -> str:
+    return agent.status()["power"]["state"]  # type: ignore[no-any-return]
+
+
+def frame(car: can.BusABC, arbitration_id: int, value: int) -> None:
+    """Send ``value`` as the first 16 bits (little endian) of a frame."""
+    car.send(
+        can.Message(
+            arbitration_id=arbitration_id,
+            data=value.to_bytes(2, "little") + bytes(6),
+            is_extended_id=False,
+        )
+    )
+
+
+def decoded(messages: Iterable[Received], schema: Schema) -> list[dict[str, Any]]:
+    """Every update received, decoded as a backend reads it."""
+    return [decode_update(m.payload, schema) for m in messages]
+
+
+def power_events(updates: Iterable[dict[str, Any]], boot: str | None = None) -> list[str]:
+    """The ``Vehicle.PowerState`` event values in ``updates`` (of ``boot`` if given), in order."""
+    return [
+        s["value"]
+        for u in updates
+        if boot is None or u["boot"] == boot
+        for s in u["samples"]
+        if s["signal"] == POWER_SIGNAL
+    ]
+
+
+def values(updates: Iterable[dict[str, Any]], signal: str) -> list[float]:
+    """Every value of ``signal`` in ``updates``, duplicates included."""
+    return [s["value"] for u in updates for s in u["samples"] if s["signal"] == signal]
