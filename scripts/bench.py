@@ -1420,7 +1420,9 @@ def bench_power(plan: Plan, report: Report, port: int, work: Path) -> None:
     samples: list[float] = []
 
     def state() -> str:
-        return str(agent.status()["power"]["state"])
+        doc = agent.status()["power"]
+        # Just started, the agent is parked until the inputs decide: no park to wake from yet.
+        return "started" if doc["reason"] == "started" else str(doc["state"])
 
     def paused() -> bool:
         # Parked and the park actions done: upload, clean disconnect (then the radio).
