@@ -8,14 +8,14 @@ with the reason, writes the state as an event sample into the data, and carries 
 actions through the parts that own them: the pipeline commits its open batch, the uplink
 publishes the backlog until the deadline and then pauses its link (a clean disconnect, no
 reconnect attempts until the wake) before the modem manager switches the radio to low power,
-and the sleep command runs (argv, no shell, with a timeout). It decides nothing itself.
+and the sleep command runs (agent.sleepcommand: in the background, so a wake is served while
+it runs; ended at the wake). It decides nothing itself.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +34,7 @@ from agent.control.power import (
     settings_of,
 )
 from agent.ratelimit import RateLimitedLog
+from agent.sleepcommand import SleepCommand
 
 log = logging.getLogger(__name__)
 rlog = RateLimitedLog(log)
@@ -84,8 +85,9 @@ class PowerController:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="power", daemon=True)
-        self.sleeps = 0
-        self.sleep_failures = 0
+        self.sleeper = (
+            SleepCommand(cfg.sleep_command, cfg.sleep_timeout) if cfg.sleep_command else None
+        )
 
     # -- inputs (other threads) ------------------------------------------------------------
     def on_value(self, read: PowerRead, raw: float, t_ms: int) -> None:
@@ -111,15 +113,20 @@ class PowerController:
         self._stop.set()
         self._wake.set()
         self._thread.join(timeout)
+        if self.sleeper is not None:
+            self.sleeper.end("the agent stopped")
 
     def status(self) -> dict[str, Any]:
         m = self.machine
-        return {
+        doc: dict[str, Any] = {
             "state": m.state,
             "since": round(self.wall_since, 3),
             "reason": m.reason,
             "volts": m.volts,
         }
+        if self.sleeper is not None:
+            doc["sleep"] = self.sleeper.status()
+        return doc
 
     # -- the thread --------------------------------------------------------------------------
     def _inputs(self) -> PowerInputs:
@@ -207,6 +214,8 @@ class PowerController:
                 self.modem_power(self.cfg.modem_low_power, True)
         elif action is Action.MODEM_FULL:
             self.pipeline.set_idle(None)
+            if self.sleeper is not None:
+                self.sleeper.end("the car woke")
             if self.modem_power is not None:
                 self.modem_power(self.cfg.modem_full_power, False)
         elif action is Action.RESUME:
@@ -216,27 +225,5 @@ class PowerController:
             self._sleep()
 
     def _sleep(self) -> None:
-        argv = self.cfg.sleep_command
-        if not argv:
-            return
-        self.sleeps += 1
-        try:
-            done = subprocess.run(
-                argv,
-                timeout=self.cfg.sleep_timeout,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired) as err:
-            self.sleep_failures += 1
-            log.error("power: sleep command %s failed: %s", argv[0], err)
-            return
-        if done.returncode != 0:
-            self.sleep_failures += 1
-            log.error(
-                "power: sleep command %s exited %d: %s",
-                argv[0],
-                done.returncode,
-                done.stderr.decode(errors="replace").strip()[:200],
-            )
+        if self.sleeper is not None:
+            self.sleeper.start()

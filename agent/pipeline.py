@@ -276,6 +276,10 @@ class Pipeline:
         self.idle_timeout = timeout
         for src in self.sources:
             src.idle_recv = IDLE_RECV if timeout is None else min(timeout, IDLE_RECV_PARKED)
+        # A loop blocked for the parked timeout must take up the running one now: an update
+        # opened by the wake's first frames is due long before the parked timeout ends.
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait((-1, None))
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Thread-safe: run ``fn`` in the pipeline's thread at its next turn (the builder and

@@ -41,11 +41,11 @@ BO_ 768 Battery: 8 ECU
 """
 ENGINE, BODY, BATTERY = 0x100, 0x200, 0x300
 OFF, RUN = 0, 2
-# The sleep command: appends a line per call to the file argv[1]; argv[2] "fail" makes it exit
+# The sleep command: appends its pid per call to the file argv[1]; argv[2] "fail" makes it exit
 # 3 after saying why, "hang" makes it outlive any timeout.
-SLEEPER = """import sys, time
+SLEEPER = """import os, sys, time
 with open(sys.argv[1], "a") as f:
-    f.write(f"{time.monotonic()}\\n")
+    f.write(f"{os.getpid()}\\n")
 mode = sys.argv[2] if len(sys.argv) > 2 else ""
 if mode == "fail":
     sys.stderr.write("power controller refused\\n")
@@ -73,7 +73,12 @@ def sleep_command(tmp_path: Path, calls: Path, mode: str = "") -> str:
 
 
 def sleep_calls(calls: Path) -> int:
-    return len(calls.read_text().splitlines()) if calls.exists() else 0
+    return len(sleep_pids(calls))
+
+
+def sleep_pids(calls: Path) -> list[int]:
+    """The process ids of the sleep command's calls, in order."""
+    return [int(n) for n in calls.read_text().split()] if calls.exists() else []
 
 
 def publishing(port: int, tmp_path: Path) -> str:
