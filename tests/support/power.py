@@ -55,14 +55,15 @@ if mode == "hang":
 """
 
 
-def power_config(tmp_path: Path, channel: str, extra: str) -> Path:
-    """A config for the small car on the virtual bus ``channel``; ``extra``: more TOML."""
+def power_config(tmp_path: Path, channel: str, extra: str, updates: str = "") -> Path:
+    """A config for the small car on the virtual bus ``channel``; ``extra``: more TOML,
+    ``updates``: more lines for [updates]."""
     (tmp_path / "car.dbc").write_text(DBC)
     (tmp_path / "sleeper.py").write_text(SLEEPER)
     return write_config(
         tmp_path / "agent.toml",
         [{"name": "car", "interface": "virtual", "channel": channel, "dbc": ["car.dbc"]}],
-        extra="[updates]\nmax_age = 0.05\n" + extra,
+        extra=f"[updates]\nmax_age = 0.05\n{updates}" + extra,
     )
 
 
@@ -81,11 +82,13 @@ def sleep_pids(calls: Path) -> list[int]:
     return [int(n) for n in calls.read_text().split()] if calls.exists() else []
 
 
-def publishing(port: int, tmp_path: Path) -> str:
-    """[mqtt] and [outbox] TOML for a broker on 127.0.0.1:port, with quick reconnects."""
+def publishing(port: int, tmp_path: Path, mqtt: str = "") -> str:
+    """[mqtt] and [outbox] TOML for a broker on 127.0.0.1:port, with quick reconnects;
+    ``mqtt``: more lines for [mqtt]."""
     return (
         f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nreconnect_min = 0.1\nreconnect_max = 0.5\n'
-        f'[outbox]\npath = "{tmp_path / "outbox.db"}"\ncommit_interval = 0.05\n'
+        + mqtt
+        + f'[outbox]\npath = "{tmp_path / "outbox.db"}"\ncommit_interval = 0.05\n'
     )
 
 
