@@ -9,7 +9,6 @@ records its calls in a file.
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
@@ -24,7 +23,7 @@ from agent.modem.simulator import ModemSimulator
 from agent.spime import decode_update
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.e2e import DATA_TOPIC, STATUS_TOPIC, retained_status
-from tests.support.power import WAIT, frame, power_config, running, state
+from tests.support.power import WAIT, frame, power_config, running, sleep_command, state
 from tests.support.wait import wait_for
 
 
@@ -47,8 +46,7 @@ def test_ignition_cycles_park_and_wake_modem_and_sleep_with_nothing_lost(
             "[power]\n"
             'ignition = "Body.Ignition"\n'
             'ignition_on = ["Run", 3]\n'
-            "park_after = 600\npark_upload = 1\n"
-            f'sleep_command = ["{sys.executable}", "{tmp_path / "sleeper.py"}", "{calls}"]\n',
+            "park_after = 600\npark_upload = 1\n" + sleep_command(tmp_path, calls),
         )
         data = stack.enter_context(
             Subscriber(broker, DATA_TOPIC, reconnect=True, client_id="sub-d")
@@ -152,8 +150,7 @@ def test_voltage_sag_below_cutoff_then_recovery(tmp_path: Path) -> None:
         tmp_path,
         channel,
         "[power]\npark_after = 600\ncutoff_after = 0.3\nheartbeat = 0.1\n"
-        f'voltage_file = "{volts}"\nvoltage_scale = 0.001\n'
-        f'sleep_command = ["{sys.executable}", "{tmp_path / "sleeper.py"}", "{calls}"]\n',
+        f'voltage_file = "{volts}"\nvoltage_scale = 0.001\n' + sleep_command(tmp_path, calls),
     )
     with running(cfg, dry_run=True) as (agent, _):
         wait_for(lambda: agent.status()["power"]["volts"] == 12.6, WAIT, "voltage read")

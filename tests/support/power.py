@@ -8,7 +8,6 @@ a real (virtual) python-can bus; the sleep command is a real child process.
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -41,17 +40,14 @@ BO_ 768 Battery: 8 ECU
 """
 ENGINE, BODY, BATTERY = 0x100, 0x200, 0x300
 OFF, RUN = 0, 2
-# The sleep command: appends its pid per call to the file argv[1]; argv[2] "fail" makes it exit
-# 3 after saying why, "hang" makes it outlive any timeout.
-SLEEPER = """import os, sys, time
-with open(sys.argv[1], "a") as f:
-    f.write(f"{os.getpid()}\\n")
-mode = sys.argv[2] if len(sys.argv) > 2 else ""
-if mode == "fail":
-    sys.stderr.write("power controller refused\\n")
-    sys.exit(3)
-if mode == "hang":
-    time.sleep(3600)
+# The sleep command, a shell script (it starts at once, so even a quick wake finds its call
+# recorded): appends its pid per call to the file $1; $2 "fail" makes it exit 3 after saying
+# why, "hang" makes it outlive any timeout (exec: the pid recorded is the one that hangs).
+SLEEPER = """echo $$ >> "$1"
+case "$2" in
+fail) echo "power controller refused" >&2; exit 3 ;;
+hang) exec sleep 3600 ;;
+esac
 """
 
 
@@ -59,7 +55,7 @@ def power_config(tmp_path: Path, channel: str, extra: str, updates: str = "") ->
     """A config for the small car on the virtual bus ``channel``; ``extra``: more TOML,
     ``updates``: more lines for [updates]."""
     (tmp_path / "car.dbc").write_text(DBC)
-    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    (tmp_path / "sleeper.sh").write_text(SLEEPER)
     return write_config(
         tmp_path / "agent.toml",
         [{"name": "car", "interface": "virtual", "channel": channel, "dbc": ["car.dbc"]}],
@@ -69,7 +65,7 @@ def power_config(tmp_path: Path, channel: str, extra: str, updates: str = "") ->
 
 def sleep_command(tmp_path: Path, calls: Path, mode: str = "") -> str:
     """The TOML line of a sleep command recording its calls in ``calls``."""
-    argv = [sys.executable, str(tmp_path / "sleeper.py"), str(calls), *([mode] if mode else [])]
+    argv = ["/bin/sh", str(tmp_path / "sleeper.sh"), str(calls), *([mode] if mode else [])]
     return "sleep_command = [" + ", ".join(f'"{a}"' for a in argv) + "]\n"
 
 
