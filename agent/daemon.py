@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_INPUT, EXIT_DRAIN_TIMEOUT = 0, 2, 3
 # After SIGTERM: how long the uplink may keep publishing before it disconnects.
 SHUTDOWN_PUBLISH_SECONDS = 3.0
+# Beyond park_upload, how long the end of a replay waits for the lifecycle's last transitions
+# (a commit, the link's pause and the modems' power each take at most 10-15 s).
+POWER_SETTLE_SECONDS = 40.0
 
 
 def prepare(cfg: Config) -> Catalog:
@@ -245,6 +248,7 @@ class Agent:
             if self.dry_run:
                 self.notifier.ready("dry run")
                 self.pipeline.run()
+                self._end_power()
                 self.notifier.stopping()
                 return self._finish_pipeline()
             return self._run_publishing()
@@ -298,6 +302,7 @@ class Agent:
             self.uplink.start()
             self.notifier.ready(f"publishing to {self.cfg.mqtt.host}:{self.cfg.mqtt.port}")
             self.pipeline.run()
+            self._end_power()
             result = self._finish_pipeline()
             self.outbox.flush()
             if self._stop.is_set() or not self.cfg.all_replay:
@@ -327,6 +332,22 @@ class Agent:
             if self.modems is not None:
                 self.modems.stop(5.0)
             self.outbox.close()
+
+    def _end_power(self) -> None:
+        """The input ended: the lifecycle first acts on every value it was handed (the last
+        transitions of a replay, with their events), then stops; a recording that ended
+        parked paused the link, which the final drain must not wait on."""
+        if self.power is None:
+            return
+        if self._stop.is_set():  # a stop while parked keeps the radio quiet
+            self.power.stop()
+            return
+        timeout = self.power.cfg.park_upload + POWER_SETTLE_SECONDS
+        if not self.power.settle(timeout):
+            log.warning("power: the lifecycle did not finish within %g s", timeout)
+        self.power.stop()
+        if self.uplink is not None:
+            self.uplink.resume()
 
     def _drain(self) -> bool:
         """Wait until the broker acknowledged everything, the drain timeout passed, or a stop

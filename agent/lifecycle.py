@@ -51,6 +51,7 @@ class PipelineLike(Protocol):
     def set_idle(self, timeout: float | None) -> None: ...
     def commit(self) -> None: ...
     def write_power_state(self, value: int, t_ms: int) -> None: ...
+    def data_time_ms(self) -> int: ...
 
 
 class PowerController:
@@ -76,10 +77,15 @@ class PowerController:
         self.clock = clock
         self.machine = Lifecycle(settings_of(cfg), clock)
         self.wall_since = time.time()
-        self._values: collections.deque[tuple[PowerRead, float, str | None, float]] = (
+        # (read, physical value, label, when (monotonic), frame time in ms)
+        self._values: collections.deque[tuple[PowerRead, float, str | None, float, int]] = (
             collections.deque(maxlen=256)
         )
         self.dropped_values = 0
+        # Values handed over and values acted on (or dropped): what ``settle`` waits for.
+        self._settle = threading.Condition()
+        self._received = 0
+        self._handled = 0
         self._ignition: tuple[float | str, str | None, float, str] | None = None
         self._volts: float | None = None
         self._wake = threading.Event()
@@ -94,9 +100,12 @@ class PowerController:
         """From the pipeline thread: a [power] signal's decoded (raw) value changed."""
         label = read.choices.get(int(raw)) if read.choices else None
         value = raw * read.scale + read.offset
-        if len(self._values) == self._values.maxlen:
-            self.dropped_values += 1
-        self._values.append((read, value, label, self.clock()))
+        with self._settle:
+            if len(self._values) == self._values.maxlen:
+                self.dropped_values += 1
+                self._handled += 1
+            self._values.append((read, value, label, self.clock(), t_ms))
+            self._received += 1
         self._wake.set()
 
     def on_activity(self, index: int) -> None:
@@ -108,6 +117,15 @@ class PowerController:
     # -- life cycle --------------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
+
+    def settle(self, timeout: float) -> bool:
+        """Wait until every value handed over so far was acted on (its transition and the
+        actions done): the end of a replay must not cut the last transitions off. False if
+        ``timeout`` passed first."""
+        with self._settle:
+            target = self._received
+            self._wake.set()
+            return self._settle.wait_for(lambda: self._handled >= target, timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -159,13 +177,19 @@ class PowerController:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._read_voltage_file()
-            while self._values:
-                read, value, label, at = self._values.popleft()
+            while True:
+                with self._settle:
+                    if not self._values:
+                        break
+                    read, value, label, at, t_ms = self._values.popleft()
                 if read.role == "voltage":
                     self._volts = value
                 else:
                     self._ignition = (value, label, at, read.bus)
-                self._step()
+                self._step(t_ms)
+                with self._settle:
+                    self._handled += 1
+                    self._settle.notify_all()
             self._step()
             wait = self.machine.next_check(self._inputs())
             if self.cfg.voltage_file is not None or self.machine.state == DRIVING:
@@ -173,14 +197,18 @@ class PowerController:
             self._wake.wait(wait)
             self._wake.clear()
 
-    def _step(self) -> None:
+    def _step(self, t_ms: int | None = None) -> None:
+        """One step of the machine; ``t_ms``: the time of the frame whose value is new (the
+        transition's event carries it: a replay's data keeps the recording's clock)."""
         t = self.machine.step(self._inputs())
         if t is None:
             return
         self.wall_since = time.time() - (self.clock() - t.since)
         volts = "" if t.volts is None else f" (battery {t.volts:.2f} V)"
         log.warning("power: %s -> %s: %s%s", t.previous, t.state, t.reason, volts)
-        value, t_ms = _STATE_VALUE[t.state], int(time.time() * 1000)
+        value = _STATE_VALUE[t.state]
+        if t_ms is None:
+            t_ms = self.pipeline.data_time_ms()
         self.pipeline.call_soon(lambda: self.pipeline.write_power_state(value, t_ms))
         if self.on_change is not None:
             self.on_change(t)

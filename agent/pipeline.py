@@ -154,8 +154,11 @@ class Pipeline:
         self.on_power: Callable[[PowerRead, float, int], None] | None = None
         self.on_activity: Callable[[int], None] | None = None
         self.last_frame: list[float | None] = [None] * len(catalog.buses)
-        # Work other threads hand to this one (the lifecycle's commit and event samples).
+        # Work other threads hand to this one (the lifecycle's commit and event samples);
+        # once the loop ended, a call runs in its caller's thread (``_calls_ended``).
         self._calls: collections.deque[Callable[[], None]] = collections.deque(maxlen=64)
+        self._calls_lock = threading.Lock()
+        self._calls_ended = False
         # While parked: the loop blocks until a frame arrives or this long passes.
         self.idle_timeout: float | None = None
         # systemd's watchdog interval when there is one: parked, the loop still turns this often.
@@ -284,9 +287,14 @@ class Pipeline:
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Thread-safe: run ``fn`` in the pipeline's thread at its next turn (the builder and
         the sampler belong to that thread). At most 64 wait; the oldest is dropped beyond."""
-        if len(self._calls) == self._calls.maxlen:
-            self.dropped_calls += 1
-        self._calls.append(fn)
+        with self._calls_lock:
+            if self._calls_ended:
+                # Nothing else uses the builder any more (the end of a replay): at once.
+                fn()
+                return
+            if len(self._calls) == self._calls.maxlen:
+                self.dropped_calls += 1
+            self._calls.append(fn)
         # Wakes a blocked loop; a full queue means the loop turns anyway.
         with contextlib.suppress(queue.Full):
             self.queue.put_nowait((-1, None))
@@ -296,6 +304,18 @@ class Pipeline:
         self.sampler.flush_held(self.now)
         self._collect()
         self.builder.flush()
+
+    def data_time_ms(self) -> int:
+        """Now on the data's clock: a replay's recording time (its latest frame), else wall
+        time."""
+        return int((self.now if self.frame_clock else time.time()) * 1000)
+
+    def _end_calls(self) -> None:
+        """The loop ended: run what other threads handed over; later calls run at once."""
+        with self._calls_lock:
+            self._calls_ended = True
+            while self._calls:
+                self._calls.popleft()()
 
     def write_power_state(self, value: int, t_ms: int) -> None:
         """In the pipeline's thread: the lifecycle's state as an event sample, sent at once
@@ -340,6 +360,7 @@ class Pipeline:
             src.join(timeout=2.0)
         self._close_inputs()
         self.finish()
+        self._end_calls()
 
     def _run_replays(self) -> None:
         """Every bus is a replay: read the logs in this thread, merged by frame time.
@@ -367,6 +388,7 @@ class Pipeline:
             self.stats.source_errors.extend(err.problems)
         self._close_inputs()
         self.finish()
+        self._end_calls()
 
     def _close_inputs(self) -> None:
         for inp in self.inputs:
