@@ -140,6 +140,8 @@ class Catalog:
     power_sid: int | None = None
     # The GNSS signals when [gnss] is configured and consent covers location.
     location: LocationPlan | None = None
+    # Wire name -> schema id of the diagnostics' signals (agent.diag.signals).
+    diag_ids: dict[str, int] = field(default_factory=dict)
 
     @property
     def message_count(self) -> int:
@@ -400,6 +402,16 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
     if cfg.gnss is not None:
         grid = cfg.consent.coarse_grid if cfg.consent is not None else 0.0
         location = add_location(defs, _consent(cfg, "location"), grid, src)
+    diag_ids: dict[str, int] = {}
+    if cfg.diagnostics:
+        from agent.diag.signals import definitions
+
+        diag_defs, diag_ids, diag_excluded = definitions(
+            cfg.diagnostics, len(defs), lambda c: _consent(cfg, c) == "exact"
+        )
+        defs.extend(diag_defs)
+        for why, n in diag_excluded.items():
+            excluded[why] = excluded.get(why, 0) + n
     return Catalog(
         schema=Schema.build(defs),
         selected=tuple(selected),
@@ -413,6 +425,7 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
         power=tuple(power),
         power_sid=power_sid,
         location=location,
+        diag_ids=diag_ids,
     )
 
 

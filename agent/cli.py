@@ -423,6 +423,7 @@ def _add_command_parser(sub: Any) -> None:
     acts.add_parser("ping", help="the car's status summary")
     acts.add_parser("snapshot", help="a snapshot of every signal now, as an event")
     acts.add_parser("resend", help="the retained schema and status again")
+    acts.add_parser("diag", help="the car's diagnostic trouble codes, read now")
     pl = acts.add_parser("plan", help="apply a collection plan (JSON file)")
     pl.add_argument("file", type=Path)
     pl.add_argument(

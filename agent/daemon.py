@@ -131,6 +131,11 @@ class Agent:
         self.modems: Any = None
         self.schemas: SchemaStore | None = None
         self.commands: Any = None
+        self.diag: Any = None
+        if cfg.diagnostics:
+            from agent.diag.wiring import Diagnostics
+
+            self.diag = Diagnostics(cfg, self.pipeline, self.power)
         self._stop = threading.Event()
         self._report_now = threading.Event()  # the status report is due now (or stopping)
         self._reload_lock = threading.Lock()
@@ -189,6 +194,8 @@ class Agent:
             doc["power"] = self.power.status()
         if self.location is not None:
             doc["gnss"] = self.location.status()
+        if self.diag is not None:
+            doc["diagnostics"] = self.diag.status()
         plan = self.planner.book.status_doc()
         if plan is not None:
             doc["plan"] = plan
@@ -244,6 +251,8 @@ class Agent:
         reporter.start()
         if self.power is not None:
             self.power.start()
+        if self.diag is not None:
+            self.diag.start()
         try:
             if self.dry_run:
                 self.notifier.ready("dry run")
@@ -253,6 +262,8 @@ class Agent:
                 return self._finish_pipeline()
             return self._run_publishing()
         finally:
+            if self.diag is not None:
+                self.diag.stop()
             if self.power is not None:
                 self.power.stop()
 
@@ -526,6 +537,9 @@ class Agent:
         if self.pipeline.stop_event.is_set():
             return None
         return self.pipeline.request_snapshot(timeout)
+
+    def read_dtcs(self, timeout: float) -> dict[str, Any] | None:
+        return None if self.diag is None else self.diag.read_dtcs(timeout)
 
     def resend(self) -> None:
         if self.uplink is not None:

@@ -327,6 +327,17 @@ class Pipeline:
         self.builder.add([(t_ms, sid, value)], True, self.now)
         self.builder.flush()
 
+    def write_samples(self, samples: list[tuple[int, int, int | float]], event: bool) -> None:
+        """In the pipeline's thread: samples of a source beside the buses (diagnostics), ids
+        of the schema in force; events are sent at once."""
+        self._collect()
+        self.builder.add(samples, event, self.now)
+        if event:
+            self.builder.flush()
+        due = self.builder.due()
+        if due is not None and due < self._due:
+            self._due = due
+
     def run(self) -> None:
         """Process frames until every source ended (replays) or stop() was called."""
         if self.frame_clock:

@@ -3,7 +3,8 @@
 ``execute`` maps an authorized command (agent.control.remote already checked its signature,
 expiry, replay and arguments) to the daemon's operations and turns the outcome into the answer:
 ``ping`` (the status summary), ``snapshot`` (a snapshot update now, as an event), ``resend``
-(the retained schema and status again), ``consent`` (revoke, or grant where the activation
+(the retained schema and status again), ``diag`` (every DTC list read now; only where the
+owner granted ``diagnostics``), ``consent`` (revoke, or grant where the activation
 allowed it: the owner's consent bounds everything remote) and ``plan`` (a collection plan, when
 the daemon supports plans). It does not publish the answer (agent.control.service) nor
 implement the operations (agent.daemon).
@@ -43,6 +44,8 @@ class Target(Protocol):
 
 SNAPSHOT_WAIT = 5.0
 _ZONE_KEYS = {"add_zones", "remove_zones"}
+# A DTC read asks every list of every ECU; with "response pending" answers it takes seconds.
+DIAG_WAIT = 20.0
 
 
 def summary(status: dict[str, Any]) -> dict[str, Any]:
@@ -73,6 +76,8 @@ def execute(target: Target, cmd: Command, *, allow_consent_grant: bool) -> Respo
         return Response(cmd.id, OK, "schema and status queued again", None)
     if cmd.command == "consent":
         return _consent(target, cmd, allow_consent_grant)
+    if cmd.command == "diag":
+        return _diag(target, cmd)
     if cmd.command == "plan":
         # Plans are optional for a target: apply_plan(doc) -> problems, one line each.
         apply_plan = getattr(target, "apply_plan", None)
@@ -83,6 +88,27 @@ def execute(target: Target, cmd: Command, *, allow_consent_grant: bool) -> Respo
             return Response(cmd.id, REJECTED, "\n".join(problems), None, "bad_plan")
         return Response(cmd.id, OK, "plan applied", target.status().get("plan"))
     return Response(cmd.id, REJECTED, "unknown_command: unknown command", None, "unknown_command")
+
+
+def _diag(target: Target, cmd: Command) -> Response:
+    # Diagnostics are optional for a target: read_dtcs(timeout) -> bus -> ECU -> list -> codes
+    # (or bus -> why not); None when no [[diagnostics]] section is configured.
+    read_dtcs = getattr(target, "read_dtcs", None)
+    granted = target.consent_granted()
+    if granted is not None and "diagnostics" not in granted:
+        return Response(
+            cmd.id,
+            REJECTED,
+            f"{NOT_ALLOWED}: the owner has not granted diagnostics",
+            None,
+            NOT_ALLOWED,
+        )
+    result = None if read_dtcs is None else read_dtcs(DIAG_WAIT)
+    if result is None:
+        return Response(cmd.id, FAILED, "no [[diagnostics]] configured", None)
+    if all(isinstance(v, str) for v in result.values()):
+        return Response(cmd.id, FAILED, "; ".join(f"{b}: {v}" for b, v in result.items()), result)
+    return Response(cmd.id, OK, "DTCs read", result)
 
 
 def _consent(target: Target, cmd: Command, allow_grant: bool) -> Response:

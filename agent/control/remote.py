@@ -40,7 +40,7 @@ UNKNOWN_COMMAND = "unknown_command"
 BAD_ARGS = "bad_args"
 NOT_ALLOWED = "not_allowed"
 
-COMMANDS = ("ping", "snapshot", "resend", "consent", "plan")
+COMMANDS = ("ping", "snapshot", "resend", "consent", "plan", "diag")
 # A command may live at most this long: ids are remembered until they expire, so this bounds
 # how long the replay memory holds one.
 MAX_LIFETIME_MS = 7 * 24 * 3600 * 1000
@@ -139,7 +139,7 @@ def _categories(value: Any, name: str) -> list[str] | str:
 def check_args(cmd: Command) -> str | None:
     """A problem with the command's arguments, or None."""
     args = cmd.args
-    if cmd.command in ("ping", "snapshot", "resend"):
+    if cmd.command in ("ping", "snapshot", "resend", "diag"):
         return None if not args else f"{cmd.command} takes no arguments"
     if cmd.command == "plan":
         if set(args) != {"plan"} or not isinstance(args["plan"], dict):

@@ -309,7 +309,7 @@ def test_hostile_commands_are_refused_counted_and_never_executed(
             ("garbage", os.urandom(300), "rejected", "malformed"),
             ("truncated", good[: len(good) // 2], "rejected", "malformed"),
             ("huge", b'{"v": 1, "pad": "' + b"x" * 70_000 + b'"}', "rejected", "oversized"),
-            ("unknown command", car.sealed("diag")[1], "rejected", "unknown_command"),
+            ("unknown command", car.sealed("reboot")[1], "rejected", "unknown_command"),
             ("signed junk payload", seal_bytes(car.private, b"[]"), "rejected", "malformed"),
         ]
         for name, data, status, reason in cases:
