@@ -26,7 +26,7 @@ from agent.backoff import Backoff
 from agent.config import BusConfig
 from agent.diag.client import DiagClient, DiagCounters
 from agent.diag.link import IsoTpLink, LinkError
-from agent.diag.schedule import LoadCap, Schedule
+from agent.diag.schedule import LoadCap, Schedule, estimate_load
 from agent.diag.settings import DiagnosticsConfig
 from agent.diag.signals import CLEARED, SET, dtc_name, pid_name
 from agent.ratelimit import RateLimitedLog
@@ -94,11 +94,24 @@ class DiagPoller:
         doc: dict[str, Any] = {"state": self.state, **asdict(self.counters)}
         doc["ecus"] = sorted(ecu_name(e, self.names) for e in (self.ecus or {}))
         doc["load"] = round(self.cap.load(self.clock()), 5)
+        doc["estimated_load"] = round(self.estimated_load(), 5)
         doc["max_load"] = self.cfg.max_bus_load
         if self.link is not None:
             doc["frames"] = self.link.stats.frames_sent + self.link.stats.frames_received
             doc["isotp_errors"] = self.link.stats.isotp_errors
         return doc
+
+    def estimated_load(self) -> float:
+        """The upper bound of the load asked for (agent.diag.schedule.estimate_load); the cap
+        holds the real load under max_bus_load whatever this says."""
+        return estimate_load(
+            self.schedule.intervals,
+            self.cfg.dtc_interval,
+            self.cap.bitrate,
+            ecus=max(1, len(self.ecus or ())),
+            uds_ecus=len(self.cfg.uds_ecus),
+            extended=self.cfg.addressing == "29bit",
+        )
 
     def read_dtcs_now(self, timeout: float) -> dict[str, Any] | str:
         """From another thread: read every DTC list now; ECU -> list -> codes, or why not."""
@@ -216,11 +229,14 @@ class DiagPoller:
         dropped = self.schedule.restrict(self.owner)
         self.counters.unsupported = [f"{p:02X}" for p in dropped]
         log.info(
-            "diagnostics %s: ECUs %s answer; PIDs %s supported%s",
+            "diagnostics %s: ECUs %s answer; PIDs %s supported%s; added bus load at most "
+            "%.3f %% (capped at %.3g %%)",
             self.bus_cfg.name,
             ", ".join(f"{e:X}" for e in sorted(found)),
             ", ".join(f"{p:02X}" for p in sorted(self.schedule.intervals)) or "none asked",
             f", {', '.join(self.counters.unsupported)} not (never asked)" if dropped else "",
+            100 * self.estimated_load(),
+            100 * self.cfg.max_bus_load,
         )
 
     def _read_pids(self, client: DiagClient, pids: tuple[int, ...]) -> None:

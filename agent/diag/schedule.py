@@ -91,18 +91,21 @@ class LoadCap:
 
 
 def estimate_load(
-    pids: dict[int, float], dtc_interval: float, bitrate: int, *, ecus: int = 1, extended: bool
+    pids: dict[int, float],
+    dtc_interval: float,
+    bitrate: int,
+    *,
+    ecus: int = 1,
+    uds_ecus: int = 0,
+    extended: bool = False,
 ) -> float:
-    """The load a configuration adds when ``ecus`` ECUs answer every PID, as a fraction of the
-    bitrate: requests every smallest-interval turn, answers of one frame per three PIDs
-    (single frame up to 7 bytes, else first frame + flow control + consecutive frames), DTC
-    reads as three functional requests with one-frame answers per ECU."""
+    """An upper bound of the load a configuration adds, as a fraction of the bitrate, when
+    ``ecus`` ECUs answer every PID with one frame: each PID asked alone on its interval (joining
+    PIDs into one request only lowers it), each DTC read (three OBD lists, one UDS read per
+    UDS ECU) a request and one answer frame per ECU. Multi-frame answers add a flow control and
+    a frame per 7 bytes: the cap (LoadCap) bounds what this estimate does not."""
     frame = frame_bits(8, extended)
-    bits_per_s = 0.0
-    for interval in pids.values():
-        # Each PID's share of a request frame is at least 1/6, and its answer 2-5 bytes.
-        bits_per_s += frame / MAX_PIDS_PER_REQUEST / interval
-        bits_per_s += ecus * frame * 3 / 7 / interval
+    bits_per_s = sum((1 + ecus) * frame / interval for interval in pids.values())
     if dtc_interval > 0:
-        bits_per_s += 3 * (1 + ecus) * frame / dtc_interval
+        bits_per_s += (3 * (1 + ecus) + 2 * uds_ecus) * frame / dtc_interval
     return bits_per_s / bitrate

@@ -116,8 +116,9 @@ def test_load_cap_spaces_requests() -> None:
 
 def test_estimated_load_of_the_readme_example() -> None:
     # obd_pids = { "0D" = 1.0, "0C" = 0.5 }, DTCs every 60 s, one ECU, 500 kbit/s.
-    load = estimate_load({0x0D: 1.0, 0x0C: 0.5}, 60, 500_000, extended=False)
-    assert load < 0.002
+    load = estimate_load({0x0D: 1.0, 0x0C: 0.5}, 60, 500_000)
+    assert round(load * 100, 3) == 0.165  # % (135-bit frames: 6 a second, 6 a minute)
+    assert estimate_load({0x0D: 1.0}, 0, 500_000, extended=True) == 2 * 160 / 500_000
 
 
 def test_dtc_samples_show_their_code_and_ecu() -> None:
