@@ -1,9 +1,11 @@
 """ECUs for the diagnostics tests: they answer OBD-II and UDS over ISO-TP on a python-can bus.
 
 Each simulated ECU has a physical ISO-TP stack (its request id -> its answer id) and a
-functional one (0x7DF, or 0x18DB33F1 with 29-bit ids), both can-isotp stacks reading through
-one python-can Notifier; answers always leave through the physical stack, so multi-frame
-answers wait for the tester's flow control as a real ECU's do. An ECU can be told to answer
+functional one (0x7DF, or 0x18DB33F1 with 29-bit ids): can-isotp's user-space stacks reading
+through one python-can Notifier, or with ``kernel=True`` (SocketCAN only) the kernel's
+can_isotp sockets, so the agent's user-space ISO-TP is checked against the kernel's. Answers
+always leave through the physical stack, so multi-frame answers wait for the tester's flow
+control as a real ECU's do. An ECU can be told to answer
 "response pending" (0x78) a number of times first, to stay silent, or to change its DTCs while
 running. What it was asked is recorded for the tests to check (PIDs per request, unsupported
 PIDs asked).
@@ -11,6 +13,7 @@ PIDs asked).
 
 from __future__ import annotations
 
+import select
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,11 +73,24 @@ class Ecu:
 class EcuSim:
     """The ECUs on one bus; use as a context manager."""
 
-    def __init__(self, ecus: list[Ecu], *, interface: str, channel: str, extended: bool = False):
+    def __init__(
+        self,
+        ecus: list[Ecu],
+        *,
+        interface: str,
+        channel: str,
+        extended: bool = False,
+        kernel: bool = False,
+    ):
         self.ecus = ecus
         self.extended = extended
-        self.bus = can.Bus(interface=interface, channel=channel, ignore_config=True)
-        self.notifier = can.Notifier(self.bus, [], timeout=0.05)
+        self.channel = channel
+        self.kernel = kernel
+        self.bus: Any = None
+        self.notifier: Any = None
+        if not kernel:
+            self.bus = can.Bus(interface=interface, channel=channel, ignore_config=True)
+            self.notifier = can.Notifier(self.bus, [], timeout=0.05)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._stacks: list[Any] = []
@@ -93,8 +109,25 @@ class EcuSim:
             isotp.Address(mode, txid=ecu.answer_id, rxid=functional),
         )
 
+    def _kernel_sockets(self, ecu: Ecu) -> tuple[Any, Any]:
+        socks = []
+        for addr in self._addresses(ecu):
+            s = isotp.socket(timeout=0.05)
+            s.set_opts(txpad=0x55)
+            s.set_fc_opts(bs=0, stmin=0)
+            s.bind(self.channel, addr)
+            socks.append(s)
+        self._stacks += socks
+        return socks[0], socks[1]
+
     def __enter__(self) -> EcuSim:
         for ecu in self.ecus:
+            if self.kernel:
+                phys, func = self._kernel_sockets(ecu)
+                t = threading.Thread(target=self._serve_kernel, args=(ecu, phys, func), daemon=True)
+                t.start()
+                self._threads.append(t)
+                continue
             phys_addr, func_addr = self._addresses(ecu)
             params = {"tx_padding": 0x55, "blocksize": 0, "stmin": 0}
             phys = isotp.NotifierBasedCanStack(
@@ -116,15 +149,34 @@ class EcuSim:
         for t in self._threads:
             t.join(5)
         for st in self._stacks:
-            st.stop()
-        self.notifier.stop()
-        self.bus.shutdown()
+            st.close() if self.kernel else st.stop()
+        if self.notifier is not None:
+            self.notifier.stop()
+            self.bus.shutdown()
 
     def _serve(self, ecu: Ecu, phys: Any, func: Any) -> None:
         while not self._stop.is_set():
             for stack in (phys, func):
                 req = stack.recv(block=True, timeout=0.01)
                 if req is None or ecu.silent:
+                    continue
+                answer = ecu.answer(bytes(req))
+                if answer is None:
+                    continue
+                for _ in range(ecu.pending):
+                    phys.send(bytes([0x7F, req[0], 0x78]))
+                    self._stop.wait(0.05)
+                phys.send(answer)
+
+    def _serve_kernel(self, ecu: Ecu, phys: Any, func: Any) -> None:
+        while not self._stop.is_set():
+            ready, _, _ = select.select([phys, func], [], [], 0.05)
+            for sock in ready:
+                try:
+                    req = sock.recv()
+                except OSError:  # a broken exchange (e.g. a flow control timeout)
+                    continue
+                if not req or ecu.silent:
                     continue
                 answer = ecu.answer(bytes(req))
                 if answer is None:

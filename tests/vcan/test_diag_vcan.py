@@ -1,0 +1,125 @@
+"""Diagnostics on real SocketCAN (vcan in the VM): `spime-agent run` asks simulated ECUs that
+answer through the kernel's can_isotp sockets (single and multi-frame, flow control, two
+ECUs, response pending, a silent ECU); PID values and DTC events arrive decoded at a real
+mosquitto, and the broadcast frames sent meanwhile all arrive too."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import can
+import pytest
+
+from agent.config import load_config
+from agent.daemon import prepare
+from agent.spime import decode_update
+from tests.integration.test_live_virtual import DBC
+from tests.support.agentrun import VIN, write_config
+from tests.support.broker import Subscriber
+from tests.support.e2e import AgentProcess
+from tests.support.ecusim import Ecu, EcuSim
+from tests.support.wait import wait_for, wait_until
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(socket, "CAN_ISOTP"), reason="this Python has no CAN_ISOTP sockets"
+)
+
+
+def _config(tmp_path: Path, channel: str, port: int) -> Path:
+    (tmp_path / "car.dbc").write_text(DBC)
+    return write_config(
+        tmp_path / "agent.toml",
+        [{"name": "pt", "interface": "socketcan", "channel": channel, "dbc": ["car.dbc"]}],
+        extra=f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nreconnect_min = 0.1\n'
+        '[outbox]\npath = "outbox.db"\ncommit_interval = 0.05\n'
+        "[updates]\nmax_age = 0.1\nsnapshot_interval = 0\n"
+        f'[status]\npath = "{tmp_path / "status.json"}"\ninterval = 0.5\n'
+        '[[diagnostics]]\nbus = "pt"\n'
+        'obd_pids = { "0C" = 0.2, "0D" = 0.2, "05" = 0.5, "2F" = 0.5, "A6" = 0.5, "42" = 0.5 }\n'
+        "dtc_interval = 0.5\ntimeout = 0.5\n"
+        'uds_ecus = [{ name = "ecm", tx = 0x7E0, rx = 0x7E8 }, '
+        '{ name = "bcm", tx = 0x7E4, rx = 0x7EC }]\n',
+    )
+
+
+def test_pids_and_dtcs_through_kernel_isotp_to_the_broker(
+    tmp_path: Path, vcan0: str, open_bus: Any, mosquitto: Any
+) -> None:
+    cfg = _config(tmp_path, vcan0, mosquitto.port)
+    schema = prepare(load_config(cfg)).schema
+    ecm = Ecu(
+        0x7E8,
+        pids={0x0C: 3000, 0x0D: 72, 0x05: 130, 0x2F: 128, 0xA6: 123456},
+        dtcs={0x03: [0x0301, 0x0420, 0xC100]},  # 8 bytes: a multi-frame answer
+        uds_dtcs={0xC10087: 0x08},
+        pending=1,
+    )
+    tcm = Ecu(0x7E9, pids={0x0D: 71, 0x42: 13800}, dtcs={0x07: [0x0700]})
+    bcm = Ecu(0x7EC, silent=True)
+    car = open_bus()
+    sent = 0
+    with (
+        Subscriber(mosquitto, f"spime/v1/{VIN}/data") as data,
+        EcuSim([ecm, tcm, bcm], interface="socketcan", channel=vcan0, kernel=True),
+        AgentProcess(cfg, log_path=tmp_path / "agent.log") as agent,
+    ):
+
+        def samples() -> list[dict[str, Any]]:
+            return [s for m in data.messages for s in decode_update(m.payload, schema)["samples"]]
+
+        def seen(name: str) -> bool:
+            nonlocal sent
+            sent += 1  # the broadcast bus keeps going while diagnostics run
+            car.send(
+                can.Message(
+                    arbitration_id=0x100, data=sent.to_bytes(2, "little"), is_extended_id=False
+                )
+            )
+            return any(s["signal"] == name for s in samples())
+
+        status_file = tmp_path / "status.json"
+
+        def bus_up() -> bool:
+            # The status file is replaced atomically: it is whole whenever it exists.
+            doc = json.loads(status_file.read_text()) if status_file.exists() else {}
+            return doc.get("buses", {}).get("pt") in ("up", "silent")
+
+        if not wait_until(bus_up, 60):
+            pytest.fail(f"the agent's bus is not up:\n{agent.log()}")
+        for name in ("OBD.Odometer", "OBD.ControlModuleVoltage", "OBD.DTC.Stored.Set"):
+            wait_for(lambda n=name: seen(n), 60, name)
+        wait_for(lambda: seen("UDS.DTC.Set") and seen("OBD.DTC.Pending.Set"), 60, "UDS, pending")
+        wait_for(
+            lambda: any(
+                s["value"] == sent * 0.01 for s in samples() if s["signal"] == "Engine.Speed"
+            ),
+            30,
+            "the last broadcast frame",
+        )
+        wait_for(lambda: json.loads(status_file.read_text())["diagnostics"]["pt"]["timeouts"], 30)
+        status = json.loads(status_file.read_text())
+        agent.send(15)
+        assert agent.wait(30) == 0, agent.log()
+    values = {s["signal"]: s["value"] for s in samples()}
+    assert values["OBD.EngineSpeed"] == 750.0
+    assert values["OBD.VehicleSpeed"] == 72  # the first ECU's
+    assert values["OBD.CoolantTemperature"] == 90
+    assert values["OBD.Odometer"] == pytest.approx(12345.6)
+    assert values["OBD.ControlModuleVoltage"] == pytest.approx(13.8)
+    dtcs = {(s["signal"], s["value"], s["ecu"]) for s in samples() if "DTC" in s["signal"]}
+    assert {
+        ("OBD.DTC.Stored.Set", "P0301", "ecm"),
+        ("OBD.DTC.Stored.Set", "P0420", "ecm"),
+        ("OBD.DTC.Stored.Set", "U0100", "ecm"),
+        ("OBD.DTC.Pending.Set", "P0700", "7E9"),
+        ("UDS.DTC.Set", "U0100-87", "ecm"),
+    } <= dtcs
+    speeds = [s["value"] for s in samples() if s["signal"] == "Engine.Speed"]
+    assert speeds == [i * 0.01 for i in range(1, sent + 1)]  # no broadcast frame lost
+    diag = status["diagnostics"]["pt"]
+    assert diag["ecus"] == ["7E9", "ecm"] and diag["timeouts"] >= 1  # bcm never answers
+    assert diag["pending"] >= 1 and diag["bus_errors"] == 0
+    assert status["pipeline"]["dropped_frames"] == 0
