@@ -505,6 +505,7 @@ class Agent:
         except AgentError as err:
             return list(err.problems)
         fixed = ("vehicle", "bus", "mqtt", "outbox", "modem", "modems", "status", "remote", "gnss")
+        fixed = (*fixed, "diagnostics")
         changed = [k for k in fixed if getattr(cfg, k) != getattr(self.cfg, k)]
         if changed:
             return [
