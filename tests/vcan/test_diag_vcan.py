@@ -39,7 +39,8 @@ def _config(tmp_path: Path, channel: str, port: int) -> Path:
         f'[status]\npath = "{tmp_path / "status.json"}"\ninterval = 0.5\n'
         '[[diagnostics]]\nbus = "pt"\n'
         'obd_pids = { "0C" = 0.2, "0D" = 0.2, "05" = 0.5, "2F" = 0.5, "A6" = 0.5, "42" = 0.5 }\n'
-        "dtc_interval = 0.5\ntimeout = 0.5\n"
+        # Generous: the ECUs answer from an emulated VM on a busy host (real ones take ~50 ms).
+        "dtc_interval = 0.5\ntimeout = 2.0\n"
         'uds_ecus = [{ name = "ecm", tx = 0x7E0, rx = 0x7E8 }, '
         '{ name = "bcm", tx = 0x7E4, rx = 0x7EC }]\n',
     )
@@ -96,9 +97,15 @@ def test_pids_and_dtcs_through_kernel_isotp_to_the_broker(
         # The agent starts slowly in the emulated VM (imports alone take seconds).
         if not wait_until(bus_up, 180, interval=0.2):
             pytest.fail(f"the agent's bus is not up:\n{agent.log()}")
-        for name in ("OBD.Odometer", "OBD.ControlModuleVoltage", "OBD.DTC.Stored.Set"):
-            wait_for(lambda n=name: seen(n), 60, name)
-        wait_for(lambda: seen("UDS.DTC.Set") and seen("OBD.DTC.Pending.Set"), 60, "UDS, pending")
+        for name in (
+            "OBD.Odometer",
+            "OBD.ControlModuleVoltage",
+            "OBD.DTC.Stored.Set",
+            "OBD.DTC.Pending.Set",
+            "UDS.DTC.Set",
+        ):
+            if not wait_until(lambda n=name: seen(n), 90):
+                pytest.fail(f"no {name}: {status_file.read_text()}\n{agent.log()[-3000:]}")
         wait_for(
             lambda: any(
                 s["value"] == sent * 0.01 for s in samples() if s["signal"] == "Engine.Speed"
@@ -125,7 +132,9 @@ def test_pids_and_dtcs_through_kernel_isotp_to_the_broker(
         ("UDS.DTC.Set", "U0100-87", "ecm"),
     } <= dtcs
     speeds = [s["value"] for s in samples() if s["signal"] == "Engine.Speed"]
-    assert speeds == [i * 0.01 for i in range(1, sent + 1)]  # no broadcast frame lost
+    # Every broadcast frame arrived once (events, DTCs here, may overtake older telemetry
+    # updates on the way to the broker, so the order across updates is not compared).
+    assert sorted(speeds) == [i * 0.01 for i in range(1, sent + 1)]
     diag = status["diagnostics"]["pt"]
     assert diag["ecus"] == ["7E9", "ecm"] and diag["timeouts"] >= 1  # bcm never answers
     assert diag["pending"] >= 1 and diag["bus_errors"] == 0
