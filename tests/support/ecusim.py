@@ -149,24 +149,29 @@ class EcuSim:
         for t in self._threads:
             t.join(5)
         for st in self._stacks:
-            st.close() if self.kernel else st.stop()
+            if self.kernel:
+                st.close()
+            else:
+                st.stop()
         if self.notifier is not None:
             self.notifier.stop()
             self.bus.shutdown()
 
+    def _respond(self, ecu: Ecu, phys: Any, req: bytes | None) -> None:
+        if not req or ecu.silent:
+            return
+        answer = ecu.answer(bytes(req))
+        if answer is None:
+            return
+        for _ in range(ecu.pending):
+            phys.send(bytes([0x7F, req[0], 0x78]))
+            self._stop.wait(0.05)
+        phys.send(answer)
+
     def _serve(self, ecu: Ecu, phys: Any, func: Any) -> None:
         while not self._stop.is_set():
             for stack in (phys, func):
-                req = stack.recv(block=True, timeout=0.01)
-                if req is None or ecu.silent:
-                    continue
-                answer = ecu.answer(bytes(req))
-                if answer is None:
-                    continue
-                for _ in range(ecu.pending):
-                    phys.send(bytes([0x7F, req[0], 0x78]))
-                    self._stop.wait(0.05)
-                phys.send(answer)
+                self._respond(ecu, phys, stack.recv(block=True, timeout=0.01))
 
     def _serve_kernel(self, ecu: Ecu, phys: Any, func: Any) -> None:
         while not self._stop.is_set():
@@ -176,12 +181,4 @@ class EcuSim:
                     req = sock.recv()
                 except OSError:  # a broken exchange (e.g. a flow control timeout)
                     continue
-                if not req or ecu.silent:
-                    continue
-                answer = ecu.answer(bytes(req))
-                if answer is None:
-                    continue
-                for _ in range(ecu.pending):
-                    phys.send(bytes([0x7F, req[0], 0x78]))
-                    self._stop.wait(0.05)
-                phys.send(answer)
+                self._respond(ecu, phys, req)
