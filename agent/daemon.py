@@ -504,8 +504,8 @@ class Agent:
             cfg, catalog = self.planner.rebase(cfg, catalog, _now_ms())
         except AgentError as err:
             return list(err.problems)
-        fixed = ("vehicle", "bus", "mqtt", "outbox", "modem", "modems", "status", "remote", "gnss")
-        fixed = (*fixed, "diagnostics")
+        fixed: tuple[str, ...] = ("vehicle", "bus", "mqtt", "outbox", "modem", "modems", "status")
+        fixed += ("remote", "gnss", "diagnostics")
         changed = [k for k in fixed if getattr(cfg, k) != getattr(self.cfg, k)]
         if changed:
             return [
