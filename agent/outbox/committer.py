@@ -89,9 +89,13 @@ class Committer:
     def add_acks(self, ids: Iterable[int]) -> None:
         """Caller holds the buffer lock."""
         if not self._acks:
+            # The first ack of a batch sets when it is due; the committer, woken once, then
+            # sleeps until then, so later acks of the batch need not wake it again.
             self._ack_since = self._clock()
-        self._acks.update(ids)
-        self._wake.set()
+            self._acks.update(ids)
+            self._wake.set()
+        else:
+            self._acks.update(ids)
 
     def add_purges(self, ids: Iterable[int]) -> None:
         """Caller holds the buffer lock."""

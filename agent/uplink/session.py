@@ -117,6 +117,7 @@ class Session:
         self._paused_until = 0.0
         self._refusal = Backoff(cfg.reconnect_min, cfg.reconnect_max)
         self._progress_at = clock()
+        self._reported_in_flight = 0
 
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -170,6 +171,7 @@ class Session:
         rc = self.client.loop(max(timeout, 0.0))
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.lost = self.lost or f"connection lost ({mqtt.error_string(rc)})"
+        self._report_in_flight()
         if self.lost is not None:
             return False
         if timeout < 0 and not self.in_flight:
@@ -192,6 +194,13 @@ class Session:
             n = len(self.in_flight) + len(self.ctrl_in_flight)
             self.lost = f"no PUBACK for {limit:g} s with {n} in flight: link presumed dead"
             self._counters.add(dead_links=1)
+
+    def _report_in_flight(self) -> None:
+        # Once per turn, not per PUBLISH or PUBACK: the counters sit behind a lock.
+        n = len(self.in_flight)
+        if n != self._reported_in_flight:
+            self._reported_in_flight = n
+            self._counters.set(in_flight=n)
 
     def _free(self) -> int:
         return self.window - len(self.in_flight) - len(self.ctrl_in_flight)
@@ -231,28 +240,34 @@ class Session:
                 return False, None
             self._prefetch.extend(batch)
             self._prefetch_at = now
-        published = False
-        while self._prefetch and self._free() > 0:
-            entry = self._prefetch[0]
-            is_event = entry.priority == "event"
-            if not is_event and self._bucket.available() < 1.0:
-                return published, max(self._bucket.time_to_token(), 0.005)
-            self._prefetch.popleft()
-            size = publish_size(self._data_topic_len, len(entry.payload), self.v5)
-            if self.max_packet is not None and size > self.max_packet:
-                self._skip_oversize(entry.id, size)
-                continue
-            info = self.client.publish(self._data_topic, entry.payload, qos=1, retain=False)
-            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self.lost = self.lost or f"publish failed ({mqtt.error_string(info.rc)})"
-                return published, None
-            self.in_flight[info.mid] = entry.id
-            self._counters.set(in_flight=len(self.in_flight))
-            if not is_event:
-                self._bucket.take()
-            self._count_sent(self._data_topic_len, len(entry.payload), data=True)
-            published = True
-        return published, None
+        published = 0
+        sent_bytes = 0
+        try:
+            while self._prefetch and self._free() > 0:
+                entry = self._prefetch[0]
+                is_event = entry.priority == "event"
+                if not is_event and self._bucket.available() < 1.0:
+                    return bool(published), max(self._bucket.time_to_token(), 0.005)
+                self._prefetch.popleft()
+                size = publish_size(self._data_topic_len, len(entry.payload), self.v5)
+                if self.max_packet is not None and size > self.max_packet:
+                    self._skip_oversize(entry.id, size)
+                    continue
+                info = self.client.publish(self._data_topic, entry.payload, qos=1, retain=False)
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    self.lost = self.lost or f"publish failed ({mqtt.error_string(info.rc)})"
+                    return bool(published), None
+                self.in_flight[info.mid] = entry.id
+                if not is_event:
+                    self._bucket.take()
+                published += 1
+                sent_bytes += size
+        finally:
+            # Counted once per call, not per PUBLISH: the counters sit behind a lock.
+            if published:
+                self._counters.add(bytes_sent=sent_bytes, published=published)
+                self._report_in_flight()
+        return bool(published), None
 
     def _skip_oversize(self, row_id: int, size: int) -> None:
         # Sending it would make the broker drop the connection, again and again: leave the row
@@ -319,7 +334,6 @@ class Session:
                     )
                 return
             row_id = self.in_flight.pop(mid, None)
-            self._counters.set(in_flight=len(self.in_flight))
             if row_id is None:
                 return
             if reason_code.is_failure:
@@ -387,6 +401,7 @@ class Session:
         finally:
             self.in_flight.clear()
             self.ctrl_in_flight.clear()
+            self._reported_in_flight = 0
             self._counters.set(in_flight=0)
             try:
                 self.client.disconnect()
