@@ -67,6 +67,9 @@ class Committer:
         self.buffer = MemoryBuffer(cfg.memory_bytes, ratelog, cfg.path)
         self._acks: set[int] = set()
         self._purges: set[int] = set()
+        # Acked and purged ids a transaction is deleting right now: still hidden from readers
+        # (agent.outbox.queue reads on a connection of its own) until the deletion commits.
+        self._deleting: set[int] = set()
         self._ack_since = 0.0
         self._retry_at = 0.0
         self._next_expire = clock()
@@ -103,7 +106,7 @@ class Committer:
 
     def hidden(self) -> set[int]:
         """Caller holds the buffer lock: ids stored but no longer to be sent (acked, purged)."""
-        return self._acks | self._purges
+        return self._acks | self._purges | self._deleting
 
     # ------------------------------------------------------------------------------ thread
 
@@ -187,6 +190,7 @@ class Committer:
                 if take_acks:
                     acks, self._acks = self._acks, acks
                     purges, self._purges = self._purges, purges
+                    self._deleting = acks | purges
                 if expire:
                     self._next_expire = now + self._expire_every
                     self._counters.expired += self.buffer.expire(batch, self._max_age, self._wall())
@@ -202,8 +206,12 @@ class Committer:
                     max_bytes=self._cfg.max_bytes,
                 )
             except Exception as err:
-                self._failed(err, batch, acks, purges)
+                self._failed(err, batch, acks, purges)  # puts them back before they show
                 return
+            finally:
+                if take_acks:
+                    with self._data:
+                        self._deleting = set()
             self._succeeded(tx)
 
     def _failed(self, err: Exception, batch: Batch, acks: set[int], purges: set[int]) -> None:

@@ -11,6 +11,8 @@ never deleted, and a fresh file is started. The id space of the lost file is unk
 fresh file's sequence starts at the wall clock in milliseconds (ids are 64-bit integers: never
 truncate them), above any id an earlier file could have reached unless the clock was wrong.
 
+``open_reader`` opens the second, read-only connection the uplink's reads use.
+
 Reading and writing rows is agent.outbox.table's job.
 """
 
@@ -84,6 +86,19 @@ def open_table(
         table.close()
         raise OutboxError(f"{path}: cannot tag stored rows: {err}") from None
     return table, moved
+
+
+def open_reader(path: Path) -> Table:
+    """A second, read-only connection to an opened outbox, for the uplink's reads: in WAL mode
+    it reads the last committed state while a commit (and its fsync) runs on the writer's."""
+    try:
+        conn = sqlite3.connect(
+            str(path), isolation_level=None, check_same_thread=False, timeout=10.0
+        )
+        conn.execute("PRAGMA query_only = 1")
+    except sqlite3.Error as err:
+        raise OutboxError(f"{path}: cannot open outbox for reading: {err}") from None
+    return Table(conn)
 
 
 def _connect(path: Path, wall: Callable[[], float], *, seed: bool) -> sqlite3.Connection:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from agent.config import OutboxConfig
 from agent.outbox.committer import Committer
-from agent.outbox.dbfile import open_table
+from agent.outbox.dbfile import open_reader, open_table
 from agent.outbox.rows import EVENT, RANK, TELEMETRY, Counters, OutboxEntry
 from agent.outbox.table import Table
 from agent.ratelimit import RateLimitedLog
@@ -54,7 +54,8 @@ class Outbox:
 
     Thread-safe. Lock order: ``_db_lock`` (connection and transactions) before ``_buf_lock``
     (memory buffer, queued acks, counters); ``put`` and ``ack`` take only ``_buf_lock`` so the
-    pipeline never waits for a disk write.
+    pipeline never waits for a disk write. ``next_batch`` reads on a connection of its own
+    (``_read_lock``, then ``_buf_lock``), so the uplink never waits for a commit's fsync.
     """
 
     def __init__(
@@ -71,6 +72,7 @@ class Outbox:
         self._clock = clock
         self._wall = wall
         self._db_lock = threading.Lock()
+        self._read_lock = threading.Lock()
         self._buf_lock = threading.Lock()
         self._data = threading.Condition(self._buf_lock)
         # Called (on the committing thread, must not block) after each commit: a waiter that
@@ -78,6 +80,7 @@ class Outbox:
         self.on_commit: Callable[[], None] | None = None
         # Set by open(), None again after close(); replaced together.
         self._table: Table | None = None
+        self._reader: Table | None = None  # the read-only connection of next_batch
         self._committer: Committer | None = None
         self._counters = Counters()
         self._corrupt_moved: tuple[str, ...] = ()
@@ -96,6 +99,11 @@ class Outbox:
         if self._opened:
             raise RuntimeError("outbox already opened")
         table, moved = open_table(self._path, self._wall, self._tag_of)
+        try:
+            reader = open_reader(self._path)
+        except BaseException:
+            table.close()
+            raise
         counters = table.counters()
         committer = Committer(
             self._cfg,
@@ -112,6 +120,8 @@ class Outbox:
             self._table, self._committer, self._counters = table, committer, counters
             self._corrupt_moved = tuple(moved)
             self._opened = True
+        with self._read_lock:
+            self._reader = reader
         committer.start()
         log.info(
             "outbox %s: %d rows, %d bytes held",
@@ -144,6 +154,10 @@ class Outbox:
             committer.detach()
             table.close()
             self._table = None
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def __enter__(self) -> Outbox:
         self.open()
@@ -180,14 +194,18 @@ class Outbox:
         """Committed rows not in ``exclude`` and not acked: events oldest first, then telemetry."""
         if limit <= 0:
             return []
-        with self._db_lock:
-            table, committer = self._table, self._committer
-            if table is None or committer is None:
+        # The ids to skip are taken before the read: a row whose deletion commits in between
+        # is still among them (the committer hides it until its transaction is done).
+        with self._read_lock:
+            reader, committer = self._reader, self._committer
+            if reader is None or committer is None:
                 return []
             with self._buf_lock:
+                if self._closed:
+                    return []
                 skip = committer.hidden()
             skip.update(exclude)
-            return table.unsent(limit, skip)
+            return reader.unsent(limit, skip)
 
     def ack(self, ids: Iterable[int]) -> None:
         """The broker has these: delete them (batched, committed within a few ms)."""
