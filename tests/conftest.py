@@ -12,6 +12,19 @@ from tests.support.data import CORPUS, make_demo_drive
 from tests.support.e2e import broker  # noqa: F401  (a broker that queues nothing)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # Property tests check behaviour, not speed: hypothesis' per-example deadline and its
+    # too-slow health check would turn a loaded 2-core machine into failures. The VM run
+    # leaves the plugin out (importing hypothesis costs seconds under emulation).
+    if config.pluginmanager.has_plugin("hypothesispytest"):
+        from hypothesis import HealthCheck, settings
+
+        settings.register_profile(
+            "spime", deadline=None, suppress_health_check=[HealthCheck.too_slow]
+        )
+        settings.load_profile("spime")
+
+
 @pytest.fixture(scope="session")
 def corpus() -> Path:
     """The shared corpus of real DBC files and logs; tests using it skip where it is absent."""
