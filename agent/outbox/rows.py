@@ -24,8 +24,8 @@ class OutboxEntry:
 
 
 @dataclass
-class Tx:
-    """Changes made by one transaction, applied to the counters only once it commits."""
+class _Tally:
+    """Rows and bytes held per rank, rows evicted per rank, and what happened to rows."""
 
     rows: list[int] = field(default_factory=lambda: [0, 0])
     bytes: list[int] = field(default_factory=lambda: [0, 0])
@@ -34,6 +34,11 @@ class Tx:
     acked: int = 0
     purged: int = 0
     expired: int = 0
+
+
+@dataclass
+class Tx(_Tally):
+    """Changes made by one transaction, applied to the counters only once it commits."""
 
     def removed(self, rank: int, rows: int, size: int) -> None:
         self.rows[rank] -= rows
@@ -41,16 +46,8 @@ class Tx:
 
 
 @dataclass
-class Counters:
+class Counters(_Tally):
     """What the file holds (rows, bytes per rank) and what happened to rows since open."""
-
-    rows: list[int] = field(default_factory=lambda: [0, 0])
-    bytes: list[int] = field(default_factory=lambda: [0, 0])
-    evicted: list[int] = field(default_factory=lambda: [0, 0])
-    committed: int = 0
-    acked: int = 0
-    purged: int = 0
-    expired: int = 0
 
     def apply(self, tx: Tx) -> None:
         for rank in (EVENT, TELEMETRY):
