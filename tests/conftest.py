@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import tty
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,17 @@ def corpus() -> Path:
     if not (CORPUS / "MANIFEST.md").is_file():
         pytest.skip(f"corpus not present at {CORPUS}")
     return CORPUS
+
+
+@pytest.fixture
+def pty() -> Iterator[tuple[int, str]]:
+    """A raw pseudo-terminal: the master's fd (the device side) and the slave's path (the
+    port the agent opens), e.g. for a GNSS receiver."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    yield master, os.ttyname(slave)
+    os.close(master)
+    os.close(slave)
 
 
 @pytest.fixture(scope="session")

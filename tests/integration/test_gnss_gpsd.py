@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import math
 import socket
 from collections.abc import Iterator
 
 import pytest
 
-from agent.policy.geo import distance_m
-from agent.policy.privacy import PrivacyFilter, Zone
+from agent.policy.privacy import PrivacyFilter
 from agent.policy.track import TrackPolicy, TrackSampler
 from agent.sources.gpsd import GpsdSource
 from tests.support.fake_gpsd import FakeGpsd, sky, tpv
-from tests.support.nmea import M_LAT, north_of
+from tests.support.nmea import HOME, assert_private_drive, position
 from tests.support.wait import wait_for
-
-LAT0, LON0 = 48.1, 11.5
-HOME = Zone("home", north_of(LAT0, 3000), LON0, 300.0)
-
-
-def position(i: int) -> tuple[float, float]:
-    east = 60.0 * math.sin(i / 15.0)
-    return north_of(LAT0, 25.0 * i), LON0 + east / (M_LAT * math.cos(math.radians(LAT0)))
 
 
 def every_fix() -> dict[str, object]:
@@ -59,15 +49,7 @@ def test_a_drive_through_gpsd_gives_private_sampled_fixes(gpsd: FakeGpsd) -> Non
     finally:
         src.stop()
     assert src.reader.counters["malformed"] == 2 * 9
-    fixes = src.take()
-    assert len(fixes) >= 5  # curve logging keeps the bends, privacy the middle
-    assert [f.t for f in fixes] == sorted(f.t for f in fixes)
-    start, end = position(0), position(199)
-    for f in fixes:
-        assert distance_m(HOME.lat, HOME.lon, f.lat, f.lon) > HOME.radius
-        assert distance_m(*start, f.lat, f.lon) > 500
-        assert distance_m(*end, f.lat, f.lon) > 500
-    assert src.privacy.counters["zone"] > 0
+    assert_private_drive(src)
 
 
 def test_a_gpsd_that_stops_talking_is_gnss_down_until_it_talks_again(gpsd: FakeGpsd) -> None:

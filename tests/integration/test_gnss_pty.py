@@ -2,37 +2,16 @@
 
 from __future__ import annotations
 
-import math
 import os
 import tty
-from collections.abc import Iterator
 
-import pytest
-
-from agent.policy.geo import distance_m
-from agent.policy.privacy import PrivacyFilter, Zone
+from agent.policy.privacy import PrivacyFilter
 from agent.policy.track import TrackPolicy, TrackSampler
 from agent.sources.gnss import NmeaSource
-from tests.support.nmea import M_LAT, epoch, north_of
+from tests.support.nmea import HOME, assert_private_drive, epoch, position
 from tests.support.wait import wait_for
 
-LAT0, LON0 = 48.1, 11.5
-HOME = Zone("home", north_of(LAT0, 3000), LON0, 300.0)
 TALKERS = ("GP", "GN", "GL", "GA", "GB", "BD")
-
-
-@pytest.fixture
-def pty() -> Iterator[tuple[int, str]]:
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    yield master, os.ttyname(slave)
-    os.close(master)
-    os.close(slave)
-
-
-def position(i: int) -> tuple[float, float]:
-    east = 60.0 * math.sin(i / 15.0)
-    return north_of(LAT0, 25.0 * i), LON0 + east / (M_LAT * math.cos(math.radians(LAT0)))
 
 
 def test_a_drive_over_a_pty_gives_private_sampled_fixes_and_reports_the_gap(
@@ -66,15 +45,7 @@ def test_a_drive_over_a_pty_gives_private_sampled_fixes_and_reports_the_gap(
         assert src.reader.counters["checksum"] >= 10
     finally:
         src.stop()
-    fixes = src.take()
-    assert len(fixes) >= 5  # curve logging keeps the bends, privacy the middle
-    assert [f.t for f in fixes] == sorted(f.t for f in fixes)
-    start, end = position(0), position(199)
-    for f in fixes:
-        assert distance_m(HOME.lat, HOME.lon, f.lat, f.lon) > HOME.radius
-        assert distance_m(*start, f.lat, f.lon) > 500
-        assert distance_m(*end, f.lat, f.lon) > 500
-    assert src.privacy.counters["zone"] > 0
+    assert_private_drive(src)
 
 
 def test_a_port_that_dies_turns_a_fix_into_gnss_down() -> None:

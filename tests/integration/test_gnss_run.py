@@ -12,8 +12,6 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import tty
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +32,6 @@ TRIP_END = 500.0
 WAIT = 60.0
 LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
 STATE = "Vehicle.CurrentLocation.State"
-
-
-@pytest.fixture
-def pty() -> Iterator[tuple[int, str]]:
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    yield master, os.ttyname(slave)
-    os.close(master)
-    os.close(slave)
 
 
 def _zones(points: list[Point]) -> list[dict[str, Any]]:

@@ -14,6 +14,10 @@ import operator
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from agent.policy.geo import distance_m
+from agent.policy.privacy import Zone
 
 M_LAT = 111_195.0
 
@@ -57,6 +61,30 @@ def north_of(lat0: float, metres: float) -> float:
 def wiggle(i: int) -> float:
     """Metres east of a straight road: a bend now and then, so curve logging keeps fixes."""
     return 60.0 * math.sin(i / 15.0)
+
+
+# The receiver tests' drive: 200 fixes 25 m apart northwards, through a home zone 3 km north.
+LAT0, LON0 = 48.1, 11.5
+HOME = Zone("home", north_of(LAT0, 3000), LON0, 300.0)
+
+
+def position(i: int) -> tuple[float, float]:
+    east = wiggle(i)
+    return north_of(LAT0, 25.0 * i), LON0 + east / (M_LAT * math.cos(math.radians(LAT0)))
+
+
+def assert_private_drive(src: Any) -> None:
+    """The fixes a source gave for that drive (read with curve logging, HOME as zone and 500 m
+    trip ends): sampled, in order, none in the zone nor within 500 m of the drive's ends."""
+    fixes = src.take()
+    assert len(fixes) >= 5  # curve logging keeps the bends, privacy the middle
+    assert [f.t for f in fixes] == sorted(f.t for f in fixes)
+    start, end = position(0), position(199)
+    for f in fixes:
+        assert distance_m(HOME.lat, HOME.lon, f.lat, f.lon) > HOME.radius
+        assert distance_m(*start, f.lat, f.lon) > 500
+        assert distance_m(*end, f.lat, f.lon) > 500
+    assert src.privacy.counters["zone"] > 0
 
 
 @dataclass(frozen=True)
