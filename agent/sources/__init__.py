@@ -6,7 +6,9 @@ values for the pipeline, and the SocketCAN readers agent.can_source hands a live
 has the interface of ``agent.sources.gnss.NmeaSource`` (``GnssSource`` below): its own thread
 (``start``/``stop``), privacy zones, sampling and trip ends applied on that thread, the fixes
 that may be stored handed out by ``take`` from a bounded queue (``dropped`` counts what it
-lost), and ``state`` (``fix``, ``no fix``, ``gnss down``, ``in privacy zone``).
+lost), ``state`` (``fix``, ``no fix``, ``gnss down``, ``in privacy zone``, ``paused``), and
+``pause``/``resume`` (the receiver not read, nor any thread woken for it, while the car is
+parked: agent.sources.fixsource).
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ class GnssSource(Protocol):
     def start(self) -> None: ...
 
     def stop(self, timeout: float = 5.0) -> None: ...
+
+    def pause(self, reason: str = "paused", timeout: float = 5.0) -> bool: ...
+
+    def resume(self) -> None: ...
 
     def take(self) -> list[Fix]: ...
 

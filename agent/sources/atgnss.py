@@ -12,7 +12,9 @@ the manager's own probes, serialized with them, bounded by ``command_timeout``).
   answers ``+CGNSINF: <run>,<fix>,<UTC yyyyMMddhhmmss.sss>,<lat>,<lon>,<alt>,<km/h>,<course>,
   <mode>,,<hdop>,<pdop>,<vdop>,,<in view>,<used>,...,<hpa>,...``.
 * The engine is switched on once, and again only when the modem says it is off (a modem that
-  was reset), at most once per ``enable_interval``.
+  was reset), at most once per ``enable_interval``. Paused (agent.sources.fixsource), the
+  source stops polling and switches the engine off (Quectel ``AT+QGPSEND``, SIMCom
+  ``AT+CGNSPWR=0``); the first poll after the resume switches it on again.
 * The fields of an answer are validated by pydantic models (types, ranges, finite numbers,
   dates that exist); an answer that does not fit is counted as ``malformed``, never a crash.
 * State, as for every GNSS source (agent.sources.fixsource.Liveness): an answer with a fix is a
@@ -205,6 +207,10 @@ class AtGnssReader:
     def state(self, now: float) -> GnssState:
         return self._live.state(now)
 
+    def forget(self) -> None:
+        """The engine was not polled for a while (paused): no answer before counts."""
+        self._live.forget()
+
     def fix(self, fix: Fix, now: float) -> Fix | None:
         if self._last_t is not None and fix.t <= self._last_t:
             self.counters["repeated"] += 1
@@ -261,7 +267,7 @@ class AtGnssSource(FixSource):
         self._bug_log = Interval(60.0, clock)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             started = self._clock()
             try:
                 self._poll()
@@ -272,6 +278,20 @@ class AtGnssSource(FixSource):
             self._tick(self._clock())
             # At least a short gap even after a slow query: a probe waiting for the port gets it.
             self._pause(max(self.interval - (self._clock() - started), _MIN_GAP))
+
+    def _release(self) -> None:
+        """Paused: the engine off (``AT+QGPSEND``, ``AT+CGNSPWR=0``), so a parked car's modem
+        does not keep tracking; switched on again at the first poll after the resume."""
+        self._enable_gate = Interval(self._enable_gate.seconds, self._clock)
+        if self.vendor is None:
+            return  # no dialect known: the engine was never switched on
+        self.engine_on = False
+        r = self._ask("AT+QGPSEND" if self.vendor == "quectel" else "AT+CGNSPWR=0")
+        # Quectel answers 505 when the engine was already off.
+        if r is not None and (r.ok or r.code == CME_SESSION_INACTIVE):
+            log.info("%s: GNSS engine off", self.name)
+        elif r is not None:
+            self._log.warning("disable", "%s: GNSS engine not switched off: %s", self.name, r.final)
 
     def _ask(self, command: str) -> AtResponse | None:
         try:

@@ -9,10 +9,19 @@ otherwise. The NMEA reader feeds it from its sentences and epochs.
 dropped first; the rest pass the track sampler, then the privacy filter (trip ends); what comes
 out is queued (bounded: the oldest fix beyond ``queue_limit`` is dropped and counted) and handed
 out by ``take``. State changes (``fix``, ``no fix``, ``gnss down``, ``in privacy zone``) are
-logged and kept in ``state``. A trip ends when the receiver stays down for ``trip_gap`` seconds
-or the source stops: the sampler's last fix goes to the privacy filter, which then drops the
-trailing fixes it held. Subclasses read their receiver in ``_run`` and call ``_offer`` and
-``_tick``; they do not decide what is sent (agent.policy) nor turn fixes into schema signals.
+logged and kept in ``state``. A trip ends when the receiver stays down for ``trip_gap`` seconds,
+the source is paused or stops: the sampler's last fix goes to the privacy filter, which then
+drops the trailing fixes it held.
+
+``pause`` (the car parked) ends the reading: the subclass's ``_run`` returns, its port or
+connection closed, ``_release`` switches the receiver off where the source switched it on, the
+trip ends and the state is ``paused``; the thread then blocks without a timeout until
+``resume`` or ``stop``, so nothing wakes for GNSS while parked. After ``resume`` the receiver is
+read again from scratch (nothing heard before the pause counts) and the state stays ``paused``
+until the receiver says something or ``down_after`` passes (then ``gnss down`` is the truth);
+the first fixes start a new trip. Subclasses read their receiver in ``_run`` until ``_halt`` is
+set and call ``_offer`` and ``_tick``; they do not decide what is sent (agent.policy) nor turn
+fixes into schema signals.
 """
 
 from __future__ import annotations
@@ -67,7 +76,11 @@ class Liveness:
 
 
 class _Reader(Protocol):
+    down_after: float
+
     def state(self, now: float) -> GnssState: ...
+
+    def forget(self) -> None: ...
 
 
 class FixSource:
@@ -95,6 +108,12 @@ class FixSource:
         self._limit = queue_limit
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # Set by stop and pause: the reading loops of the subclasses end at it.
+        self._halt = threading.Event()
+        self._cond = threading.Condition()
+        self._pause_reason: str | None = None  # paused for this (parked, low voltage)
+        self._idle = False  # the thread is paused: receiver released, trip ended
+        self._resumed_at: float | None = None
         self._clock = clock
         self._thread: threading.Thread | None = None
         self._in_trip = False
@@ -102,14 +121,44 @@ class FixSource:
         self._down_since: float | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="gnss", daemon=True)
+        """Starts the thread; a source paused before its start starts paused."""
+        self._thread = threading.Thread(target=self._main, name="gnss", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
+        self._halt.set()
+        with self._cond:
+            self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
         self._end_trip()
+
+    def pause(self, reason: str = "paused", timeout: float = 5.0) -> bool:
+        """Stops reading the receiver (see the module docstring) and waits until it is done;
+        False if ``timeout`` passed first (a read or a modem command still under way)."""
+        with self._cond:
+            self._pause_reason = reason
+            self._halt.set()
+            thread = self._thread
+            if thread is None:
+                return True
+            return self._cond.wait_for(
+                lambda: self._idle or self._pause_reason is None or not thread.is_alive(), timeout
+            )
+
+    def resume(self) -> None:
+        """Reads the receiver again at once."""
+        with self._cond:
+            self._pause_reason = None
+            if not self._stop.is_set():
+                self._halt.clear()
+            self._cond.notify_all()
+
+    @property
+    def paused(self) -> str | None:
+        """Why the source is paused, or None."""
+        return self._pause_reason
 
     def take(self) -> list[Fix]:
         """The fixes released since the last call, oldest first."""
@@ -118,8 +167,38 @@ class FixSource:
             self._queue.clear()
         return out
 
+    def _main(self) -> None:
+        while not self._stop.is_set():
+            if not self._halt.is_set():
+                self._run()
+            if not self._stop.is_set():
+                self._sleep()
+
     def _run(self) -> None:
+        """Reads the receiver until ``_halt`` is set, its port or connection closed on return."""
         raise NotImplementedError
+
+    def _release(self) -> None:
+        """Paused: switches off what the source switched on (nothing for a port it only reads)."""
+
+    def _sleep(self) -> None:
+        """Paused: the receiver released and the trip ended, blocks until resumed or stopped."""
+        self._release()
+        self._end_trip()
+        self._down_since = None
+        if self.state != "paused":
+            log.info("gnss %s: %s -> paused (%s)", self.name, self.state, self._pause_reason)
+            self.state = "paused"
+        with self._cond:
+            self._idle = True
+            self._cond.notify_all()
+            # No timeout: nothing wakes this thread while paused.
+            self._cond.wait_for(lambda: self._pause_reason is None or self._stop.is_set())
+            self._idle = False
+        if not self._stop.is_set():
+            self.reader.forget()
+            self._resumed_at = self._clock()
+            log.info("gnss %s: resumed", self.name)
 
     def _put(self, fixes: list[Fix]) -> None:
         with self._lock:
@@ -155,6 +234,12 @@ class FixSource:
         state: str = self.reader.state(now)
         if state == "fix" and self._in_zone:
             state = "in privacy zone"
+        if self._resumed_at is not None:
+            # Just resumed: "gnss down" only once the receiver had down_after to speak.
+            if state == "gnss down" and now - self._resumed_at < self.reader.down_after:
+                state = "paused"
+            else:
+                self._resumed_at = None
         if state != self.state:
             log.info("gnss %s: %s -> %s", self.name, self.state, state)
             self.state = state
@@ -172,6 +257,6 @@ class FixSource:
     def _pause(self, delay: float) -> None:
         """Waits for a retry, keeping the state current: a dead link turns into gnss down."""
         end = self._clock() + delay
-        while not self._stop.is_set() and (left := end - self._clock()) > 0:
-            self._stop.wait(min(left, SLICE))
+        while not self._halt.is_set() and (left := end - self._clock()) > 0:
+            self._halt.wait(min(left, SLICE))
             self._tick(self._clock())

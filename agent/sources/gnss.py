@@ -3,7 +3,8 @@
 Opens the port with ``serial.serial_for_url`` (a device, a pseudo-terminal, or a pyserial URL
 such as ``socket://host:port``) and feeds the bytes to ``NmeaReader``; privacy zones, sampling,
 trip ends, the bounded queue and the state are ``FixSource``'s (agent.sources.fixsource). A
-port that fails is reopened with the agent's backoff.
+port that fails is reopened with the agent's backoff; paused, the port is closed (what the
+receiver sends meanwhile is discarded when it is opened again at the resume).
 
 It does not decide what is sent (agent.policy) nor turn fixes into schema signals.
 """
@@ -54,7 +55,7 @@ class NmeaSource(FixSource):
 
     def _run(self) -> None:
         backoff = Backoff(0.5, 30.0, stable_after=30.0)
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 port = serial.serial_for_url(self.url, baudrate=self.baudrate, timeout=SLICE)
             except (serial.SerialException, OSError, ValueError) as err:
@@ -64,7 +65,7 @@ class NmeaSource(FixSource):
             self.opens += 1
             backoff.succeeded()
             try:
-                while not self._stop.is_set():
+                while not self._halt.is_set():
                     data = port.read(max(1, port.in_waiting))
                     now = self._clock()
                     self._offer(self.reader.feed(bytes(data), now))

@@ -21,11 +21,14 @@ is not JSON, not an object, or has a field of the wrong type or out of range is 
 ``GpsdSource`` connects (``host``, ``port``, default 127.0.0.1:2947), asks for the JSON watch
 stream and reads it on its own thread; when gpsd goes away, refuses, closes the connection or
 says nothing for ``idle_reconnect`` seconds it reconnects with the agent's backoff, the state
-``gnss down`` meanwhile. It does not decide what is sent (agent.policy).
+``gnss down`` meanwhile. Paused (agent.sources.fixsource) or stopped, it sends
+``?WATCH={"enable":false}`` and closes the connection; a resume connects anew. It does not
+decide what is sent (agent.policy).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -95,9 +98,10 @@ class Sky(_Report):
     satellites: list[_Sat] | None = Field(default=None, max_length=1024)
 
 
-def watch_command(device: str | None = None) -> bytes:
-    """The ``?WATCH`` request for JSON reports (of one device, if given)."""
-    body: dict[str, Any] = {"enable": True, "json": True}
+def watch_command(device: str | None = None, *, enable: bool = True) -> bytes:
+    """The ``?WATCH`` request for JSON reports (of one device, if given), or with ``enable``
+    false the request that ends the watch."""
+    body: dict[str, Any] = {"enable": True, "json": True} if enable else {"enable": False}
     if device is not None:
         body["device"] = device
     return b"?WATCH=" + json.dumps(body, separators=(",", ":")).encode() + b";\n"
@@ -135,6 +139,11 @@ class GpsdReader:
 
     def state(self, now: float) -> GnssState:
         return self._live.state(now)
+
+    def forget(self) -> None:
+        """The stream was not read for a while (paused): nothing heard before counts."""
+        self.restart()
+        self._live.forget()
 
     def _line(self, line: bytes, now: float, out: list[Fix]) -> None:
         try:
@@ -239,10 +248,11 @@ class GpsdSource(FixSource):
         self.connects = 0  # connections made to gpsd
         self.connect_failures = 0
         self._watch = watch_command(device)
+        self._unwatch = watch_command(device, enable=False)
 
     def _run(self) -> None:
         backoff = Backoff(0.5, 30.0, stable_after=30.0)
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 sock = socket.create_connection(
                     (self.host, self.port), timeout=self.connect_timeout
@@ -268,7 +278,7 @@ class GpsdSource(FixSource):
         sock.sendall(self._watch)
         self.reader.restart()
         last_data = self._clock()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             try:
                 data = sock.recv(65_536)
             except TimeoutError:
@@ -283,3 +293,7 @@ class GpsdSource(FixSource):
             self._tick(now)
             if now - last_data >= self.idle_reconnect:
                 raise ConnectionError(f"nothing from gpsd for {self.idle_reconnect:g} s")
+        # Paused or stopped: the watch ends before the connection does (gpsd may then let the
+        # receiver idle); a connection that failed meanwhile is closed all the same.
+        with contextlib.suppress(OSError):
+            sock.sendall(self._unwatch)

@@ -221,3 +221,10 @@ class NmeaReader:
     def state(self, now: float) -> GnssState:
         """The receiver's state at ``now``; never ``fix`` for a position older than down_after."""
         return self._live.state(now)
+
+    def forget(self) -> None:
+        """The stream was not read for a while: a partial line or epoch is not continued and
+        nothing heard before counts (the date of the last RMC still dates the next epochs)."""
+        self._lines.clear()
+        self._epoch = None
+        self._live.forget()

@@ -129,3 +129,27 @@ def test_a_callers_command_is_bounded_and_names_its_modem(rig: Rig) -> None:
     with pytest.raises(ModemError) as err:
         mgr.run_command("a", "AT+QGPSLOC=2", timeout=0.2)
     assert isinstance(err.value, ModemBusy) or "no answer" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("vendor", "query", "off"),
+    [("quectel", "AT+QGPSLOC=2", "AT+QGPSEND"), ("simcom", "AT+CGNSINF", "AT+CGNSPWR=0")],
+)
+def test_a_paused_source_switches_the_engine_off_and_stops_polling(
+    rig: Rig, vendor: str, query: str, off: str
+) -> None:
+    script = GnssScript(vendor, track=TRACK * 50)
+    sim, mgr = rig.modem(script, **({"manufacturer": SIMCOM} if vendor == "simcom" else {}))
+    src = rig.source(mgr, vendor=vendor)
+    wait_for(lambda: src.state == "fix", 30, "a fix")
+    assert src.pause("parked")
+    assert src.state == "paused" and not script.engine_on
+    assert sim.commands.count(off) == 1
+    # The manager goes on probing the modem; the source asks nothing once it switched off.
+    checks = mgr.status()["counters"]["checks"]
+    wait_for(lambda: mgr.status()["counters"]["checks"] >= checks + 3, 30, "probes go on")
+    assert query not in sim.commands[sim.commands.index(off) :]
+    src.resume()
+    wait_for(lambda: script.enables == 2, 30, "the engine switched on again")
+    steps = script.step
+    wait_for(lambda: script.step > steps + 2 and src.state == "fix", 30, "fixes again")

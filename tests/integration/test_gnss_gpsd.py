@@ -109,3 +109,28 @@ def test_a_silent_connection_is_given_up_and_no_gpsd_at_all_is_gnss_down(gpsd: F
     finally:
         src.stop()
     assert src.take() == []
+
+
+def test_a_paused_source_ends_its_watch_and_watches_again_at_the_resume(gpsd: FakeGpsd) -> None:
+    # down_after long enough that the state after the resume is still the paused one
+    src = GpsdSource("127.0.0.1", gpsd.port, down_after=10.0, **every_fix())  # type: ignore[arg-type]
+    src.start()
+    try:
+        wait_for(lambda: gpsd.watching == 1, 10, "the watch request")
+        gpsd.send(tpv(1, *position(1)))
+        wait_for(lambda: src.state == "fix", 10, "a fix")
+        assert src.pause("parked")
+        assert src.state == "paused"
+        # The watch is switched off, then the connection closed.
+        wait_for(lambda: gpsd.watches[-1] == {"enable": False}, 10, "the watch switched off")
+        wait_for(lambda: gpsd.watching == 0, 10, "no client watching")
+        gpsd.send(tpv(2, *position(2)))  # nobody reads it
+        src.resume()
+        wait_for(lambda: gpsd.watching == 1, 10, "a new watch after the resume")
+        assert (gpsd.connections, src.connects) == (2, 2)
+        assert src.state == "paused"  # until the receiver says something (or down_after passes)
+        gpsd.send(tpv(3, *position(3)))
+        wait_for(lambda: src.state == "fix", 10, "a fix after the resume")
+    finally:
+        src.stop()
+    assert [f.t % 100_000 for f in src.take()] == [1000, 3000]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tty
 
+from agent.policy.geo import Fix, distance_m
 from agent.policy.privacy import PrivacyFilter
 from agent.policy.track import TrackPolicy, TrackSampler
 from agent.sources.gnss import NmeaSource
@@ -63,3 +64,64 @@ def test_a_port_that_dies_turns_a_fix_into_gnss_down() -> None:
     finally:
         src.stop()
         os.close(slave)
+
+
+def _open_on(path: str) -> int:
+    """How many file descriptors of this process are open on ``path``."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == path
+        except OSError:
+            continue  # the listing's own descriptor, gone by now
+    return n
+
+
+def _private_trip(fixes: list[Fix], first: int, last: int) -> None:
+    """Fixes of the drive's seconds first..last: in order, none within 500 m of either end."""
+    assert fixes and [f.t for f in fixes] == sorted(f.t for f in fixes)
+    for f in fixes:
+        assert first * 1000 <= f.t % 86_400_000 <= last * 1000
+        assert distance_m(*position(first), f.lat, f.lon) > 500
+        assert distance_m(*position(last), f.lat, f.lon) > 500
+
+
+def test_a_paused_receiver_closes_its_port_ends_the_trip_and_resumes_with_a_new_one(
+    pty: tuple[int, str],
+) -> None:
+    master, path = pty
+    every = TrackPolicy(mode="rules", min_interval=0.0, max_interval=0.0)
+    src = NmeaSource(
+        path,
+        track=TrackSampler(every),
+        privacy=PrivacyFilter(trip_end_radius=500.0),
+        down_after=0.5,
+    )
+    src.start()
+    try:
+        wait_for(lambda: src.opens == 1, 10, "the port open")
+        assert _open_on(path) == 2  # the fixture's end and the source's
+        for i in range(60):
+            os.write(master, epoch("GN", i, *position(i)))
+        wait_for(lambda: src.reader.counters["fixes"] == 60, 20, "the first trip read")
+        assert src.state == "fix"
+        assert src.pause("parked")
+        assert (src.state, src.paused) == ("paused", "parked")
+        assert _open_on(path) == 1  # the port is closed
+        # The parked car's trip ended: its trailing fixes, near where it stopped, are dropped.
+        assert src.privacy.counters["trip_end"] > 0
+        _private_trip(src.take(), 0, 59)
+        # What the receiver says while parked is never read (discarded at the reopening).
+        for i in range(60, 70):
+            os.write(master, epoch("GN", i, *position(i)))
+        src.resume()
+        wait_for(lambda: src.opens == 2, 10, "the port open again")
+        assert src.paused is None
+        for i in range(100, 160):
+            os.write(master, epoch("GN", i, *position(i)))
+        wait_for(lambda: src.reader.counters["fixes"] == 120, 20, "the second trip read")
+        assert src.state == "fix"
+    finally:
+        src.stop()
+    # A new trip from the wake: its start is withheld around where the car woke.
+    _private_trip(src.take(), 100, 159)

@@ -1,10 +1,11 @@
 """A fake gpsd for the tests: listens on a free port and speaks gpsd's JSON protocol.
 
 On each connection it sends the ``VERSION`` banner; a ``?WATCH={...}`` request is answered with
-``DEVICES`` and ``WATCH`` and switches the stream on. The test then sends reports (``tpv``,
-``sky``, raw lines such as garbage) to every watching client, or falls silent, or closes the
-connections (``drop``) or stops listening (``close``). Each client is served by its own thread;
-nothing is timed here, the test decides what happens when.
+``DEVICES`` and ``WATCH`` and switches the stream on (``"enable":false`` switches it off again;
+a client that closes its connection stops watching too: ``watching`` counts the others). The
+test then sends reports (``tpv``, ``sky``, raw lines such as garbage) to every watching client,
+or falls silent, or closes the connections (``drop``) or stops listening (``close``). Each
+client is served by its own thread; nothing is timed here, the test decides what happens when.
 """
 
 from __future__ import annotations
@@ -121,22 +122,29 @@ class FakeGpsd:
             while not self._stop.is_set():
                 chunk = conn.recv(4096)
                 if not chunk:
-                    return
+                    break
                 buf += chunk
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
                     self._request(conn, line.strip().rstrip(b";"))
         except OSError:
-            return
+            pass
+        with self._lock:
+            if conn in self._watching:
+                self._watching.remove(conn)
 
     def _request(self, conn: socket.socket, line: bytes) -> None:
         if not line.startswith(b"?WATCH="):
             return
         watch = json.loads(line[len(b"?WATCH=") :])
+        enable = watch.get("enable", True)
         devices = {"class": "DEVICES", "devices": [{"class": "DEVICE", "path": DEVICE}]}
-        answer = {"class": "WATCH", "enable": True, "json": True, "nmea": False}
+        answer = {"class": "WATCH", "enable": enable, "json": enable, "nmea": False}
         conn.sendall(json.dumps(devices).encode() + b"\r\n" + json.dumps(answer).encode() + b"\r\n")
         with self._lock:
             self.watches.append(watch)
-            if conn in self._all:
+            if not enable:
+                if conn in self._watching:
+                    self._watching.remove(conn)
+            elif conn in self._all and conn not in self._watching:
                 self._watching.append(conn)
