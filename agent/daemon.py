@@ -136,6 +136,7 @@ class Agent:
             from agent.diag.wiring import Diagnostics
 
             self.diag = Diagnostics(cfg, self.pipeline, self.power)
+            self.pipeline.inputs.append(self.diag)  # it follows the consent in force
         self._stop = threading.Event()
         self._report_now = threading.Event()  # the status report is due now (or stopping)
         self._reload_lock = threading.Lock()
@@ -512,6 +513,8 @@ class Agent:
                 f"changes to {', '.join(changed)} need a restart (systemctl restart spime-agent)"
             ]
         revoked = _revoked(self.cfg, cfg)
+        if self.diag is not None:
+            self.diag.consent_decided(cfg)  # a revocation stops diagnostic requests now
         self.base_cfg = base
         self._switch(
             cfg,

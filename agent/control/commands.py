@@ -92,18 +92,20 @@ def execute(target: Target, cmd: Command, *, allow_consent_grant: bool) -> Respo
 
 def _diag(target: Target, cmd: Command) -> Response:
     # Diagnostics are optional for a target: read_dtcs(timeout) -> bus -> ECU -> list -> codes
-    # (or bus -> why not); None when no [[diagnostics]] section is configured.
+    # (or bus -> why not); None when no [[diagnostics]] section is configured; PermissionError
+    # when the consent the diagnostics follow does not allow DTC reads (a revocation that
+    # came while the read waited).
     read_dtcs = getattr(target, "read_dtcs", None)
     granted = target.consent_granted()
+    refused = Response(
+        cmd.id, REJECTED, f"{NOT_ALLOWED}: the owner has not granted diagnostics", None, NOT_ALLOWED
+    )
     if granted is not None and "diagnostics" not in granted:
-        return Response(
-            cmd.id,
-            REJECTED,
-            f"{NOT_ALLOWED}: the owner has not granted diagnostics",
-            None,
-            NOT_ALLOWED,
-        )
-    result = None if read_dtcs is None else read_dtcs(DIAG_WAIT)
+        return refused
+    try:
+        result = None if read_dtcs is None else read_dtcs(DIAG_WAIT)
+    except PermissionError:
+        return refused
     if result is None:
         return Response(cmd.id, FAILED, "no [[diagnostics]] configured", None)
     if all(isinstance(v, str) for v in result.values()):

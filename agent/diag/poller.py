@@ -3,7 +3,11 @@
 At start (and whenever no ECU answered yet) it asks which PIDs each ECU supports and never asks
 one that none supports. Then PIDs are read on their intervals and DTC lists every
 ``dtc_interval``, within the bus-load cap (agent.diag.schedule). Nothing is sent while
-``gate`` names a reason (the car is parked, the bus is down). Readings go to ``emit`` (a
+``gate`` names a reason (the car is parked, the bus is down), and only what the owner's consent
+allows now (``asking``, agent.diag.client.Asking): PIDs with ``vehicle_health``, DTCs with
+``diagnostics``; a category granted later is asked from then on (discovery first if it has not
+covered it), one revoked is not asked again, and its DTC lists are forgotten (a grant after
+reports every code present again, as at start). Readings go to ``emit`` (a
 bounded hand-off into the pipeline, agent.diag.wiring): PID values as telemetry, DTCs as
 events when they appear (``Set``) or go away (``Cleared``) between two reads of a list; a
 failed read changes nothing. Bus errors close the bus, which is reopened with backoff; every
@@ -24,11 +28,11 @@ import can
 
 from agent.backoff import Backoff
 from agent.config import BusConfig
-from agent.diag.client import DiagClient, DiagCounters
+from agent.diag.client import Asking, DiagClient, DiagCounters, NotAllowed
 from agent.diag.link import IsoTpLink, LinkError
 from agent.diag.schedule import LoadCap, Schedule, estimate_load
 from agent.diag.settings import DiagnosticsConfig
-from agent.diag.signals import CLEARED, SET, dtc_name, pid_name
+from agent.diag.signals import CLEARED, DTC_CATEGORY, PID_CATEGORY, SET, dtc_name, pid_name
 from agent.ratelimit import RateLimitedLog
 from agent.spime.dtc import dtc_code, dtc_raw, ecu_name
 
@@ -56,9 +60,11 @@ class DiagPoller:
         prefix: str,
         emit: Callable[[list[Reading]], None],
         gate: Callable[[], str | None],
+        asking: Asking,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
+        self.asking = asking
         self.bus_cfg = bus
         self.prefix = prefix
         self.emit = emit
@@ -67,6 +73,7 @@ class DiagPoller:
         self.counters = DiagCounters()
         self.state = "starting"
         self.ecus: dict[int, set[int]] | None = None  # answer id -> supported PIDs
+        self.pids_known = False  # discovery covered every configured PID
         self.owner: dict[int, int] = {}  # PID -> the ECU whose value is sent
         self.dtcs: dict[tuple[str, int], set[int]] = {}
         self.schedule = Schedule(cfg.pids(), cfg.dtc_interval, clock())
@@ -83,6 +90,10 @@ class DiagPoller:
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> None:
         self._thread.start()
+
+    def wake(self) -> None:
+        """Thread-safe: look at the consent and the schedule again now."""
+        self._wake.set()
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop.set()
@@ -104,17 +115,19 @@ class DiagPoller:
     def estimated_load(self) -> float:
         """The upper bound of the load asked for (agent.diag.schedule.estimate_load); the cap
         holds the real load under max_bus_load whatever this says."""
+        dtcs = self.asking.allows(DTC_CATEGORY)
         return estimate_load(
-            self.schedule.intervals,
-            self.cfg.dtc_interval,
+            self.schedule.intervals if self.asking.allows(PID_CATEGORY) else {},
+            self.cfg.dtc_interval if dtcs else 0.0,
             self.cap.bitrate,
             ecus=max(1, len(self.ecus or ())),
-            uds_ecus=len(self.cfg.uds_ecus),
+            uds_ecus=len(self.cfg.uds_ecus) if dtcs else 0,
             extended=self.cfg.addressing == "29bit",
         )
 
     def read_dtcs_now(self, timeout: float) -> dict[str, Any] | str:
-        """From another thread: read every DTC list now; ECU -> list -> codes, or why not."""
+        """From another thread: read every DTC list now; ECU -> list -> codes, or why not.
+        PermissionError when the owner's consent does not allow it."""
         done = threading.Event()
         box: list[Any] = [None]
         with self._lock:
@@ -122,6 +135,8 @@ class DiagPoller:
         self._wake.set()
         if not done.wait(timeout):
             return f"no answer within {timeout:g} s ({self.state})"
+        if isinstance(box[0], NotAllowed):
+            raise PermissionError(str(box[0]))
         result: dict[str, Any] | str = box[0]
         return result
 
@@ -140,6 +155,8 @@ class DiagPoller:
                     self._open()
                     backoff.succeeded()
                 self._turn()
+            except NotAllowed:
+                continue  # consent was revoked during the turn: the next one follows it
             except (LinkError, can.CanError, OSError, ValueError) as err:
                 self.counters.bus_errors += 1
                 self.state = f"down: {err}"
@@ -181,15 +198,27 @@ class DiagPoller:
 
     def _turn(self) -> None:
         assert self.link is not None
-        client = DiagClient(self.link, self.cfg, self.counters)
-        wants_obd = bool(self.schedule.intervals) or self.cfg.obd_dtcs
-        if self.ecus is None and wants_obd:
+        client = DiagClient(self.link, self.cfg, self.counters, self.asking)
+        pids = self.asking.allows(PID_CATEGORY) and bool(self.schedule.intervals)
+        dtcs = self.asking.allows(DTC_CATEGORY)
+        if not dtcs:
+            self.dtcs.clear()
+        if pids and not self.pids_known:
             self.state = "discovering"
-            self._discover(client)
+            self._discover(client, PID_CATEGORY)
             return
-        self.state = "running"
+        if dtcs and self.cfg.obd_dtcs and self.ecus is None:
+            self.state = "discovering"
+            self._discover(client, DTC_CATEGORY)
+            return
+        self.state = "running" if pids or dtcs else "not asking: no consent"
         if self._asked:
-            self._answer_asked(self._read_dtcs(client))
+            try:
+                if not dtcs:
+                    raise NotAllowed(f"the owner has not granted {DTC_CATEGORY}")
+                self._answer_asked(self._read_dtcs(client))
+            except NotAllowed as err:
+                self._answer_asked(err)
             self.schedule.dtc_read(self.clock())
             return
         now = self.clock()
@@ -198,12 +227,12 @@ class DiagPoller:
             self._sleep(wait)
             return
         # PIDs first: a slow DTC read must not starve them.
-        for pids in self.schedule.due_pids(now):
-            self._read_pids(client, pids)
-        if self.schedule.dtc_due(self.clock()) and self.cap.wait(self.clock()) == 0:
+        for due in self.schedule.due_pids(now) if pids else ():
+            self._read_pids(client, due)
+        if dtcs and self.schedule.dtc_due(self.clock()) and self.cap.wait(self.clock()) == 0:
             self._read_dtcs(client)
             self.schedule.dtc_read(self.clock())
-        nxt = self.schedule.next_due()
+        nxt = self.schedule.next_due(pids=pids, dtcs=dtcs)
         self._sleep(1.0 if nxt is None else nxt - self.clock())
 
     def _charged(self, fn: Callable[[], Any]) -> Any:
@@ -214,8 +243,11 @@ class DiagPoller:
         finally:
             self.cap.charge(self.link.stats.bits - before, self.clock())
 
-    def _discover(self, client: DiagClient) -> None:
-        found = self._charged(lambda: client.discover(set(self.schedule.intervals)))
+    def _discover(self, client: DiagClient, category: str) -> None:
+        """Which ECUs answer and which PIDs they support, for ``category``: the configured
+        PIDs' bitmaps (PID_CATEGORY), or only the ECUs to read OBD DTCs from."""
+        wanted = set(self.schedule.intervals) if category == PID_CATEGORY else set()
+        found = self._charged(lambda: client.discover(wanted, category))
         if not found:
             self.state = "no ECU answers"
             self._answer_asked("no ECU answers")
@@ -226,6 +258,14 @@ class DiagPoller:
         for ecu in sorted(found):
             for pid in found[ecu]:
                 self.owner.setdefault(pid, ecu)
+        if category != PID_CATEGORY:
+            log.info(
+                "diagnostics %s: ECUs %s answer",
+                self.bus_cfg.name,
+                ", ".join(f"{e:X}" for e in sorted(found)),
+            )
+            return
+        self.pids_known = True
         dropped = self.schedule.restrict(self.owner)
         self.counters.unsupported = [f"{p:02X}" for p in dropped]
         log.info(

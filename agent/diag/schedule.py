@@ -51,9 +51,10 @@ class Schedule:
         if self.next_dtc is not None:
             self.next_dtc = now + self.dtc_interval
 
-    def next_due(self) -> float | None:
-        times = list(self.next.values())
-        if self.next_dtc is not None:
+    def next_due(self, *, pids: bool = True, dtcs: bool = True) -> float | None:
+        """When the next PID (``pids``) or DTC read (``dtcs``) is due; None: never."""
+        times = list(self.next.values()) if pids else []
+        if dtcs and self.next_dtc is not None:
             times.append(self.next_dtc)
         return min(times) if times else None
 

@@ -8,6 +8,8 @@ sees. It does not schedule reads (agent.diag.poller).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,11 @@ class UdsError(Exception):
         self.kind = kind
 
 
+# Entered around each send (the consent check, agent.diag.client.Asking); what it raises
+# leaves read_dtcs unchanged.
+Guard = Callable[[], AbstractContextManager[None]]
+
+
 @dataclass
 class UdsCounters:
     pending: int = 0  # "response pending" (0x78) answers seen
@@ -43,11 +50,14 @@ class UdsCounters:
 class _EcuConnection(BaseConnection):
     """A udsoncan connection to the ECU answering on ``rx``, over the shared link."""
 
-    def __init__(self, link: IsoTpLink, rx: int, counters: UdsCounters) -> None:
+    def __init__(
+        self, link: IsoTpLink, rx: int, counters: UdsCounters, guard: Guard = nullcontext
+    ) -> None:
         super().__init__(f"ecu-{rx:X}")
         self.link = link
         self.rx = rx
         self.counters = counters
+        self.guard = guard
 
     def open(self) -> _EcuConnection:
         return self
@@ -62,7 +72,8 @@ class _EcuConnection(BaseConnection):
         self.link.discard()
 
     def specific_send(self, payload: bytes, timeout: float | None = None) -> None:
-        self.link.send(self.rx, payload)
+        with self.guard():
+            self.link.send(self.rx, payload)
 
     def specific_wait_frame(self, timeout: float | None = None) -> bytes | None:
         left = 1.0 if timeout is None else timeout
@@ -88,6 +99,7 @@ def read_dtcs(
     timeout: float,
     pending_timeout: float,
     counters: UdsCounters,
+    guard: Guard = nullcontext,
 ) -> dict[int, int]:
     """DTC (3 bytes) -> status byte of the DTCs whose status matches ``status_mask``."""
     config: dict[str, Any] = dict(udsoncan.configs.default_client_config)
@@ -100,7 +112,7 @@ def read_dtcs(
             "ignore_all_zero_dtc": True,
         }
     )
-    client = Client(_EcuConnection(link, rx, counters), config=config)  # type: ignore[arg-type]
+    client = Client(_EcuConnection(link, rx, counters, guard), config=config)  # type: ignore[arg-type]
     try:
         response = client.get_dtc_by_status_mask(status_mask)
     except TimeoutException as err:

@@ -6,8 +6,14 @@ The pollers' threads never touch the pipeline's state: readings wait in one boun
 thread takes them at its next turn, looks up each signal's id under the schema in force (a
 signal whose consent was revoked by a reload is no longer there: its readings are skipped and
 counted) and writes them like any sample (DTCs as events, sent at once). A poller asks
-nothing while the lifecycle (agent.lifecycle) is not ``driving`` or its bus is not up. It does
-not poll (agent.diag.poller) nor decide the schema (agent.diag.signals, agent.catalog).
+nothing while the lifecycle (agent.lifecycle) is not ``driving`` or its bus is not up.
+
+Consent follows the config in force without a restart (``Asking``): a revocation stops the
+requests of its category as soon as the daemon decided it (``consent_decided``, before the
+change is acknowledged); a grant starts them when the pipeline's schema has the category's
+signals (``poll``, an input of the pipeline), so no first reading (a DTC that is set) is
+skipped. It does not poll (agent.diag.poller) nor decide the schema (agent.diag.signals,
+agent.catalog).
 """
 
 from __future__ import annotations
@@ -18,12 +24,13 @@ from typing import Any, Protocol
 
 from agent.config import Config
 from agent.control.power import DRIVING
+from agent.diag.client import Asking
 from agent.diag.poller import DiagPoller, Reading
-from agent.diag.settings import DiagnosticsConfig
-from agent.diag.signals import DTC_CATEGORY, PID_CATEGORY
+from agent.diag.signals import DTC_CATEGORY
 
 
 class PipelineLike(Protocol):
+    cfg: Config
     catalog: Any
     sources: Any
 
@@ -45,17 +52,20 @@ class Diagnostics:
         self.skipped = 0
         names = [b.name for b in cfg.bus]
         prefix = len(cfg.diagnostics) > 1
-        granted = None if cfg.consent is None else set(cfg.consent.granted)
+        self.asking = Asking(_granted(cfg))
+        self._catalog = pipeline.catalog  # the catalog whose consent ``asking`` follows
         self.pollers = [
             DiagPoller(
-                _consented(d, granted),
+                d,
                 cfg.bus[names.index(d.bus)],
                 prefix=f"{d.bus}/" if prefix else "",
                 emit=self._emit,
                 gate=self._gate_of(names.index(d.bus)),
+                asking=self.asking,
             )
             for d in cfg.diagnostics
         ]
+        self.asking.on_change = self._wake
 
     def start(self) -> None:
         for p in self.pollers:
@@ -73,13 +83,32 @@ class Diagnostics:
             doc["skipped"] = self.skipped
         return doc
 
-    def dtc_consent(self) -> bool:
-        consent = self.cfg.consent
-        return consent is None or DTC_CATEGORY in consent.granted
-
     def read_dtcs(self, timeout: float) -> dict[str, Any]:
-        """Every DTC list of every bus now: bus -> ECU -> list -> codes, or bus -> why not."""
+        """Every DTC list of every bus now: bus -> ECU -> list -> codes, or bus -> why not;
+        PermissionError when the owner's consent does not allow DTC reads (now)."""
+        if not self.asking.allows(DTC_CATEGORY):
+            raise PermissionError(f"the owner has not granted {DTC_CATEGORY}")
         return {p.bus_cfg.name: p.read_dtcs_now(timeout) for p in self.pollers}
+
+    def consent_decided(self, cfg: Config) -> None:
+        """Any thread: the consent of ``cfg`` was decided (a reload or a remote change, about
+        to be acknowledged): what it revokes is not asked from now on; what it grants is asked
+        once the pipeline runs its schema."""
+        self.asking.decided(_granted(cfg))
+
+    # -- an input of the pipeline (agent.pipeline.Input), in its thread ------------------------
+    def poll(self) -> None:
+        catalog = self.pipeline.catalog
+        if catalog is not self._catalog:
+            self._catalog = catalog
+            self.asking.in_force(_granted(self.pipeline.cfg))
+
+    def close(self) -> None:
+        """The pollers are stopped by their owner (agent.daemon), after the pipeline."""
+
+    def _wake(self) -> None:
+        for p in self.pollers:
+            p.wake()
 
     # -- the pollers' side -----------------------------------------------------------------
     def _gate_of(self, index: int) -> Any:
@@ -126,14 +155,5 @@ class Diagnostics:
                 self.pipeline.write_samples(samples, event)
 
 
-def _consented(d: DiagnosticsConfig, granted: set[str] | None) -> DiagnosticsConfig:
-    """What the owner's consent lets a section ask: no PIDs without vehicle_health, no DTCs
-    without diagnostics (nothing is asked whose answer could not be sent)."""
-    if granted is None:
-        return d
-    update: dict[str, Any] = {}
-    if PID_CATEGORY not in granted:
-        update.update(obd_pids={}, obd_names={})
-    if DTC_CATEGORY not in granted:
-        update.update(obd_dtcs=False, uds_ecus=[])
-    return d.model_copy(update=update) if update else d
+def _granted(cfg: Config) -> frozenset[str]:
+    return Asking.of(None if cfg.consent is None else list(cfg.consent.granted))

@@ -1,6 +1,7 @@
 """Diagnostics inside the agent (virtual bus, in-process): PID values and DTC events arrive
 decoded in the updates beside the broadcast signals, which lose no frame meanwhile; consent
-decides what is asked; the status shows the counters."""
+decides what is asked, also when it changes remotely while running; the status shows the
+counters."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ from typing import Any
 import can
 import pytest
 
+from agent.spime import decode_samples, peek_schema_id
 from tests.integration.test_live_virtual import DBC, Running
-from tests.support.agentrun import write_config
-from tests.support.ecusim import Ecu, EcuSim
+from tests.support.agentrun import VIN, write_config
+from tests.support.broker import Subscriber
+from tests.support.ecusim import Ecu, EcuSim, RequestLog
 from tests.support.wait import wait_for
 
 
@@ -163,3 +166,99 @@ def test_diag_command_needs_the_owners_consent(tmp_path: Path, broker: Any) -> N
     assert rc == 1 and ans is not None and ans["status"] == "rejected", err
     assert "not_allowed" in ans["detail"]
     assert not any(req[0] in (0x03, 0x07, 0x0A, 0x19) for req in ecm.asked)
+
+
+CONSENT_TOML = 'granted = ["vehicle_health", "location"]'
+
+
+def _car_with_consent(tmp_path: Path, broker: Any, granted: list[str]) -> Any:
+    """A car whose activation allows remote grants, with PIDs and DTCs configured, the owner
+    having granted ``granted``."""
+    from tests.integration.test_commands import Car
+
+    car = Car(tmp_path, broker, allow_grant=True)
+    text = car.config.read_text()
+    assert CONSENT_TOML in text
+    car.config.write_text(
+        text.replace(CONSENT_TOML, f"granted = {granted!r}".replace("'", '"'))
+        + '[[diagnostics]]\nbus = "car"\nobd_pids = { "0D" = 0.1 }\n'
+        "dtc_interval = 0.2\ntimeout = 0.5\nmax_bus_load = 0.05\n"
+        'uds_ecus = [{ name = "ecm", tx = 0x7E0, rx = 0x7E8 }]\n'
+    )
+    return car
+
+
+def _ecm() -> Ecu:
+    return Ecu(0x7E8, pids={0x0D: 72}, dtcs={0x03: [0x0301]}, uds_dtcs={0x030100: 8})
+
+
+@pytest.mark.parametrize(
+    ("category", "other", "signal"),
+    [
+        ("diagnostics", "vehicle_health", "OBD.DTC.Stored.Set"),
+        ("vehicle_health", "diagnostics", "OBD.VehicleSpeed"),
+    ],
+)
+def test_a_remote_grant_starts_requests_and_a_revocation_stops_them(
+    tmp_path: Path, broker: Any, category: str, other: str, signal: str
+) -> None:
+    """The other category keeps asking throughout: it shows the poller goes on."""
+    from tests.integration.test_commands import PREFIX
+
+    car = _car_with_consent(tmp_path, broker, ["location", other])
+    with (
+        EcuSim([_ecm()], interface="virtual", channel=car.channel),
+        RequestLog(car.channel) as bus,
+        Subscriber(broker, f"{PREFIX}/{VIN}/data") as data,
+    ):
+        agent = car.start()
+
+        def samples() -> list[str]:
+            names = []
+            for m in data.messages:
+                schema = agent.schemas.load(peek_schema_id(m.payload))
+                assert schema is not None
+                names += [
+                    schema.by_id[sid].name for _, sid, _ in decode_samples(m.payload, schema)[1]
+                ]
+            return names
+
+        try:
+            wait_for(lambda: bus.categories().count(other) >= 5, 20, f"{other} requests")
+            assert category not in bus.categories()
+            rc, ans, err = car.command("consent", "--grant", category)
+            assert rc == 0 and ans is not None and ans["status"] == "ok", err
+            wait_for(lambda: signal in samples(), 20, f"{signal} samples")
+            assert category in bus.categories()
+            rc, ans, err = car.command("consent", "--revoke", category)
+            assert rc == 0 and ans is not None and ans["status"] == "ok", err
+            mark = bus.mark()
+            # A DTC read is due every 0.2 s, a PID read every 0.1 s: 10 of the other kind
+            # span several intervals of the revoked one.
+            wait_for(lambda: bus.categories(mark).count(other) >= 10, 20, f"{other} goes on")
+            assert category not in bus.categories(mark)
+        finally:
+            car.stop()
+
+
+def test_no_request_without_consent_and_the_diag_command_follows_a_grant(
+    tmp_path: Path, broker: Any
+) -> None:
+    car = _car_with_consent(tmp_path, broker, ["location"])
+    with EcuSim([_ecm()], interface="virtual", channel=car.channel), RequestLog(car.channel) as bus:
+        agent = car.start()
+        try:
+            state = lambda: agent.status()["diagnostics"]["car"]["state"]  # noqa: E731
+            wait_for(lambda: state() == "not asking: no consent", 20, "idle without consent")
+            rc, ans, err = car.command("diag")
+            assert rc == 1 and ans is not None and ans["status"] == "rejected", err
+            assert "not_allowed" in ans["detail"]
+            assert bus.requests() == []
+            rc, ans, err = car.command("consent", "--grant", "diagnostics")
+            assert rc == 0, err
+            rc, ans, err = car.command("diag")
+            assert rc == 0 and ans is not None and ans["status"] == "ok", err
+            assert ans["result"]["car"]["ecm"]["stored"] == ["P0301"]
+            assert "vehicle_health" not in bus.categories()
+        finally:
+            car.stop()

@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 
 from agent.config import BusConfig
+from agent.diag.client import CATEGORIES, Asking
 from agent.diag.obd import MAX_PIDS_PER_REQUEST
 from agent.diag.poller import DiagPoller, Reading
 from agent.diag.settings import DiagnosticsConfig
+from agent.diag.signals import DTC_CATEGORY, PID_CATEGORY
 from agent.spime.dtc import dtc_code, split_raw
-from tests.support.ecusim import Ecu, EcuSim
+from tests.support.ecusim import Ecu, EcuSim, RequestLog
 from tests.support.wait import wait_for
 
 _channels = itertools.count()
@@ -60,10 +62,19 @@ def bus_cfg(tmp_path: Path, channel: str) -> BusConfig:
 def poller_of(tmp_path: Path, channel: str) -> Iterator[Any]:
     started: list[DiagPoller] = []
 
-    def make(gate: Any = lambda: None, **diag: Any) -> tuple[DiagPoller, Collector]:
+    def make(
+        gate: Any = lambda: None, asking: Asking | None = None, **diag: Any
+    ) -> tuple[DiagPoller, Collector]:
         got = Collector()
         cfg = DiagnosticsConfig.model_validate({"bus": "car", "timeout": 0.5, **diag})
-        p = DiagPoller(cfg, bus_cfg(tmp_path, channel), prefix="", emit=got, gate=gate)
+        p = DiagPoller(
+            cfg,
+            bus_cfg(tmp_path, channel),
+            prefix="",
+            emit=got,
+            gate=gate,
+            asking=asking or Asking(CATEGORIES),
+        )
         p.start()
         started.append(p)
         return p, got
@@ -155,3 +166,44 @@ def test_nothing_is_asked_while_the_gate_is_closed(channel: str, poller_of: Any)
         assert engine.asked == []
         closed.clear()
         wait_for(lambda: got.values("OBD.VehicleSpeed"), 20, "speed once awake")
+
+
+def _grant(asking: Asking, *categories: str) -> None:
+    """As the agent grants: decided, then in force once the schema has the signals."""
+    asking.decided(frozenset(categories))
+    asking.in_force(frozenset(categories))
+
+
+def test_consent_changes_start_and_stop_requests_at_once(channel: str, poller_of: Any) -> None:
+    ecm = Ecu(0x7E8, pids={0x0D: 50, 0xA6: 1234}, dtcs={0x03: [0x0301]}, uds_dtcs={0x030100: 8})
+    asking = Asking(frozenset())
+    with EcuSim([ecm], interface="virtual", channel=channel), RequestLog(channel) as bus:
+        p, got = poller_of(
+            asking=asking,
+            obd_pids={"0D": 0.1, "A6": 0.1},
+            dtc_interval=0.2,
+            uds_ecus=[{"name": "ecm", "tx": 0x7E0, "rx": 0x7E8}],
+            max_bus_load=0.05,
+        )
+        wait_for(lambda: p.status()["state"] == "not asking: no consent", 10, "no consent")
+        with pytest.raises(PermissionError):
+            p.read_dtcs_now(5)
+        # DTCs only: the ECUs are found (bitmap 0x00 only), DTC lists read, no PID value asked.
+        _grant(asking, DTC_CATEGORY)
+        wait_for(lambda: got.codes("OBD.DTC.Stored.Set") and got.codes("UDS.DTC.Set"), 20, "DTCs")
+        assert set(bus.categories()) == {"discovery", DTC_CATEGORY}
+        assert [r for r in bus.after(0) if r[:1] == b"\x01"] == [bytes([1, 0])]
+        # PIDs too: discovery now covers A6 (bitmaps up to 0xA0), then the values come.
+        _grant(asking, DTC_CATEGORY, PID_CATEGORY)
+        wait_for(lambda: got.values("OBD.Odometer"), 20, "odometer")
+        assert bytes([1, 0xA0]) in bus.after(0)
+        # DTCs revoked: not one DTC request after decided() returned, while PIDs go on.
+        asking.decided(frozenset({PID_CATEGORY}))
+        mark = bus.mark()
+        with pytest.raises(PermissionError):
+            p.read_dtcs_now(5)
+        wait_for(lambda: bus.categories(mark).count(PID_CATEGORY) >= 10, 20, "PIDs go on")
+        assert set(bus.categories(mark)) == {PID_CATEGORY}
+        # Granted again: every code present is reported again, as at start.
+        _grant(asking, DTC_CATEGORY, PID_CATEGORY)
+        wait_for(lambda: len(got.codes("OBD.DTC.Stored.Set")) == 2, 20, "DTCs again")

@@ -182,3 +182,71 @@ class EcuSim:
                 except OSError:  # a broken exchange (e.g. a flow control timeout)
                     continue
                 self._respond(ecu, phys, req)
+
+
+def request_category(payload: bytes) -> str:
+    """The consent category a request asks for: ``vehicle_health`` (mode 01 PID values),
+    ``diagnostics`` (DTC lists), or ``discovery`` (mode 01 support bitmaps only)."""
+    if payload[:1] == b"\x01":
+        return "discovery" if all(p in SUPPORT_PIDS for p in payload[1:]) else "vehicle_health"
+    return "diagnostics"
+
+
+class RequestLog:
+    """The diagnostic requests on a ``virtual`` channel (11-bit ids), in the order the bus
+    carried them: single frames to the functional id 0x7DF or a physical request id
+    0x7E0-0x7E7 (the tester's flow controls are not requests). ``mark()`` puts a marker frame
+    on the bus; since a virtual bus hands a frame to every reader inside ``send``, a request
+    that comes after a mark was sent after ``mark()`` returned."""
+
+    MARK_ID = 0x5A5
+
+    def __init__(self, channel: str) -> None:
+        self._reader = can.Bus(interface="virtual", channel=channel, ignore_config=True)
+        self._marker = can.Bus(interface="virtual", channel=channel, ignore_config=True)
+        self._marks = 0  # marks sent
+        self._passed = 0  # the last mark read back from the bus
+        self._seen: list[tuple[int, bytes]] = []  # (marks before, request payload)
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> RequestLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._reader.shutdown()
+        self._marker.shutdown()
+
+    def mark(self) -> int:
+        """A marker on the bus now; its number, for ``after``."""
+        with self._lock:
+            self._marks += 1
+            n = self._marks
+        self._marker.send(
+            can.Message(arbitration_id=self.MARK_ID, data=bytes([n]), is_extended_id=False)
+        )
+        return n
+
+    def requests(self) -> list[tuple[int, bytes]]:
+        """Every request so far: (the number of the last mark before it, its payload)."""
+        with self._lock:
+            while (msg := self._reader.recv(0)) is not None:
+                self._take(msg)
+            return list(self._seen)
+
+    def after(self, mark: int) -> list[bytes]:
+        return [payload for m, payload in self.requests() if m >= mark]
+
+    def categories(self, mark: int = 0) -> list[str]:
+        """The category of each request after ``mark`` (0: every request)."""
+        return [request_category(payload) for payload in self.after(mark)]
+
+    def _take(self, msg: can.Message) -> None:
+        data = bytes(msg.data)
+        if msg.is_extended_id or not data:
+            return
+        if msg.arbitration_id == self.MARK_ID:
+            self._passed = data[0]
+            return
+        functional = msg.arbitration_id == 0x7DF
+        if (functional or 0x7E0 <= msg.arbitration_id <= 0x7E7) and data[0] >> 4 == 0:
+            self._seen.append((self._passed, data[1 : 1 + (data[0] & 0x0F)]))
