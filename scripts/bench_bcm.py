@@ -6,8 +6,9 @@ corpus is replayed with canplayer onto vcan0 (timestamps compressed: 8x its reco
 the CPU figures, about 9,300 frames/s for the loss figures) while the agent's Pipeline reads it
 with ``change_detection = "off"`` (every frame) and ``"bcm"`` (changes only), for a 10-signal
 selection and for every signal but counters and checksums. Measured per run: frames or
-notifications reaching user space ("wake-ups"), the reader thread's CPU time (from
-/proc/self/task/TID/schedstat) per 1000 bus frames as a multiple of ``candump``'s in the same
+notifications reaching user space, the reader's and the pipeline's wake-ups (their threads'
+voluntary context switches, from /proc/self/task/TID/status) and CPU time (from
+/proc/self/task/TID/schedstat) as a multiple of ``candump``'s for the same replay in the same
 boot, and what the kernel dropped. Prints Markdown; numbers only, no verdicts (the main bench
 owns those). Writes the table to ``out/bench-bcm.md`` too (the VM shares the checkout).
 """
@@ -59,6 +60,14 @@ LOSS_RATE = 9300.0
 
 def _cpu_ns(path: str) -> int:
     return int(Path(path).read_text().split()[0])
+
+
+def _switches(tid: int) -> int:
+    """A thread's voluntary context switches so far: how often it went to sleep (and woke)."""
+    for line in Path(f"/proc/self/task/{tid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    return 0
 
 
 def scaled_log(out: Path, rate: float | None, speed: float = 1.0) -> tuple[Path, int]:
@@ -125,14 +134,20 @@ def agent_run(
     while pipeline.source_states()["car"] != "up" or src._thread.native_id is None:
         time.sleep(0.05)
     time.sleep(0.3)  # the reader's setups are in place
-    stat = f"/proc/self/task/{src._thread.native_id}/schedstat"
-    cpu0, frames0 = _cpu_ns(stat), src.status.frames
+    tid, ptid = src._thread.native_id, runner.native_id
+    assert ptid is not None
+    stat = f"/proc/self/task/{tid}/schedstat"
+    pstat = f"/proc/self/task/{ptid}/schedstat"
+    cpu0, pcpu0, frames0 = _cpu_ns(stat), _cpu_ns(pstat), src.status.frames
+    sw0, psw0 = _switches(tid), _switches(ptid)
     subprocess.run(["canplayer", "-I", str(log), f"{CHANNEL}=can0"], check=True)
     settle(lambda: src.status.frames)  # what is in flight is read
-    cpu = _cpu_ns(stat) - cpu0
     out = {
         "wakeups": src.status.frames - frames0,
-        "cpu_ns": cpu,
+        "cpu_ns": _cpu_ns(stat) - cpu0,
+        "pipeline_ns": _cpu_ns(pstat) - pcpu0,
+        "switches": _switches(tid) - sw0,
+        "pipeline_switches": _switches(ptid) - psw0,
         "dropped": src.status.dropped_frames,
     }
     pipeline.stop()
@@ -180,15 +195,17 @@ def main(argv: list[str] | None = None) -> int:
         f"{LOSS_RATE:,.0f} frames/s (loss); candump {base / n * 1000 / 1e6:.2f} ms CPU per "
         "1000 frames.",
         "",
-        "| selection | signals | change detection | wake-ups | bus frames per wake-up | "
-        "reader CPU / candump | lost at 9,300/s (64 KiB buffer) |",
-        "|---|---|---|---|---|---|---|",
+        "| selection | signals | change detection | frames or notifications reaching user "
+        "space | reader wake-ups | pipeline wake-ups | reader CPU / candump | "
+        "pipeline CPU / candump | lost at 9,300/s (64 KiB buffer) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for which, count, mode, r, loss in rows:
         lines.append(
             f"| {'10 signals' if which == 'ten' else 'all but counters/checksums'} | {count} | "
-            f"{mode} | {r['wakeups']:,} | {n / max(1, r['wakeups']):.2f} | "
-            f"{r['cpu_ns'] / max(1, base):.2f} | {loss['dropped']:,} |"
+            f"{mode} | {r['wakeups']:,} | {r['switches']:,} | {r['pipeline_switches']:,} | "
+            f"{r['cpu_ns'] / max(1, base):.2f} | {r['pipeline_ns'] / max(1, base):.2f} | "
+            f"{loss['dropped']:,} |"
         )
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,14 @@ frame of it is known to have arrived (now minus its timeout), so heartbeats stil
 that confirmed the value, and the bus counts as heard, so silence is still detected.
 
 A notification lost to a full receive buffer (the socket's drop counter, read as on the raw
-path) or to a full
-pipeline queue could hide a change for good: after either, every setup is issued again, which
-makes the kernel forward the next frame of each id. python-can still opens and configures the
-bus; its raw socket then receives error frames only.
+path) or to a full pipeline queue could hide a change for good: after either, every setup is
+issued again, which makes the kernel forward the next frame of each id. python-can still opens
+and configures the bus; its raw socket then receives error frames only.
+
+Notifications are read as the raw path reads frames (agent.sources.socketcan's BatchReader): up
+to a batch per ``recvmmsg(2)``, at most one call per window while they keep coming, each with
+the kernel's receive time of the frame that changed, parsed into the same ``Frame`` tuples; each
+call's frames (and the confirmations then due) go to the pipeline as one batch.
 
 It does not decode frames (agent.pipeline) nor choose signals (agent.catalog). The struct
 layouts are those of linux/can/bcm.h and linux/can.h.
@@ -21,10 +25,8 @@ layouts are those of linux/can/bcm.h and linux/can.h.
 
 from __future__ import annotations
 
-import errno
 import logging
 import queue
-import select
 import socket
 import struct
 import time
@@ -32,11 +34,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import can
-
 from agent.config import BusConfig
 from agent.ratelimit import RateLimitedLog
 from agent.sources.bcmmask import CLASSIC_DATA, FD_DATA, content_mask
+from agent.sources.socketcan import BatchReader, Frame
+
+_new_frame = tuple.__new__
 
 if TYPE_CHECKING:
     from agent.can_source import Source
@@ -50,11 +53,13 @@ rlog = RateLimitedLog(log)
 _HEAD = struct.Struct("@3I4l2I")
 _CAN_FRAME = struct.Struct("=IB3x8s")  # can_id, len, pad, res0, len8_dlc, data[8]
 _CANFD_FRAME = struct.Struct("=IBB2x64s")  # can_id, len, flags, res0, res1, data[64]
+# A notification as received: the head, then a CAN FD frame (a classic one is its first 16
+# bytes; an RX_TIMEOUT has the head only). canfd_frame's flags byte is a classic frame's pad.
+_RECORD = struct.Struct("@3I4l2IIBB2x64s")
 _CAN_EFF_FLAG = 0x80000000
 _CAN_EFF_MASK = 0x1FFFFFFF
 _CAN_SFF_MASK = 0x7FF
-# linux/asm-generic/socket.h; not on every Python build's socket module.
-_SO_TIMESTAMPNS = 35
+_CANFD_BRS = 0x01
 
 _SETUP_FLAGS = (
     socket.CAN_BCM_SETTIMER
@@ -62,8 +67,6 @@ _SETUP_FLAGS = (
     | socket.CAN_BCM_RX_CHECK_DLC
     | socket.CAN_BCM_RX_ANNOUNCE_RESUME
 )
-_RECV_SIZE = _HEAD.size + _CANFD_FRAME.size
-_ANC_SIZE = socket.CMSG_SPACE(16)
 
 # How often live ids are confirmed to the pipeline (at most; a short silent_after shortens it).
 CONFIRM_SECONDS = 0.5
@@ -136,7 +139,7 @@ class _Id:
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
-        self.last: can.Message | None = None
+        self.last: Frame | None = None
         self.live = False
         self.stamp = 0.0  # data time of the last frame or confirmation handed on
 
@@ -152,6 +155,7 @@ class BcmReader:
         self.ids: dict[tuple[int, bool], _Id] = {}
         self._watches: list[Watch] = []
         self._pending: Mapping[int, MessagePlan] | None = messages
+        self._batches: BatchReader | None = None
         self._drops: Any = None  # agent.can_source._KernelDrops of the BCM socket
         self._resync = False
         self._since = 0.0  # when the first setups were issued
@@ -169,19 +173,22 @@ class BcmReader:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+            self._batches = None
 
     # -- kernel ------------------------------------------------------------------------
     def _open(self) -> socket.socket:
-        from agent.can_source import _KernelDrops, _size_receive_buffer
+        from agent.can_source import BATCH, _KernelDrops, _size_receive_buffer
 
         sock = socket.socket(socket.AF_CAN, socket.SOCK_DGRAM, socket.CAN_BCM)
         try:
             sock.connect((self.channel,))
-            sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
             _size_receive_buffer(
                 _Holder(sock), self.source.cfg.name, self.source.cfg.receive_buffer
             )
             sock.setblocking(False)
+            # Notifications are taken as the raw path takes frames: up to BATCH per call, at
+            # most one call per window while they keep coming (it sets SO_TIMESTAMPNS).
+            self._batches = BatchReader(sock, size=BATCH, record=_RECORD.size)
         except OSError:
             sock.close()
             raise
@@ -229,61 +236,48 @@ class BcmReader:
         if isinstance(sock, socket.socket):
             sock.setsockopt(socket.SOL_CAN_RAW, socket.CAN_RAW_FILTER, b"")
 
-    def _recv(self, out: list[Any], most: int) -> int:
-        """Read the notifications waiting, at most ``most``; frames go to ``out``. Returns how
-        many were read."""
-        sock = self.sock
-        assert sock is not None
-        n = 0
-        while n < most:
-            try:
-                data, anc, _, _ = sock.recvmsg(_RECV_SIZE, _ANC_SIZE)
-            except BlockingIOError:
-                return n
-            n += 1
-            self._notice(data, anc, out)
-        return n
-
-    def _notice(self, data: bytes, anc: list[tuple[int, int, bytes]], out: list[Any]) -> None:
-        opcode, flags, _, _, _, _, _, can_id, nframes = _HEAD.unpack_from(data)
-        fd = bool(flags & socket.CAN_BCM_CAN_FD_FRAME)
-        state = self.ids.get((can_id, fd))
-        stamp = 0.0
-        for level, kind, value in anc:
-            if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(value) >= 16:
-                sec, nsec = struct.unpack_from("@2l", value)
-                stamp = sec + nsec / 1e9
-        if state is None:
-            return
-        if opcode == socket.CAN_BCM_RX_TIMEOUT:
-            self.timeouts += 1
-            state.live = False
-            return
-        if opcode != socket.CAN_BCM_RX_CHANGED or nframes < 1:
-            return
-        if fd:
-            fid, length, fflags, payload = _CANFD_FRAME.unpack_from(data, _HEAD.size)
-            brs, esi = bool(fflags & 0x01), bool(fflags & 0x02)
-        else:
-            fid, length, payload = _CAN_FRAME.unpack_from(data, _HEAD.size)
-            brs = esi = False
-        ext = bool(fid & _CAN_EFF_FLAG)
-        msg = can.Message(
-            timestamp=stamp or time.time(),
-            arbitration_id=fid & (_CAN_EFF_MASK if ext else _CAN_SFF_MASK),
-            is_extended_id=ext,
-            is_fd=fd,
-            bitrate_switch=brs,
-            error_state_indicator=esi,
-            dlc=length,
-            data=payload[:length],
-            channel=self.channel,
-        )
-        self.notifications += 1
-        state.last = msg
-        state.live = True
-        state.stamp = msg.timestamp
-        out.append(msg)
+    def _notices(self, batches: BatchReader, n: int, out: list[Any]) -> int:
+        """The ``n`` notifications received: changed frames go to ``out`` (in the order the
+        kernel queued them, with the receive time of the frame that changed); timeouts mark
+        their id silent. Returns how many frames went to ``out``."""
+        ids = self.ids
+        new = _new_frame
+        changed = 0
+        for (
+            (opcode, flags, _, _, _, _, _, can_id, nframes, fid, length, fflags, data),
+            (_, _, _, sec, nsec),
+            _,
+        ) in batches.unpack(n, _RECORD):
+            fd = flags & socket.CAN_BCM_CAN_FD_FRAME != 0
+            state = ids.get((can_id, fd))
+            if state is None:
+                continue  # an id deleted by a reload, its last notification still queued
+            if opcode == socket.CAN_BCM_RX_CHANGED and nframes:
+                ext = fid & _CAN_EFF_FLAG != 0
+                frame = new(
+                    Frame,
+                    (
+                        sec + nsec * 1e-9 if sec else time.time(),
+                        fid & (_CAN_EFF_MASK if ext else _CAN_SFF_MASK),
+                        ext,
+                        False,
+                        False,
+                        fd,
+                        fd and fflags & _CANFD_BRS != 0,
+                        length,
+                        data[:length],
+                    ),
+                )
+                state.last = frame
+                state.live = True
+                state.stamp = frame.timestamp
+                out.append(frame)
+                changed += 1
+            elif opcode == socket.CAN_BCM_RX_TIMEOUT:
+                self.timeouts += 1
+                state.live = False
+        self.notifications += changed
+        return changed
 
     def _check_drops(self) -> None:
         """Count what the kernel dropped from the BCM socket's full buffer; resync if any."""
@@ -310,19 +304,7 @@ class BcmReader:
             if stamp <= state.stamp:
                 continue
             state.stamp = stamp
-            out.append(
-                can.Message(
-                    timestamp=stamp,
-                    arbitration_id=last.arbitration_id,
-                    is_extended_id=last.is_extended_id,
-                    is_fd=last.is_fd,
-                    bitrate_switch=last.bitrate_switch,
-                    error_state_indicator=last.error_state_indicator,
-                    dlc=last.dlc,
-                    data=last.data,
-                    channel=self.channel,
-                )
-            )
+            out.append(last._replace(timestamp=stamp))
             self.confirmations += 1
         return shortest
 
@@ -335,16 +317,19 @@ class BcmReader:
                 out.append(msg)
 
     def _raw(self, out: list[Any]) -> None:
-        """A frame on python-can's socket: an error frame is handed on; any other can only
-        come from filters set just before this reader quieted the socket (a reload racing
-        it), and the BCM socket carries it too."""
-        msg = self.bus.recv(0)
-        if msg is None:
-            return
-        if msg.is_error_frame:
-            out.append(msg)
-        else:
-            self._quiet_raw()
+        """Frames on python-can's socket (at most a batch): error frames are handed on; any
+        other can only come from filters set just before this reader quieted the socket (a
+        reload racing it), and the BCM socket carries it too."""
+        from agent.can_source import BATCH
+
+        for _ in range(BATCH):
+            msg = self.bus.recv(0)
+            if msg is None:
+                return
+            if msg.is_error_frame:
+                out.append(msg)
+            else:
+                self._quiet_raw()
 
     def open(self) -> None:
         """Apply a pending selection now: its setups are in place when this returns."""
@@ -352,65 +337,41 @@ class BcmReader:
         if pending is not None:
             self._apply(pending)
 
-    def _reopen(self, raw_fd: int, out: list[Any] | None) -> select.poll:
-        """Apply a pending selection; on the first call (``out`` given) also quiet python-can's
-        socket and take what it holds from before the setups."""
-        self.open()
-        if out is not None:
-            self._quiet_raw()
-            self._take_raw(self._since, out)
-        poller = select.poll()
-        assert self.sock is not None
-        poller.register(self.sock, select.POLLIN)
-        if raw_fd >= 0:
-            poller.register(raw_fd, select.POLLIN)
-        self._resync = False
-        return poller
-
     def run(self) -> None:
         """Read until the source stops; raises what breaks the bus (the source reopens it)."""
-        from agent.can_source import BATCH, BATCH_SECONDS, DROP_CHECK_SECONDS
+        from agent.can_source import DROP_CHECK_SECONDS
 
         src = self.source
-        status, stop, clock = src.status, src.stop, src.clock
+        status, stop, clock, out, index = src.status, src.stop, src.clock, src.out, src.index
         raw = getattr(self.bus, "socket", None)
         raw_fd = raw.fileno() if isinstance(raw, socket.socket) else -1
         every = min(CONFIRM_SECONDS, src.cfg.silent_after / 4)
         next_drop_check = 0.0
         batch: list[Any] = []
-        started = 0.0
         now = clock()
         next_confirm = now + every
         live = False  # some id is live: confirmations are due
         try:
-            poller = self._reopen(raw_fd, batch)
-            status.frames += len(batch)
+            self.open()
+            self._quiet_raw()
+            self._take_raw(self._since, batch)  # counted and handed on with the first notifications
+            batches = self._batches
+            assert batches is not None
+            if raw_fd >= 0:
+                batches.watch(raw_fd)
+            self._resync = False
             while not stop.is_set():
                 if self._pending is not None:
-                    poller = self._reopen(raw_fd, None)
-                sock = self.sock
-                assert sock is not None
-                if batch:
-                    wait = max(0.0, started + BATCH_SECONDS - now)
-                elif live:
-                    wait = min(src.idle_recv, max(0.0, next_confirm - now))
-                else:
-                    wait = src.idle_recv
-                events = poller.poll(wait * 1000)
+                    self.open()
+                wait = min(src.idle_recv, max(0.0, next_confirm - now)) if live else src.idle_recv
+                n = batches.receive(wait)
                 now = clock()
-                before = len(batch)
-                for fd, ev in events:
-                    if fd == raw_fd:
-                        self._raw(batch)
-                    elif ev & select.POLLERR:
-                        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                        raise OSError(err, f"CAN_BCM socket: {errno.errorcode.get(err, err)}")
-                    else:
-                        self._recv(batch, max(1, BATCH - len(batch)))
-                if len(batch) > before:
-                    status.frames += len(batch) - before
+                if n and self._notices(batches, n, batch):
                     src._last_frame = now
                     live = True
+                if batches.ready:
+                    self._raw(batch)
+                status.frames += len(batch)
                 if live and now >= next_confirm:
                     next_confirm = now + every
                     shortest = self._confirm(batch)
@@ -418,11 +379,9 @@ class BcmReader:
                     if shortest is not None:
                         # A frame of a live id arrived within its timeout: the bus was heard.
                         src._last_frame = max(src._last_frame, now - shortest)
-                if batch and not before:
-                    started = now
-                if batch and (len(batch) >= BATCH or now - started >= BATCH_SECONDS):
+                if batch:
                     try:
-                        src.out.put_nowait((src.index, batch))
+                        out.put_nowait((index, batch))
                     except queue.Full:
                         status.dropped_frames += len(batch)
                         self._resync = True

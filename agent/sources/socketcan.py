@@ -7,7 +7,11 @@ looks up the interface name with an ioctl) and a ``Message``. Here one ``poll`` 
 frame and one ``recvmmsg(2)`` call takes up to ``size`` frames with their kernel receive times
 (SO_TIMESTAMPNS); while frames keep coming, the reader sleeps out a window (``WINDOW``) between
 calls instead of waking for each frame. The frames are parsed by ``struct`` into ``Frame``
-tuples that carry the attributes the pipeline reads of a python-can ``Message``.
+tuples that carry the attributes the pipeline reads of a python-can ``Message``. The same
+batched receive serves other SocketCAN datagram sockets (``record``: the largest datagram, and
+``unpack`` with the caller's layout): agent.sources.bcm reads CAN_BCM notifications with it,
+and it can wake for further sockets too (``watch``), such as python-can's socket carrying error
+frames beside them.
 
 Where libc has no ``recvmmsg`` (or the bus is not a SocketCAN one) ``BatchReader.of`` returns
 None and the caller keeps python-can's own path. It does not open, configure or close buses,
@@ -24,6 +28,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 # linux/can.h: flags in can_id, and the CAN FD frame layout (id, len, flags, 2 reserved bytes,
@@ -108,14 +113,20 @@ _MSG_LEN = struct.Struct(
 
 
 class BatchReader:
-    """Reads batches of frames from a bound CAN_RAW socket (see the module doc)."""
+    """Reads batches of frames from a bound CAN_RAW socket (see the module doc); with
+    ``record``, batches of datagrams of at most that size from another SocketCAN socket."""
 
-    def __init__(self, sock: socket.socket, *, size: int, window: float = WINDOW) -> None:
+    def __init__(
+        self, sock: socket.socket, *, size: int, window: float = WINDOW, record: int = CANFD_MTU
+    ) -> None:
         if _RECVMMSG is None:
             raise OSError(errno.ENOSYS, "libc has no recvmmsg")
         self.sock = sock
         self.size = size
         self.window = window
+        self.record = record
+        # Other sockets ready at the last ``receive`` (those given to ``watch``).
+        self.ready: list[int] = []
         # The kernel stamps each frame as it arrives; python-can sets this too.
         sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self._fd = sock.fileno()
@@ -124,14 +135,14 @@ class BatchReader:
         # One buffer for the frames, one for their control messages, and the headers that
         # point each message into them: allocated once, reused by every call.
         cmsg = _CMSG_TIMESPEC.size
-        self._frames = (ctypes.c_char * (CANFD_MTU * size))()
+        self._frames = (ctypes.c_char * (record * size))()
         self._control = (ctypes.c_char * (cmsg * size))()
         self._iov = (_IoVec * size)()
         self._hdrs = (_MMsgHdr * size)()
         frames, control = ctypes.addressof(self._frames), ctypes.addressof(self._control)
         for i in range(size):
-            self._iov[i].base = frames + CANFD_MTU * i
-            self._iov[i].len = CANFD_MTU
+            self._iov[i].base = frames + record * i
+            self._iov[i].len = record
             hdr = self._hdrs[i].hdr
             hdr.iov = ctypes.addressof(self._iov[i])
             hdr.iovlen = 1
@@ -143,6 +154,7 @@ class BatchReader:
         self._hdr_view = memoryview(self._hdrs).cast("B")
         self._last = 0.0
         self._flowing = False
+        self._others = False
 
     @classmethod
     def of(cls, bus: Any, *, size: int, window: float = WINDOW) -> BatchReader | None:
@@ -158,18 +170,39 @@ class BatchReader:
             return None
         return cls(sock, size=size, window=window)
 
+    def watch(self, fd: int) -> None:
+        """Wake for ``fd`` too: when it is readable, ``receive`` lists it in ``ready`` (while
+        datagrams keep coming it is looked at once per window)."""
+        self._poll.register(fd, select.POLLIN)
+        self._others = True
+
     def read(self, timeout: float) -> list[Frame]:
         """Wait up to ``timeout`` seconds for a frame, then return every frame received so far
         (up to ``size``; an empty list after a timeout). Raises OSError when the socket fails
         (ENETDOWN once after its interface went down, ENODEV when it vanished)."""
+        n = self.receive(timeout)
+        return self._parse(n) if n else []
+
+    def receive(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for a datagram (or a watched socket), then receive
+        every datagram waiting (up to ``size``) into the buffers; returns how many, which
+        ``unpack`` reads. Raises as ``read``."""
         if self._flowing:
-            # Frames came at the last call: rather than wake for each new one, sleep out the
+            # Datagrams came at the last call: rather than wake for each new one, sleep out the
             # window and take what gathered meanwhile (a busy bus costs one wake per window).
             wait = self._last + self.window - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
-        elif not self._poll.poll(max(0, int(timeout * 1000))):
-            return []
+            if self._others:
+                self.ready = [fd for fd, _ in self._poll.poll(0) if fd != self._fd]
+        else:
+            events = self._poll.poll(max(0, int(timeout * 1000)))
+            if self._others:
+                self.ready = [fd for fd, _ in events if fd != self._fd]
+                if len(self.ready) == len(events):
+                    return 0
+            elif not events:
+                return 0
         n = _RECVMMSG(self._fd, self._hdrs_at, self.size, MSG_DONTWAIT, None)
         # A full batch leaves more waiting: take it at once next time.
         self._last = 0.0 if n == self.size else time.monotonic()
@@ -177,20 +210,28 @@ class BatchReader:
         if n <= 0:
             err = ctypes.get_errno()
             if n == 0 or err in (errno.EAGAIN, errno.EINTR):
-                return []
+                return 0
             raise OSError(err, os.strerror(err))
-        return self._parse(n)
+        return n
+
+    def unpack(self, n: int, layout: struct.Struct) -> Iterator[tuple[Any, Any, Any]]:
+        """The first ``n`` datagrams received, each as ``(fields, timespec, (size,))``:
+        ``layout`` (of ``record`` bytes) unpacked from it, stale bytes beyond a short
+        datagram's ``size`` included; the kernel's receive time (``timespec[3]`` seconds,
+        ``timespec[4]`` nanoseconds); the datagram's size."""
+        assert layout.size == self.record
+        return zip(
+            layout.iter_unpack(self._frame_view[: self.record * n]),
+            _CMSG_TIMESPEC.iter_unpack(self._control_view[: _CMSG_TIMESPEC.size * n]),
+            _MSG_LEN.iter_unpack(self._hdr_view[: _MSG_LEN.size * n]),
+            strict=True,
+        )
 
     def _parse(self, n: int) -> list[Frame]:
         new = _new_frame
-        frames = _FRAME.iter_unpack(self._frame_view[: CANFD_MTU * n])
-        times = _CMSG_TIMESPEC.iter_unpack(self._control_view[: _CMSG_TIMESPEC.size * n])
-        lens = _MSG_LEN.iter_unpack(self._hdr_view[: _MSG_LEN.size * n])
         out: list[Frame] = []
         append = out.append
-        for (can_id, length, flags, data), (_, _, _, sec, nsec), (size,) in zip(
-            frames, times, lens, strict=True
-        ):
+        for (can_id, length, flags, data), (_, _, _, sec, nsec), (size,) in self.unpack(n, _FRAME):
             fd = size == CANFD_MTU
             brs = fd and flags & _CANFD_BRS != 0
             if not can_id & _SPECIAL:  # the common case: a data frame with a standard id

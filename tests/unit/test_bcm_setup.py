@@ -94,3 +94,16 @@ def test_setup_layout_matches_linux_bcm_h() -> None:
     fd = bcm._setup(bcm.Watch(0x80000001, True, bytes(64), 0.06))
     assert len(fd) == head + 72
     assert struct.unpack_from("@3I", fd)[1] & socket.CAN_BCM_CAN_FD_FRAME
+
+
+def test_notification_layout_is_a_head_then_a_canfd_frame() -> None:
+    """A notification is read as bcm_msg_head then a canfd_frame (a classic frame being its
+    first 16 bytes): the record's fields fall where linux/can/bcm.h and linux/can.h put them."""
+    head = struct.calcsize("@3I4l2I")
+    assert bcm._RECORD.size == head + 72
+    changed = struct.pack("@3I4l2I", socket.CAN_BCM_RX_CHANGED, 0, 0, 0, 0, 0, 0, 0x123, 1)
+    changed += struct.pack("=IB3x8s", 0x123, 3, b"abc" + bytes(5)) + bytes(56)
+    fields = bcm._RECORD.unpack(changed)
+    assert fields[0] == socket.CAN_BCM_RX_CHANGED
+    assert fields[7:11] == (0x123, 1, 0x123, 3)
+    assert fields[12][:3] == b"abc"

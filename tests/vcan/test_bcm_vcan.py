@@ -11,12 +11,13 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import can
 import cantools
 import pytest
 
-from agent.can_source import Source
+from agent.can_source import Source, _size_receive_buffer
 from agent.catalog import build_catalog
 from agent.config import load_config
 from agent.sources.bcm import BcmReader
@@ -138,35 +139,96 @@ def test_heartbeats_need_a_confirming_frame_and_silence_is_seen(
     assert max(t for t, _, _ in samples) <= last_sent + 0.01
 
 
-def test_dropped_notifications_resynchronise(tmp_path: Path, vcan0: str, open_bus) -> None:
+def _reader(
+    tmp_path: Path, channel: str, **bus: object
+) -> tuple[BcmReader, Source, queue.Queue[tuple[int, Any]], threading.Event, can.BusABC]:
+    """A CAN_BCM reader of every message of the test DBC, handing batches to a queue."""
     (tmp_path / "car.dbc").write_text(DBC)
-    cfg = load_config(
-        write_config(tmp_path / "agent.toml", [_bus(vcan0, "pt", "bcm", receive_buffer=65536)])
-    )
+    cfg = load_config(write_config(tmp_path / "agent.toml", [_bus(channel, "pt", "bcm", **bus)]))
     plan = build_catalog(cfg).buses[0]
-    out: queue.Queue[tuple[int, object]] = queue.Queue(1000)
+    out: queue.Queue[tuple[int, Any]] = queue.Queue(1000)
     stop = threading.Event()
     source = Source(0, plan.config, out, stop, messages=plan.messages)
-    bus = can.Bus(interface="socketcan", channel=vcan0, ignore_config=True)
-    reader = BcmReader(source, bus, plan.messages)
-    car = open_bus()
+    can_bus = can.Bus(interface="socketcan", channel=channel, ignore_config=True, fd=True)
+    return BcmReader(source, can_bus, plan.messages), source, out, stop, can_bus
+
+
+def _changes(frames: list[Any]) -> list[Any]:
+    """The frames that changed their id's content: confirmations repeat the last one."""
+    seen: dict[int, bytes] = {}
+    out = []
+    for f in frames:
+        if seen.get(f.arbitration_id) != bytes(f.data):
+            seen[f.arbitration_id] = bytes(f.data)
+            out.append(f)
+    return out
+
+
+def test_batched_notifications_keep_order_and_kernel_times(
+    tmp_path: Path, canfd_link: str, open_bus
+) -> None:
+    reader, source, out, stop, bus = _reader(tmp_path, canfd_link, fd=True)
+    car = open_bus(channel=canfd_link)
+    watcher = open_bus(channel=canfd_link)
+    _size_receive_buffer(watcher, "watcher", 1 << 20)  # room for the whole burst
+    thread = threading.Thread(target=reader.run, daemon=True)
+    sent = 100
+    try:
+        reader.open()
+        # Both ids change with every frame, interleaved: each is a notification.
+        for value in range(1, sent + 1):
+            car.send(_speed(value), timeout=1)
+            car.send(_fd_wide(value), timeout=1)
+        thread.start()
+        batches: list[list[Any]] = []
+
+        def all_changes() -> bool:
+            while not out.empty():
+                batches.append(out.get_nowait()[1])
+            return len(_changes([f for b in batches for f in b])) >= 2 * sent
+
+        wait_for(all_changes, timeout=30, what="every change")
+        got = _changes([f for b in batches for f in b])
+        # What python-can reads of the same traffic: the kernel stamped both copies alike.
+        expected = [watcher.recv(5) for _ in range(2 * sent)]
+    finally:
+        stop.set()
+        if thread.is_alive():
+            thread.join(5)
+        bus.shutdown()
+    assert all(m is not None for m in expected)
+    assert [(f.arbitration_id, f.is_extended_id, f.is_fd, bytes(f.data)) for f in got] == [
+        (m.arbitration_id, m.is_extended_id, m.is_fd, bytes(m.data)) for m in expected if m
+    ]
+    assert [round(f.timestamp, 6) for f in got] == [round(m.timestamp, 6) for m in expected if m]
+    # Taken in batches, not one notification per wake.
+    assert len([b for b in batches if b]) < len(got)
+    assert reader.notifications >= 2 * sent
+
+
+def test_dropped_notifications_resynchronise(tmp_path: Path, canfd_link: str, open_bus) -> None:
+    reader, source, out, stop, bus = _reader(tmp_path, canfd_link, fd=True, receive_buffer=65536)
+    car = open_bus(channel=canfd_link)
     thread = threading.Thread(target=reader.run, daemon=True)
     try:
         reader.open()
         # Nobody reads yet: most of these changes overflow the socket's buffer.
         for value in range(1, 3001):
             car.send(_speed(value), timeout=1)
+            car.send(_fd_wide(value), timeout=1)
         thread.start()
         seen: list[bytes] = []
 
-        def final_value_arrived() -> bool:
-            car.send(_speed(3000))  # the car repeats its last value, unchanged
+        def final_values_arrived() -> bool:
+            # The car repeats its last values, unchanged: only a resync lets them through.
+            car.send(_speed(3000))
+            car.send(_fd_wide(3000))
             while not out.empty():
                 _, batch = out.get_nowait()
-                seen.extend(bytes(m.data) for m in batch)  # type: ignore[attr-defined]
-            return _speed(3000).data in seen
+                seen.extend(bytes(m.data) for m in batch)
+            return _speed(3000).data in seen and _fd_wide(3000).data in seen
 
-        wait_for(final_value_arrived, timeout=30, what="the last value after the drop")
+        wait_for(final_values_arrived, timeout=30, what="the last values after the drop")
         assert source.status.kernel_dropped > 0
         assert reader.resyncs >= 1
     finally:
