@@ -31,7 +31,7 @@ from agent.lifecycle import PowerController
 from agent.pipeline import Pipeline
 from agent.schemastore import SchemaStore
 from agent.sdnotify import Notifier
-from agent.spime import decode_samples, decode_update, encode_update, peek_schema_id
+from agent.spime import decode_update, peek_schema_id
 from agent.updates import Update
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,8 @@ class Agent:
         self._report_now = threading.Event()  # the status report is due now (or stopping)
         self._reload_lock = threading.Lock()
         self._next_ping = 0.0
+        # What the last purge of stored updates took back (consent revoked, zone added).
+        self.last_purge: dict[str, Any] | None = None
         self._arm_plan_expiry()
 
     @property
@@ -221,6 +223,8 @@ class Agent:
                 "memory_dropped": o.memory_dropped,
                 "corrupt_moved": list(o.corrupt_moved),
             }
+            if self.last_purge is not None:
+                doc["outbox"]["last_purge"] = self.last_purge
         if self.commands is not None:
             doc["remote"] = self.commands.status()
         elif not self.dry_run:
@@ -515,6 +519,7 @@ class Agent:
         revoked = _revoked(self.cfg, cfg)
         if self.diag is not None:
             self.diag.consent_decided(cfg)  # a revocation stops diagnostic requests now
+        added = _zones_added(self.cfg, cfg)
         self.base_cfg = base
         self._switch(
             cfg,
@@ -523,8 +528,8 @@ class Agent:
             f"; consent revoked for {', '.join(sorted(revoked))}" if revoked else "",
         )
         self._arm_plan_expiry()
-        if revoked and self.outbox is not None:
-            self._purge_revoked(revoked)
+        if (revoked or added) and self.outbox is not None:
+            self._purge(revoked, added)
         return []
 
     # -- remote commands (agent.control) --------------------------------------------------------
@@ -556,6 +561,9 @@ class Agent:
 
     def privacy_zones(self) -> list[Any]:
         return list(self.cfg.privacy.zones)
+
+    def purged(self) -> dict[str, Any] | None:
+        return self.last_purge
 
     def change_consent(self, granted: frozenset[str], zones: list[Any] | None = None) -> list[str]:
         """Remote consent (and privacy zone) change: stored on the box first, then the same
@@ -653,52 +661,40 @@ class Agent:
                 self._switch(*switch, f"plan {plan.id} version {plan.version} expired")
                 self.planner.book.expired(plan)
 
-    def _purge_revoked(self, revoked: set[str]) -> None:
-        """Remove samples of revoked categories from every update not yet sent."""
+    def _purge(self, revoked: set[str], zones_added: bool) -> None:
+        """Take back from every update not yet sent the samples of revoked categories and the
+        positions inside the zones in force (when one was added): agent.purge."""
+        from agent.purge import tighten
+        from agent.sources import zones as zones_of
+
         assert self.outbox is not None and self.schemas is not None
-        # Updates the old selection produced are still being closed by the pipeline thread:
-        # wait until it has switched, then commit them so they are visible here.
-        self.pipeline.wait_reloaded(10.0)
-        self.outbox.flush()
-        purged = rewritten = 0
-        for row in list(self.outbox.iter_rows()):
-            schema = self.schemas.load(peek_schema_id(row.payload))
-            if schema is None:
-                continue
-            drop = {s.id for s in schema.signals if s.category in revoked}
-            if not drop:
-                continue
-            head, samples = decode_samples(row.payload, schema)
-            kept = [x for x in samples if x[1] not in drop]
-            if len(kept) == len(samples):
-                continue
-            if not kept:
-                self.outbox.purge_ids([row.id])
-                purged += 1
-                continue
-            # Same boot, seq and place in the queue: only the revoked samples are gone.
-            payload = encode_update(
-                schema,
-                boot=bytes.fromhex(head.boot),
-                seq=head.seq,
-                vin=head.vin,
-                samples=kept,
-                snapshot=head.snapshot,
-                event=head.event,
-                trigger=None if head.trigger is None else (head.trigger, head.trigger_t or 0),
-            )
-            if self.outbox.replace(row.id, payload):
-                rewritten += 1
-            else:
-                # Could not rewrite: never let the revoked samples go out.
-                self.outbox.purge_ids([row.id])
-                purged += 1
-        self.outbox.flush()
+        # The update the old config was filling is closed by the pipeline thread: wait until
+        # it reached the outbox (later fixes pass the new zones in the receiver already).
+        if not self.pipeline.wait_reloaded(10.0):
+            log.warning("purge: the pipeline did not switch within 10 s; purging what is stored")
+        zones = zones_of(self.cfg.privacy)
+        consent = self.cfg.consent
+        result, positions = tighten(
+            self.outbox,
+            self.schemas,
+            revoked=revoked,
+            zones=zones if zones_added else (),
+            coarse_grid=consent.coarse_grid if consent is not None else 0.0,
+        )
+        why = [f"consent revoked for {', '.join(sorted(revoked))}"] * bool(revoked)
+        why += [f"privacy zones now {', '.join(z.name for z in zones)}"] * zones_added
+        self.last_purge = {
+            "at": round(time.time(), 3),
+            "why": "; ".join(why),
+            **result.as_dict(),
+            "location_samples": positions,
+        }
         log.warning(
-            "consent revoked for %s: %d stored updates deleted, %d rewritten without those samples",
-            ", ".join(sorted(revoked)),
-            purged,
-            rewritten,
+            "%s: %d stored updates deleted, %d rewritten without those samples%s",
+            "; ".join(why),
+            result.deleted,
+            result.rewritten,
+            f" ({positions} location samples taken back)" if zones_added else "",
         )
 
 
@@ -718,6 +714,11 @@ def _one_line(doc: dict[str, Any]) -> str:
         parts.append(f"modem {doc['modems'].get('active')}")
     parts.append(f"{doc.get('pipeline', {}).get('updates', 0)} updates")
     return "; ".join(parts)
+
+
+def _zones_added(old: Config, new: Config) -> bool:
+    """A privacy zone is new, or changed (it may have grown): stored positions are checked."""
+    return any(z not in old.privacy.zones for z in new.privacy.zones)
 
 
 def _revoked(old: Config, new: Config) -> set[str]:

@@ -166,10 +166,15 @@ class Location:
             self._report_from = time.monotonic() + cfg.gnss.down_after
             log.info("gnss: receiver %s opened", cfg.gnss.source)
         elif self._cfg is not None and cfg.privacy != self._cfg.privacy:
-            # A plain attribute swap: the receiver's thread reads each fix's zones once.
-            self.source.privacy.zones = zones(cfg.privacy)
+            # Before this turn takes any fix: those the receiver released under the old zones
+            # and not yet taken are checked against the new ones too.
+            withheld = self.source.set_zones(zones(cfg.privacy))
             self.source.privacy.trip_end_radius = cfg.privacy.trip_end_radius
-            log.info("gnss: privacy zones now %s", [z.name for z in cfg.privacy.zones])
+            log.info(
+                "gnss: privacy zones now %s (%d waiting fixes inside them dropped)",
+                [z.name for z in cfg.privacy.zones],
+                withheld,
+            )
         self._cfg = cfg
 
     def _build_states(self, plan: LocationPlan) -> None:

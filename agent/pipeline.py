@@ -142,8 +142,11 @@ class Pipeline:
         self.now = 0.0
         self._due = 0.0
         self._reload: tuple[Config, Catalog] | None = None
-        self._reloaded = threading.Event()
         self._reload_lock = threading.Lock()
+        # Reloads requested and applied, counted: a waiter knows its own request is done only
+        # once the old selection's open update was closed and handed to the sink.
+        self._reloads_requested = self._reloads_applied = 0
+        self._reload_done = threading.Condition()
         # Snapshot requests from other threads (remote commands): (done, samples written).
         self._snapshots: list[tuple[threading.Event, list[int]]] = []
         # Called once per loop turn (the daemon pings systemd's watchdog from here).
@@ -222,18 +225,23 @@ class Pipeline:
             raise ValueError("a reload cannot add, remove or reorder buses")
         with self._reload_lock:
             self._reload = (cfg, catalog)
+            self._reloads_requested += 1
+        # A loop blocked while parked takes it up now, not at the end of its wait.
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait((-1, None))
 
     def wait_reloaded(self, timeout: float) -> bool:
-        """Wait until a requested reload has been applied (True) or ``timeout`` passed."""
-        deadline = time.monotonic() + timeout
-        while self._reload is not None and time.monotonic() < deadline:
-            if self._reloaded.wait(0.05):
-                self._reloaded.clear()
-        return self._reload is None
+        """Wait until every reload requested so far has been applied, the update open under
+        the old selection included (True), or ``timeout`` passed."""
+        with self._reload_lock:
+            wanted = self._reloads_requested
+        with self._reload_done:
+            return self._reload_done.wait_for(lambda: self._reloads_applied >= wanted, timeout)
 
     def _apply_reload(self) -> None:
         with self._reload_lock:
             pending, self._reload = self._reload, None
+            applied = self._reloads_requested
         if pending is None:
             return
         cfg, catalog = pending
@@ -242,7 +250,9 @@ class Pipeline:
         for src, bp in zip(self.sources, catalog.buses, strict=True):
             src.set_filters(bp.can_filters, bp.messages)
         self._reschedule()
-        self._reloaded.set()
+        with self._reload_done:
+            self._reloads_applied = applied
+            self._reload_done.notify_all()
         log.info(
             "reloaded: %d signals selected (schema %s)", len(catalog.selected), catalog.schema.id
         )

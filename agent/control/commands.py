@@ -41,6 +41,9 @@ class Target(Protocol):
     def privacy_zones(self) -> list[ZoneConfig]:
         """The privacy zones in force."""
 
+    def purged(self) -> dict[str, Any] | None:
+        """What the last purge of stored updates took back (a new object per purge), or None."""
+
 
 SNAPSHOT_WAIT = 5.0
 _ZONE_KEYS = {"add_zones", "remove_zones"}
@@ -137,6 +140,7 @@ def _consent(target: Target, cmd: Command, allow_grant: bool) -> Response:
         zones = None if changed == zones_before else changed
     revoked = sorted(set(before) - after)
     granted = sorted(after - set(before))
+    purge_before = target.purged()
     if revoked or granted or zones is not None:
         problems = (
             target.change_consent(after) if zones is None else target.change_consent(after, zones)
@@ -155,4 +159,9 @@ def _consent(target: Target, cmd: Command, allow_grant: bool) -> Response:
     }
     if zones_before is not None:
         result["zones"] = [z.name for z in (zones if zones is not None else zones_before)]
+    purge = target.purged()
+    if purge is not None and purge is not purge_before:
+        # Revoking a category or adding a zone took samples back from the updates not yet sent.
+        result["purged"] = {k: purge[k] for k in ("rewritten", "deleted", "location_samples")}
+        detail += f"; stored updates: {purge['rewritten']} rewritten, {purge['deleted']} deleted"
     return Response(cmd.id, OK, detail or "consent unchanged", result)

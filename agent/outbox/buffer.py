@@ -10,7 +10,7 @@ lock held. When a batch is committed is the committer's decision, not this modul
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from agent.outbox.rows import EVENT, ROW_OVERHEAD, TELEMETRY
@@ -88,6 +88,24 @@ class MemoryBuffer:
                     queue.extend(kept)
                     expired += gone
         return expired
+
+    def rewrite(self, fn: Callable[[bytes], bytes | None]) -> tuple[int, int]:
+        """Pass every buffered payload through ``fn``: a new payload takes its place, None
+        removes it, the same object leaves it. (rewritten, removed)."""
+        rewritten = removed = 0
+        for queue in self._pending:
+            kept: Pending = deque()
+            for created, payload in queue:
+                new = fn(payload)
+                if new is None:
+                    removed += 1
+                    continue
+                rewritten += new is not payload
+                kept.append((created, new))
+            queue.clear()
+            queue.extend(kept)
+        self.bytes = _size(self._pending[EVENT]) + _size(self._pending[TELEMETRY])
+        return rewritten, removed
 
     def clear(self) -> int:
         """Drop everything (the process ends before the disk took it); the number dropped."""

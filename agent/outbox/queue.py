@@ -1,5 +1,6 @@
 """``Outbox``: the durable queue's public face, for the pipeline (put), the uplink (next_batch,
-ack, wait_for_data), the consent purge (iter_rows, purge_ids, replace) and the status (stats).
+ack, wait_for_data), the privacy purge (iter_rows, purge_ids, replace, rewrite_buffered) and
+the status (stats).
 
 It opens the file (agent.outbox.dbfile), holds the locks, the counters and the open/closed
 state, and starts the committer (agent.outbox.committer) that does every write but ``replace``.
@@ -275,6 +276,16 @@ class Outbox:
             with self._buf_lock:
                 self._counters.bytes[rank] += len(payload) - old_size
             return True
+
+    def rewrite_buffered(self, fn: Callable[[bytes], bytes | None]) -> tuple[int, int]:
+        """Rewrite the updates still in the memory buffer (the disk refused them so far; after
+        ``flush()`` nothing else waits there): ``fn`` returns the payload to keep in the same
+        place, None to drop it. (rewritten, dropped); not counted as ``purged``."""
+        with self._db_lock, self._buf_lock:
+            # The database lock: no commit has a batch out of the buffer meanwhile.
+            if self._committer is None:
+                return 0, 0
+            return self._committer.buffer.rewrite(fn)
 
     # --------------------------------------------------------------------------------- stats
 

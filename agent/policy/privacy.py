@@ -95,6 +95,17 @@ class PrivacyFilter:
             self.counters["overflow"] += 1
         return out
 
+    def set_zones(self, zones: tuple[Zone, ...]) -> int:
+        """Zones from now on; held fixes inside one of them are dropped (counted as ``zone``):
+        a zone added while a fix waits here must not let it out later. The number dropped."""
+        self.zones = zones
+        held = self._trip.held
+        kept = deque(f for f in held if zone_of(zones, f.lat, f.lon) is None)
+        dropped = len(held) - len(kept)
+        self._trip.held = kept
+        self.counters["zone"] += dropped
+        return dropped
+
     def end_trip(self) -> int:
         """The trip ended: drops the held trailing fixes; the next fix starts a new trip."""
         dropped = len(self._trip.held)

@@ -24,6 +24,7 @@ It does not read receivers (agent.sources) nor withhold private places (agent.po
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -77,6 +78,14 @@ class TrackSampler:
         self.counters["dropped"] -= len(out)
         self._anchor, self._held, self._last = None, [], None
         return out
+
+    def forget(self, private: Callable[[Fix], bool]) -> int:
+        """Drops the fix waiting for the decision (the only one ``flush`` or a later keep could
+        still hand out) when ``private`` says so: a privacy zone was added. The number dropped."""
+        if self._last is None or not private(self._last):
+            return 0
+        self._last = None
+        return 1
 
     def _keep(self, fix: Fix) -> list[Fix]:
         self._anchor, self._held, self._last = fix, [], None

@@ -41,6 +41,8 @@ class GnssSource(Protocol):
 
     def take(self) -> list[Fix]: ...
 
+    def set_zones(self, zones: tuple[Zone, ...]) -> int: ...
+
 
 def zones(cfg: PrivacyConfig) -> tuple[Zone, ...]:
     return tuple(Zone(z.name, z.lat, z.lon, z.radius) for z in cfg.zones)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Literal, Protocol
 
 from agent.policy.geo import Fix
-from agent.policy.privacy import PrivacyFilter, zone_of
+from agent.policy.privacy import PrivacyFilter, Zone, zone_of
 from agent.policy.track import TrackSampler
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,9 @@ class FixSource:
         self._queue: deque[Fix] = deque()
         self._limit = queue_limit
         self._lock = threading.Lock()
+        # Held by the receiver's thread while a fix passes zones, sampler and trip ends, and by
+        # set_zones: new zones never meet a fix half way through.
+        self._offer_lock = threading.Lock()
         self._stop = threading.Event()
         # Set by stop and pause: the reading loops of the subclasses end at it.
         self._halt = threading.Event()
@@ -174,6 +177,22 @@ class FixSource:
             if not self._stop.is_set():
                 self._sleep()
 
+    def set_zones(self, zones: tuple[Zone, ...]) -> int:
+        """Thread-safe: privacy zones from now on. Fixes that passed the old zones but wait in
+        the sampler, the trip-end hold or the queue are dropped when inside a new one (a zone
+        added now covers them too); the number dropped."""
+
+        def private(fix: Fix) -> bool:
+            return zone_of(zones, fix.lat, fix.lon) is not None
+
+        with self._offer_lock:
+            dropped = self.privacy.set_zones(zones) + self.track.forget(private)
+            with self._lock:
+                kept = deque(f for f in self._queue if not private(f))
+                dropped += len(self._queue) - len(kept)
+                self._queue = kept
+        return dropped
+
     def _run(self) -> None:
         """Reads the receiver until ``_halt`` is set, its port or connection closed on return."""
         raise NotImplementedError
@@ -209,25 +228,30 @@ class FixSource:
                 self._queue.append(f)
 
     def _offer(self, fixes: list[Fix]) -> None:
-        for fix in fixes:
-            self._in_trip = True
-            # Zones first: a fix inside one never reaches the sampler, not even as an anchor.
-            self._in_zone = zone_of(self.privacy.zones, fix.lat, fix.lon) is not None
-            if self._in_zone:
-                # The privacy filter still sees it (and drops it): a trip that starts in a zone
-                # starts there, and its first fixes outside are withheld around that place.
-                self.privacy.offer(fix)
-                continue
-            for kept in self.track.offer(fix):
-                self._put(self.privacy.offer(kept))
+        with self._offer_lock:
+            for fix in fixes:
+                self._offer_one(fix)
+
+    def _offer_one(self, fix: Fix) -> None:
+        self._in_trip = True
+        # Zones first: a fix inside one never reaches the sampler, not even as an anchor.
+        self._in_zone = zone_of(self.privacy.zones, fix.lat, fix.lon) is not None
+        if self._in_zone:
+            # The privacy filter still sees it (and drops it): a trip that starts in a zone
+            # starts there, and its first fixes outside are withheld around that place.
+            self.privacy.offer(fix)
+            return
+        for kept in self.track.offer(fix):
+            self._put(self.privacy.offer(kept))
 
     def _end_trip(self) -> None:
         if not self._in_trip:
             return
         self._in_trip = False
-        for kept in self.track.flush():
-            self._put(self.privacy.offer(kept))
-        dropped = self.privacy.end_trip()
+        with self._offer_lock:
+            for kept in self.track.flush():
+                self._put(self.privacy.offer(kept))
+            dropped = self.privacy.end_trip()
         log.info("gnss: trip ended; %d trailing fixes withheld", dropped)
 
     def _set_state(self, now: float) -> None:

@@ -125,3 +125,42 @@ def test_a_paused_receiver_closes_its_port_ends_the_trip_and_resumes_with_a_new_
         src.stop()
     # A new trip from the wake: its start is withheld around where the car woke.
     _private_trip(src.take(), 100, 159)
+
+
+def test_a_zone_added_while_fixes_wait_in_the_receiver_takes_them_back(
+    pty: tuple[int, str],
+) -> None:
+    master, path = pty
+    # Every fix kept by the sampler, trip ends held within 500 m: fixes wait in the queue
+    # (nobody takes them) and in the trip-end hold when the zone comes.
+    keep_all = TrackPolicy(mode="rules", min_interval=0.0, distance=0.0)
+    src = NmeaSource(
+        path, track=TrackSampler(keep_all), privacy=PrivacyFilter(trip_end_radius=500.0)
+    )
+    src.start()
+    try:
+        wait_for(lambda: src.opens == 1, 10, "the port open")
+        for i in range(130):  # up to 250 m past the middle of HOME
+            os.write(master, epoch("GN", i, *position(i)))
+        # The fix at 110 (2750 m north, inside HOME) is released once one lies 500 m on.
+        wait_for(lambda: src.reader.counters["sentences"] >= 260, 20, "all read")
+        withheld = src.set_zones((HOME,))
+        assert withheld >= 20  # queued and held fixes inside HOME
+        for i in range(130, 200):
+            os.write(master, epoch("GN", i, *position(i)))
+        wait_for(lambda: src.reader.counters["sentences"] >= 400, 20, "all read")
+    finally:
+        src.stop()
+    fixes = src.take()
+    inside = [f for f in fixes if distance_m(HOME.lat, HOME.lon, f.lat, f.lon) <= HOME.radius]
+    assert inside == []
+    # Nothing else was lost: every fix past the trip start and before the trip end is there.
+    start, end = position(0), position(199)
+    wanted = [
+        i
+        for i in range(200)
+        if distance_m(*start, *position(i)) > 500
+        and distance_m(*position(i), *end) > 500
+        and distance_m(HOME.lat, HOME.lon, *position(i)) > HOME.radius
+    ]
+    assert [round(f.t / 1000) % 86400 for f in fixes] == wanted

@@ -1,0 +1,106 @@
+"""The one rewrite of stored updates (agent.purge) on a real SQLite outbox and schema folder:
+same boot, seq and place in the queue; empty updates deleted; the memory buffer covered."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.config import OutboxConfig
+from agent.outbox import Outbox
+from agent.policy.privacy import Zone
+from agent.purge import drop_categories, purge_outbox, tighten
+from agent.schemastore import SchemaStore
+from agent.spime import Sample, Schema, SignalDef, decode_samples, encode_update, peek_schema_id
+
+BOOT = bytes.fromhex("0123456789abcdef")
+VIN = "WVWZZZ1JZXW000001"
+M_LAT = 111_195.0
+HOME = Zone("home", 48.0, 11.0, 300.0)
+SCHEMA = Schema.build(
+    [
+        SignalDef(id=0, name="Health.Coolant", category="vehicle_health"),
+        SignalDef(id=1, name="Loc.Lat", scale=1e-7, source="gnss:lat", category="location"),
+        SignalDef(id=2, name="Loc.Lon", scale=1e-7, source="gnss:lon", category="location"),
+    ]
+)
+LON = round(11.0 / 1e-7)
+
+
+def north(metres: float) -> int:
+    return round((48.0 + metres / M_LAT) / 1e-7)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[tuple[Outbox, SchemaStore]]:
+    schemas = SchemaStore(tmp_path / "schemas")
+    schemas.save(SCHEMA)
+    box = Outbox(OutboxConfig(path=tmp_path / "outbox.db", commit_interval=600))
+    box.open()
+    yield box, schemas
+    box.close()
+
+
+def put(box: Outbox, seq: int, samples: list[Sample], *, event: bool = False) -> None:
+    payload = encode_update(SCHEMA, boot=BOOT, seq=seq, vin=VIN, samples=samples, event=event)
+    box.put(payload, "event" if event else "telemetry")
+
+
+def stored(box: Outbox) -> list[tuple[int, int, bool, list[Sample]]]:
+    """(row id, seq, event, samples) of every committed row."""
+    out = []
+    for row in box.iter_rows():
+        head, samples = decode_samples(row.payload, SCHEMA)
+        assert head.boot == BOOT.hex() and head.vin == VIN
+        out.append((row.id, head.seq, head.event, samples))
+    return out
+
+
+def test_a_revoked_category_leaves_every_update_in_its_place(
+    store: tuple[Outbox, SchemaStore],
+) -> None:
+    box, schemas = store
+    put(box, 1, [(1, 0, 90), (1, 1, north(0)), (1, 2, LON)])
+    put(box, 2, [(2, 1, north(10)), (2, 2, LON)], event=True)
+    put(box, 3, [(3, 0, 91)])
+    box.flush()
+    before = [(i, seq, ev, [x for x in s if x[1] == 0]) for i, seq, ev, s in stored(box)]
+    result = purge_outbox(box, schemas, {"location"}, drop_categories({"location"}))
+    assert (result.rewritten, result.deleted, result.unreadable) == (1, 1, 0)
+    # Seq 2 held positions only: deleted. The others keep their id, seq and flags.
+    assert stored(box) == [(i, seq, ev, s) for i, seq, ev, s in before if seq != 2]
+    assert box.stats().purged == 1
+
+
+def test_a_zone_takes_back_the_positions_inside_it_also_from_memory(
+    store: tuple[Outbox, SchemaStore],
+) -> None:
+    box, schemas = store
+    put(box, 1, [(1, 1, north(-2000)), (1, 2, LON), (2, 1, north(0)), (2, 0, 90)])
+    box.flush()
+    # Not committed yet (the commit window is long): the purge must reach it as well.
+    put(box, 2, [(3, 1, north(100)), (3, 2, LON), (4, 1, north(2000)), (4, 2, LON)])
+    result, positions = tighten(box, schemas, zones=(HOME,), coarse_grid=0.01)
+    assert (result.rewritten, result.deleted, positions) == (2, 0, 3)
+    rows = stored(box)
+    assert [r[1] for r in rows] == [1, 2]
+    # (With latitude and longitude only, the schema counts as coarse: 2 km clears any cell.)
+    assert rows[0][3] == [(1, 1, north(-2000)), (1, 2, LON), (2, 0, 90)]
+    assert rows[1][3] == [(4, 1, north(2000)), (4, 2, LON)]
+    # Nothing changes a second time: the purge finds nothing left inside.
+    again, positions = tighten(box, schemas, zones=(HOME,), coarse_grid=0.01)
+    assert (again.rewritten, again.deleted, positions) == (0, 0, 0)
+
+
+def test_an_update_whose_schema_is_missing_stays_and_is_counted(
+    store: tuple[Outbox, SchemaStore], tmp_path: Path
+) -> None:
+    box, schemas = store
+    put(box, 1, [(1, 1, north(0)), (1, 2, LON)])
+    box.flush()
+    (tmp_path / "schemas" / f"{SCHEMA.id}.json").unlink()
+    result, _ = tighten(box, schemas, revoked={"location"}, zones=(HOME,), coarse_grid=0.01)
+    assert (result.rewritten, result.deleted, result.unreadable) == (0, 0, 1)
+    assert [peek_schema_id(r.payload) for r in box.iter_rows()] == [SCHEMA.id]
