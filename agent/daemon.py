@@ -116,6 +116,7 @@ class Agent:
                 upload=self._upload,
                 modem_power=self._modem_power,
                 pause_link=self._pause_link,
+                pause_gnss=self._pause_gnss,
                 on_change=self._on_power_change,
             )
             self.pipeline.on_power = self.power.on_value
@@ -434,6 +435,15 @@ class Agent:
             self.uplink.resume()
         elif not self.uplink.pause(reason, timeout=10.0):
             log.warning("power: the MQTT link did not close within 10 s")
+
+    def _pause_gnss(self, reason: str | None) -> None:
+        """The receiver paused (``reason``: parked, low voltage) or read again (None)."""
+        if self.location is None:
+            return
+        if reason is None:
+            self.location.resume()
+        else:
+            self.location.pause(reason)
 
     def _on_power_change(self, _t: Any) -> None:
         self._report_now.set()

@@ -8,6 +8,13 @@ values to the pipeline's sampler as the schema's location signals, through the s
 ``Vehicle.CurrentLocation.State`` when it changes, so a dead receiver or a privacy zone is
 reported, never hidden behind the last position.
 
+Follows the lifecycle (``[power]``, agent.lifecycle): ``pause`` when the car parks or the
+battery is cut off, ``resume`` at the wake. Paused, the receiver is not read (agent.sources:
+its port or connection closed, a modem's engine off, its thread blocked without a timeout), its
+trip ends (the fixes held near where the car stopped are dropped) and the state is ``paused``;
+what it released before goes into the update the lifecycle commits next. Without ``[power]``
+nothing pauses it.
+
 Follows the config in force: on a reload (consent, ``[privacy]`` zones) it opens the receiver
 when location consent appears, closes it when consent goes, and hands new zones and trip-end
 radius to the receiver's privacy filter. Changing ``[gnss]`` itself needs a restart. It does
@@ -84,6 +91,7 @@ class Location:
         self._reported: str | None = None
         self._report_from = 0.0  # monotonic: the receiver's first state is reported from then
         self._closed = False
+        self._paused: str | None = None  # why the lifecycle paused the receiver
 
     # -- called by the pipeline, in its thread -------------------------------------------------
 
@@ -102,19 +110,43 @@ class Location:
             for _, sid, raw in raw_values(plan, fix):
                 offer(self._states[sid], raw, fix.t, now)
         self.fixes += len(fixes)
-        self._report_state(src.state)
+        # "paused" at once, also within down_after of the start: the lifecycle commits next.
+        self._report_state(src.state, force=src.state == "paused")
+
+    def pause(self, reason: str) -> None:
+        """From the lifecycle's thread: the car parked (``reason``); returns once the receiver
+        is no longer read. The pipeline's next turn takes its last fixes and reports
+        ``paused``, before any commit handed to the pipeline after this call."""
+        self._paused = reason
+        src = self.source
+        if src is not None and not src.pause(reason):
+            log.warning("gnss: the receiver did not stop within 5 s; it stops when it can")
+
+    def resume(self) -> None:
+        """From the lifecycle's thread: the wake; the receiver is read again at once."""
+        self._paused = None
+        src = self.source
+        if src is not None:
+            src.resume()
+
+    @property
+    def reported(self) -> str | None:
+        """The receiver's state last written into the data (None before the first)."""
+        return self._reported
 
     def close(self) -> None:
         """End of input: the receiver stops (its trip ends: trailing fixes are dropped); what
-        it released before goes into the open update, then the state ``gnss down``."""
+        it released before goes into the open update, then the state ``gnss down`` (unless it
+        was paused: that state stays, the receiver was not read anyway)."""
         self._closed = True
         src = self.source
         if src is None:
             return
         src.stop()
         self.poll()
-        # The receiver is no longer read: the twin must not keep showing its last "fix".
-        self._report_state("gnss down", force=True)
+        if self._paused is None:
+            # The receiver is no longer read: the twin must not keep showing its last "fix".
+            self._report_state("gnss down", force=True)
         self.source = None
         log.info(
             "gnss: stopped; %d fixes sent of those the receiver gave (%s; privacy %s)",
@@ -127,13 +159,16 @@ class Location:
         src = self.source
         if src is None:
             return {"state": "off" if self._plan is None else "stopped", "fixes_sent": self.fixes}
-        return {
+        doc: dict[str, Any] = {
             "state": src.state,
             "fixes_sent": self.fixes,
             "dropped": src.dropped,
             "track": dict(src.track.counters),
             "privacy": dict(src.privacy.counters),
         }
+        if self._paused is not None:
+            doc["paused"] = self._paused
+        return doc
 
     # -- following the config in force ---------------------------------------------------------
 
@@ -161,6 +196,8 @@ class Location:
                 log.error("gnss: receiver not opened: %s", "; ".join(err.problems))
                 self._plan, self._states, self._cfg = None, {}, cfg
                 return
+            if self._paused is not None:
+                self.source.pause(self._paused)  # opened while parked: starts paused
             self.source.start()
             self._reported = None
             self._report_from = time.monotonic() + cfg.gnss.down_after

@@ -5,7 +5,8 @@ a silence (both handed over by the pipeline), a stop request, or the next instan
 machine names (a silence or a sag reaching its limit); while parked nothing wakes it more often
 than ``[power] heartbeat`` (the voltage file is read then). At each transition it logs once
 with the reason, writes the state as an event sample into the data, and carries out the
-actions through the parts that own them: the pipeline commits its open batch, the uplink
+actions through the parts that own them: the GNSS receiver is paused (agent.gnss_wiring: not
+read while parked, its trip ended) or read again, the pipeline commits its open batch, the uplink
 publishes the backlog until the deadline and then pauses its link (a clean disconnect, no
 reconnect attempts until the wake) before the modem manager switches the radio to low power,
 and the sleep command runs (agent.sleepcommand: in the background, so a wake is served while
@@ -64,6 +65,7 @@ class PowerController:
         upload: Callable[[float], bool] | None = None,
         modem_power: Callable[[str, bool], bool] | None = None,
         pause_link: Callable[[str | None], None] | None = None,
+        pause_gnss: Callable[[str | None], None] | None = None,
         on_change: Callable[[Transition], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -73,6 +75,7 @@ class PowerController:
         self.upload = upload
         self.modem_power = modem_power
         self.pause_link = pause_link
+        self.pause_gnss = pause_gnss
         self.on_change = on_change
         self.clock = clock
         self.machine = Lifecycle(settings_of(cfg), clock)
@@ -251,6 +254,10 @@ class PowerController:
                 self.pause_link(None)  # the radio is back: connect at once
         elif action is Action.SLEEP:
             self._sleep()
+        elif action is Action.GNSS_OFF and self.pause_gnss is not None:
+            self.pause_gnss("parked" if t.state == PARKED else "low voltage")
+        elif action is Action.GNSS_ON and self.pause_gnss is not None:
+            self.pause_gnss(None)
 
     def _sleep(self) -> None:
         if self.sleeper is not None:

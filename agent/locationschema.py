@@ -4,7 +4,8 @@ A fix becomes ordinary samples of the spime schema (source ``gnss``, consent cat
 ``location``): integer signals with scales chosen so the values a receiver gives survive exactly
 (latitude and longitude in 1e-7 degree, about 1 cm) and the wire format's per-update deltas keep
 them small. ``Vehicle.CurrentLocation.State`` is an event signal with a value table: ``fix``,
-``no fix``, ``gnss down``, ``in privacy zone``, so the twin learns why positions stopped.
+``no fix``, ``gnss down``, ``in privacy zone``, ``paused`` (not read while the car is parked,
+``[power]``), so the twin learns why positions stopped.
 
 Consent: ``location`` puts every signal in the schema; ``coarse_location`` only latitude,
 longitude (snapped to the ``coarse_grid`` by the sampler) and the state; neither, none of them
@@ -23,7 +24,8 @@ from agent.spime import SignalDef
 CATEGORY = "location"
 SOURCE = "gnss"
 STATE_SIGNAL = "Vehicle.CurrentLocation.State"
-STATES = ("fix", "no fix", "gnss down", "in privacy zone")
+# Codes are wire values: new states are appended.
+STATES = ("fix", "no fix", "gnss down", "in privacy zone", "paused")
 STATE_CHOICES = dict(enumerate(STATES))
 QUALITY_CHOICES = {
     0: "invalid",

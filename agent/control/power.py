@@ -2,10 +2,11 @@
 
 Input is a snapshot of what the car says (``PowerInputs``: when each bus last delivered a frame,
 the last ignition value and when it came, the last battery voltage); output is the state with
-its reason and, at each transition, the ordered actions that the caller carries out (commit the
-open batch, upload until a deadline, modem to low or full power, run the sleep command, resume
-input). The state is derived from the inputs each time, never remembered across a restart: an
-agent started in a parked car parks again as soon as the inputs say so.
+its reason and, at each transition, the ordered actions that the caller carries out (pause or
+read the GNSS receiver, commit the open batch, upload until a deadline, modem to low or full
+power, run the sleep command, resume input). The state is derived from the inputs each time,
+never remembered across a restart: an agent started in a parked car parks again as soon as the
+inputs say so.
 
 A new machine has no evidence of a drive: it reports ``parked`` (reason ``started``) and does
 nothing until the inputs decide; that first decision is a transition from ``started`` (the
@@ -49,21 +50,29 @@ class Action(StrEnum):
     MODEM_FULL = "modem_full_power"
     SLEEP = "sleep"  # run the sleep command (or simply wait)
     RESUME = "resume"  # input and uplink back to normal
+    GNSS_OFF = "gnss_off"  # the GNSS receiver paused; its trip ends
+    GNSS_ON = "gnss_on"  # the GNSS receiver read again
 
 
 # What each transition asks for, in the order it must be done.
+# The receiver is paused first (its last fixes go into the commit; a modem's GNSS engine is
+# switched off before the radio) and read again first (a wake's position is wanted at once).
+_PARK = (Action.GNSS_OFF, Action.COMMIT, Action.UPLOAD, Action.MODEM_LOW, Action.SLEEP)
+_CUT = (Action.GNSS_OFF, Action.COMMIT, Action.MODEM_LOW, Action.SLEEP)
+_WAKE = (Action.GNSS_ON, Action.MODEM_FULL, Action.RESUME)
 ACTIONS: dict[tuple[str, str], tuple[Action, ...]] = {
-    (DRIVING, PARKED): (Action.COMMIT, Action.UPLOAD, Action.MODEM_LOW, Action.SLEEP),
-    (DRIVING, LOW_VOLTAGE): (Action.COMMIT, Action.MODEM_LOW, Action.SLEEP),
+    (DRIVING, PARKED): _PARK,
+    (DRIVING, LOW_VOLTAGE): _CUT,
+    # Parked, the receiver is already paused.
     (PARKED, LOW_VOLTAGE): (Action.COMMIT, Action.MODEM_LOW, Action.SLEEP),
-    (PARKED, DRIVING): (Action.MODEM_FULL, Action.RESUME),
-    (LOW_VOLTAGE, DRIVING): (Action.MODEM_FULL, Action.RESUME),
+    (PARKED, DRIVING): _WAKE,
+    (LOW_VOLTAGE, DRIVING): _WAKE,
     # The battery recovered but the car is still parked: it stays asleep.
     (LOW_VOLTAGE, PARKED): (),
     # After a start the radio may still be in the low power a previous run left it in.
-    (STARTED, DRIVING): (Action.MODEM_FULL, Action.RESUME),
-    (STARTED, PARKED): (Action.COMMIT, Action.UPLOAD, Action.MODEM_LOW, Action.SLEEP),
-    (STARTED, LOW_VOLTAGE): (Action.COMMIT, Action.MODEM_LOW, Action.SLEEP),
+    (STARTED, DRIVING): _WAKE,
+    (STARTED, PARKED): _PARK,
+    (STARTED, LOW_VOLTAGE): _CUT,
 }
 
 

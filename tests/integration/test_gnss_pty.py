@@ -9,7 +9,7 @@ from agent.policy.geo import Fix, distance_m
 from agent.policy.privacy import PrivacyFilter
 from agent.policy.track import TrackPolicy, TrackSampler
 from agent.sources.gnss import NmeaSource
-from tests.support.nmea import HOME, assert_private_drive, epoch, position
+from tests.support.nmea import HOME, assert_private_drive, epoch, open_on, position
 from tests.support.wait import wait_for
 
 TALKERS = ("GP", "GN", "GL", "GA", "GB", "BD")
@@ -66,17 +66,6 @@ def test_a_port_that_dies_turns_a_fix_into_gnss_down() -> None:
         os.close(slave)
 
 
-def _open_on(path: str) -> int:
-    """How many file descriptors of this process are open on ``path``."""
-    n = 0
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            n += os.readlink(f"/proc/self/fd/{fd}") == path
-        except OSError:
-            continue  # the listing's own descriptor, gone by now
-    return n
-
-
 def _private_trip(fixes: list[Fix], first: int, last: int) -> None:
     """Fixes of the drive's seconds first..last: in order, none within 500 m of either end."""
     assert fixes and [f.t for f in fixes] == sorted(f.t for f in fixes)
@@ -100,14 +89,14 @@ def test_a_paused_receiver_closes_its_port_ends_the_trip_and_resumes_with_a_new_
     src.start()
     try:
         wait_for(lambda: src.opens == 1, 10, "the port open")
-        assert _open_on(path) == 2  # the fixture's end and the source's
+        assert open_on(path) == 2  # the fixture's end and the source's
         for i in range(60):
             os.write(master, epoch("GN", i, *position(i)))
         wait_for(lambda: src.reader.counters["fixes"] == 60, 20, "the first trip read")
         assert src.state == "fix"
         assert src.pause("parked")
         assert (src.state, src.paused) == ("paused", "parked")
-        assert _open_on(path) == 1  # the port is closed
+        assert open_on(path) == 1  # the port is closed
         # The parked car's trip ended: its trailing fixes, near where it stopped, are dropped.
         assert src.privacy.counters["trip_end"] > 0
         _private_trip(src.take(), 0, 59)

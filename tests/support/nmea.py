@@ -11,6 +11,7 @@ import datetime as dt
 import functools
 import math
 import operator
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,18 @@ def epoch(
     rmc = sentence(f"{talker}RMC,{tod},A,{pos},{knots:.1f},{heading:.1f},{date},,")
     gga = sentence(f"{talker}GGA,{tod},{pos},1,09,0.8,520.0,M,47.0,M,,")
     return rmc + gga
+
+
+def open_on(path: str) -> int:
+    """How many file descriptors of this process are open on ``path`` (a receiver's pty: the
+    test's own end, and the agent's while it reads the port)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}") == path
+        except OSError:
+            continue  # the listing's own descriptor, gone by now
+    return n
 
 
 def north_of(lat0: float, metres: float) -> float:

@@ -34,6 +34,8 @@ class Clock:
 
 IGN = PowerSettings(ignition_on=(1, "Run"), has_ignition=True, park_after=10, park_upload=20)
 NO_IGN = PowerSettings(park_after=10, park_upload=20)
+PARK = (Action.GNSS_OFF, Action.COMMIT, Action.UPLOAD, Action.MODEM_LOW, Action.SLEEP)
+WAKE = (Action.GNSS_ON, Action.MODEM_FULL, Action.RESUME)
 
 
 def machine(s: PowerSettings = IGN) -> tuple[Lifecycle, Clock]:
@@ -78,7 +80,7 @@ def test_a_start_is_parked_and_idle_until_the_inputs_decide() -> None:
     t = m.step(frame(c))
     assert t is not None and (t.previous, t.state, t.reason) == (STARTED, DRIVING, "bus activity")
     # The first decision switches the radio on: a previous run may have left it off.
-    assert t.actions == (Action.MODEM_FULL, Action.RESUME)
+    assert t.actions == WAKE
 
 
 def test_a_start_in_a_parked_car_parks_again_without_waking() -> None:
@@ -86,7 +88,7 @@ def test_a_start_in_a_parked_car_parks_again_without_waking() -> None:
     t = m.step(frame(c, ignition=0, ignition_at=c.t))
     assert t is not None and (t.previous, t.state, t.reason) == (STARTED, PARKED, "ignition off")
     # The box goes back to sleep; the radio is never switched on.
-    assert t.actions == (Action.COMMIT, Action.UPLOAD, Action.MODEM_LOW, Action.SLEEP)
+    assert t.actions == PARK
     assert m.step(frame(c, ignition=0, ignition_at=c.t)) is None
     m, c = machine(NO_IGN)
     empty = PowerInputs(last_frame={"a": None})
@@ -105,14 +107,14 @@ def test_park_actions_in_order_with_upload_deadline() -> None:
     t = m.step(frame(c, ignition=0, ignition_at=c.t))
     assert t is not None and t.state == PARKED and t.previous == DRIVING
     assert t.reason == "ignition off"
-    assert t.actions == (Action.COMMIT, Action.UPLOAD, Action.MODEM_LOW, Action.SLEEP)
+    assert t.actions == PARK
     assert t.upload_deadline == c.t + 20 and t.since == c.t
     # Once per change: the same inputs again change nothing.
     assert m.step(frame(c, ignition=0, ignition_at=c.t)) is None
     c.t += 3
     w = m.step(frame(c, ignition=1, ignition_at=c.t))
     assert w is not None and w.state == DRIVING and w.reason == "ignition on"
-    assert w.actions == (Action.MODEM_FULL, Action.RESUME) and w.upload_deadline is None
+    assert w.actions == WAKE and w.upload_deadline is None
 
 
 def test_all_buses_silent_parks_and_activity_wakes() -> None:
@@ -173,11 +175,11 @@ def test_low_voltage_sag_then_recovery() -> None:
     c.t += 1
     t = m.step(frame(c, volts=11.8))
     assert t is not None and t.state == LOW_VOLTAGE and t.volts == 11.8
-    assert t.actions == (Action.COMMIT, Action.MODEM_LOW, Action.SLEEP)
+    assert t.actions == (Action.GNSS_OFF, Action.COMMIT, Action.MODEM_LOW, Action.SLEEP)
     assert "below 12.2 V for 240 s" in t.reason
     assert m.step(frame(c, volts=12.5)) is None  # hysteresis: not yet resume_volts
     r = m.step(frame(c, volts=12.7))
-    assert r is not None and r.state == DRIVING and r.actions == (Action.MODEM_FULL, Action.RESUME)
+    assert r is not None and r.state == DRIVING and r.actions == WAKE
     assert "back above 12.6 V" in r.reason
 
 
@@ -232,11 +234,13 @@ def test_properties_of_any_input_sequence(seq: list[tuple[float, str, float | No
         # The first decision after the start, then only changes.
         assert t.previous == (before if settled else STARTED) and t.since == c.t
         assert t.state != t.previous and m.settled
-        # Nothing produced is left uncommitted before a sleep.
+        # Nothing produced is left uncommitted before a sleep; the receiver is paused before
+        # (its last fixes are in the commit), unless it already was (parked).
         if Action.SLEEP in t.actions:
-            assert t.actions[0] == Action.COMMIT
+            assert [a for a in t.actions if a != Action.GNSS_OFF][0] == Action.COMMIT
+            assert (Action.GNSS_OFF in t.actions) == (t.previous != PARKED)
         if t.state == DRIVING:
-            assert t.actions == (Action.MODEM_FULL, Action.RESUME)
+            assert t.actions == WAKE
         if t.state == LOW_VOLTAGE:
             assert volts is not None and volts < s.cutoff_volts
         if t.previous == LOW_VOLTAGE:
