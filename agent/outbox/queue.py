@@ -191,10 +191,17 @@ class Outbox:
 
     # -------------------------------------------------------------------------------- uplink
 
-    def next_batch(self, limit: int, exclude: Collection[int] = ()) -> list[OutboxEntry]:
-        """Committed rows not in ``exclude`` and not acked: events oldest first, then telemetry."""
+    def next_batch(
+        self, limit: int, exclude: Collection[int] = (), after: OutboxEntry | None = None
+    ) -> list[OutboxEntry]:
+        """Committed rows not in ``exclude`` and not acked: events oldest first, then telemetry.
+
+        ``after``: only the rows that come after this one (the last of an earlier batch), so
+        that a reader continuing its read passes no row twice. Rows committed since may come
+        before it: the reader reads from the start again when ``generation()`` changed."""
         if limit <= 0:
             return []
+        position = None if after is None else (RANK[after.priority], after.id)
         # The ids to skip are taken before the read: a row whose deletion commits in between
         # is still among them (the committer hides it until its transaction is done).
         with self._read_lock:
@@ -206,7 +213,12 @@ class Outbox:
                     return []
                 skip = committer.hidden()
             skip.update(exclude)
-            return reader.unsent(limit, skip)
+            return reader.unsent(limit, skip, position)
+
+    def generation(self) -> int:
+        """A number that changes whenever a commit adds rows (see ``next_batch``'s ``after``)."""
+        with self._buf_lock:
+            return self._counters.committed
 
     def ack(self, ids: Iterable[int]) -> None:
         """The broker has these: delete them (batched, committed within a few ms)."""

@@ -90,10 +90,16 @@ class Table:
                 counters.bytes[rank] = (size or 0) + n * ROW_OVERHEAD
         return counters
 
-    def unsent(self, limit: int, skip: set[int]) -> list[OutboxEntry]:
+    def unsent(
+        self, limit: int, skip: set[int], after: tuple[int, int] | None = None
+    ) -> list[OutboxEntry]:
         """Up to ``limit`` rows whose ids are not in ``skip``: events oldest first, then
-        telemetry."""
-        # The id scan reads only the (rank, id) index; payloads are fetched for the chosen.
+        telemetry; with ``after`` (a row's rank and id), only the rows that come after it."""
+        if after is not None:
+            return self._unsent_after(limit, skip, after)
+        # From the start, the acked rows not yet deleted and the rows in flight come first: the
+        # id scan reads only the (rank, id) index to pass them; payloads are fetched for the
+        # chosen.
         ids: list[int] = []
         cur = self._conn.execute("SELECT id FROM outbox ORDER BY rank, id")
         for (rid,) in cur:
@@ -109,6 +115,29 @@ class Table:
             for rid, rank, created, payload in self._conn.execute(sql, chunk):
                 rows[rid] = OutboxEntry(rid, PRIORITY[rank], created, payload)
         return [rows[i] for i in ids]
+
+    def _unsent_after(
+        self, limit: int, skip: set[int], after: tuple[int, int]
+    ) -> list[OutboxEntry]:
+        # A reader continuing its read has the rows it skips behind it: one pass over the index
+        # range, each row's payload read as it comes, and no id list. Two statements, because
+        # SQLite seeks a row value ``(rank, id) > (?, ?)`` by ``rank`` alone.
+        rank, last = after
+        out: list[OutboxEntry] = []
+        for sql, args in (
+            ("WHERE rank = ? AND id > ? ORDER BY id", (rank, last)),
+            ("WHERE rank > ? ORDER BY rank, id", (rank,)),
+        ):
+            cur = self._conn.execute(f"SELECT id, rank, created, payload FROM outbox {sql}", args)
+            for rid, r, created, payload in cur:
+                if rid not in skip:
+                    out.append(OutboxEntry(rid, PRIORITY[r], created, payload))
+                    if len(out) >= limit:
+                        break
+            cur.close()
+            if len(out) >= limit:
+                break
+        return out
 
     def page(self, after: int) -> list[OutboxEntry]:
         """The next ``CHUNK`` rows with an id above ``after``, by id."""

@@ -42,6 +42,9 @@ log = logging.getLogger("agent.uplink")
 # Rows are read from the outbox a few windows at a time and published from memory as PUBACKs
 # free the window: one SQLite read per many messages, not one per PUBACK. The read-ahead is
 # short-lived so that new events and purged rows are noticed within a fraction of a second.
+# Each read continues after the last row read, unless rows were committed since (a new event
+# sorts before it): passing again the rows in flight and those acked but not yet deleted, a
+# read from the start would cost more than the rows it reads.
 _PREFETCH_WINDOWS = 4
 _PREFETCH_MAX_AGE = 0.25
 IDLE_WAIT = 0.5
@@ -52,7 +55,10 @@ MessageHandler = Callable[[str, bytes, Any], None]
 
 
 class OutboxLike(Protocol):
-    def next_batch(self, limit: int, exclude: Collection[int] = ()) -> list[Any]: ...
+    def next_batch(
+        self, limit: int, exclude: Collection[int] = (), after: Any = None
+    ) -> list[Any]: ...
+    def generation(self) -> int: ...
     def ack(self, ids: Iterable[int]) -> None: ...
     def wait_for_data(self, timeout: float) -> bool: ...
 
@@ -113,6 +119,10 @@ class Session:
         self._to_ack: list[int] = []
         self._prefetch: deque[Any] = deque()
         self._prefetch_at = 0.0
+        # Where the next read continues: the last row read while all before it were published
+        # (None: from the start), and the outbox's generation when reading began from the start.
+        self._read_last: Any = None
+        self._read_generation = -1
         self._oversize: set[int] = set()
         self._paused_until = 0.0
         self._refusal = Backoff(cfg.reconnect_min, cfg.reconnect_max)
@@ -226,14 +236,13 @@ class Session:
         before trying again when held back by a refusal pause or the rate limit)."""
         now = self._clock()
         if now < self._paused_until:
-            self._prefetch.clear()
+            self._drop_prefetch()
             return False, self._paused_until - now
         if self._free() <= 0:
             return False, None
         if not self._prefetch or now - self._prefetch_at > _PREFETCH_MAX_AGE:
-            self._prefetch.clear()
-            exclude = set(self.in_flight.values()) | self._oversize
-            batch = self._outbox.next_batch(self.window * _PREFETCH_WINDOWS, exclude=exclude)
+            self._drop_prefetch()
+            batch = self._read_ahead()
             if not batch:
                 if not (self.in_flight or self.ctrl_in_flight or self.ctrl):
                     self._counters.saw_drained(iteration)
@@ -268,6 +277,24 @@ class Session:
                 self._counters.add(bytes_sent=sent_bytes, published=published)
                 self._report_in_flight()
         return bool(published), None
+
+    def _drop_prefetch(self) -> None:
+        if self._prefetch:
+            self._prefetch.clear()
+            self._read_last = None  # rows before the last one read were not published
+
+    def _read_ahead(self) -> list[Any]:
+        exclude = set(self.in_flight.values()) | self._oversize
+        limit = self.window * _PREFETCH_WINDOWS
+        generation = self._outbox.generation()
+        batch: list[Any] = []
+        if self._read_last is not None and generation == self._read_generation:
+            batch = self._outbox.next_batch(limit, exclude=exclude, after=self._read_last)
+        if not batch:
+            batch = self._outbox.next_batch(limit, exclude=exclude)
+            self._read_generation = generation
+        self._read_last = batch[-1] if batch else None
+        return batch
 
     def _skip_oversize(self, row_id: int, size: int) -> None:
         # Sending it would make the broker drop the connection, again and again: leave the row
@@ -347,6 +374,7 @@ class Session:
     def _refused_row(self, row_id: int, reason_code: Any) -> None:
         self._counters.add(refused=1)
         self._counters.set(last_error=f"publish refused by broker: {reason_code}")
+        self._read_last = None  # the row is to be sent again: the next read starts over
         now = self._clock()
         if now >= self._paused_until:
             # Refusals (e.g. an ACL) usually hit every row: pause all data, never a hot loop.

@@ -136,6 +136,26 @@ def test_events_go_first_and_are_not_held_back_by_drain_rate(
     assert outbox.stats().rows > 0
 
 
+def test_an_event_overtakes_a_backlog_read_ahead_in_pieces(
+    mosquitto: Mosquitto, outbox: Outbox
+) -> None:
+    # Fast enough that the read-ahead never grows stale (each read continues after the last),
+    # slow enough that the backlog takes seconds: the event committed meanwhile must still be
+    # the next row read, not the one after the backlog.
+    telemetry = put_rows(outbox, 0, 3000)
+    up = make_uplink(mqtt_cfg(mosquitto, drain_rate=500.0), outbox)
+    with Subscriber(mosquitto, DATA) as sub:
+        up.start()
+        assert sub.wait_for(lambda m: len(m) >= 100, WAIT)
+        event = put_rows(outbox, 9000, 1, priority="event")
+        assert sub.wait_for(has_all(event), WAIT)
+        seen = first_seen(sub.messages)
+        at = seen.index(event[0])
+        assert at < 1500  # 500 rows/s after a burst of 500: the event waited under two seconds
+        assert seen[:at] == telemetry[:at]
+        up.stop(0.2)
+
+
 def test_birth_status_schema_and_clean_stop(mosquitto: Mosquitto, outbox: Outbox) -> None:
     up = make_uplink(
         mqtt_cfg(mosquitto), outbox, status=lambda: {"modem": "sim-a", "state": "bogus"}

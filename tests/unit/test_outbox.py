@@ -142,6 +142,57 @@ def test_next_batch_honours_limit_and_exclude(box: Outbox) -> None:
     assert box.next_batch(0) == []
 
 
+def test_next_batch_continues_after_a_row_in_the_same_order(box: Outbox) -> None:
+    for i, prio in enumerate(["telemetry", "event", "telemetry", "event", "telemetry"]):
+        box.put(f"{prio[0]}{i}".encode(), prio)
+    box.flush()
+    first = box.next_batch(1)
+    assert payloads(first) == [b"e1"]
+    # From an event into the telemetry, skipping what the reader excludes.
+    t2 = box.next_batch(10)[3]
+    assert payloads(box.next_batch(10, exclude={t2.id}, after=first[0])) == [b"e3", b"t0", b"t4"]
+    last = box.next_batch(10)[-1]
+    assert box.next_batch(10, after=last) == []
+
+
+def test_generation_changes_when_a_commit_adds_rows(box: Outbox) -> None:
+    before = box.generation()
+    box.put(b"t0")
+    assert box.generation() == before  # buffered, not committed
+    box.flush()
+    after_telemetry = box.generation()
+    assert after_telemetry != before
+    (t0,) = box.next_batch(10)
+    # An event committed now sorts before the telemetry a reader has passed: only the changed
+    # generation tells that reader to start over.
+    box.put(b"e1", "event")
+    box.flush()
+    assert box.generation() != after_telemetry
+    assert box.next_batch(10, after=t0) == []
+    assert payloads(box.next_batch(10)) == [b"e1", b"t0"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.booleans(), max_size=40),
+    st.integers(min_value=1, max_value=7),
+    st.sets(st.integers(min_value=0, max_value=39)),
+)
+def test_reading_on_after_the_last_row_equals_one_read(
+    events: list[bool], step: int, excluded: set[int]
+) -> None:
+    with tempfile.TemporaryDirectory() as d, make(Path(d) / "o.db", commit_interval=600) as ob:
+        for i, is_event in enumerate(events):
+            ob.put(bytes([i]), "event" if is_event else "telemetry")
+        ob.flush()
+        skip = {e.id for e in drain(ob) if e.payload[0] in excluded}
+        whole = ob.next_batch(1000, exclude=skip)
+        pieces: list[OutboxEntry] = []
+        while batch := ob.next_batch(step, exclude=skip, after=pieces[-1] if pieces else None):
+            pieces.extend(batch)
+        assert pieces == whole
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.booleans(), st.binary(max_size=40)), max_size=40))
 def test_order_property(items: list[tuple[bool, bytes]]) -> None:
