@@ -5,8 +5,9 @@ frames, kernel timestamps); this module only reads the socket it made (``bus.soc
 than python-can's ``recv``, which costs per frame a ``select``, a ``recvmsg`` (in which CPython
 looks up the interface name with an ioctl) and a ``Message``. Here one ``poll`` waits for a
 frame and one ``recvmmsg(2)`` call takes up to ``size`` frames with their kernel receive times
-(SO_TIMESTAMPNS); while frames keep coming, the reader sleeps out a window (``WINDOW``) between
-calls instead of waking for each frame. The frames are parsed by ``struct`` into ``Frame``
+(SO_TIMESTAMPNS); after a call that took frames, the reader sleeps out a window (``WINDOW``)
+before the next instead of waking for each frame, and it calls ``recvmmsg`` only when ``poll``
+says something is there. The frames are parsed by ``struct`` into ``Frame``
 tuples that carry the attributes the pipeline reads of a python-can ``Message``. The same
 batched receive serves other SocketCAN datagram sockets (``record``: the largest datagram, and
 ``unpack`` with the caller's layout): agent.sources.bcm reads CAN_BCM notifications with it,
@@ -153,7 +154,6 @@ class BatchReader:
         self._control_view = memoryview(self._control).cast("B")
         self._hdr_view = memoryview(self._hdrs).cast("B")
         self._last = 0.0
-        self._flowing = False
         self._others = False
 
     @classmethod
@@ -171,8 +171,7 @@ class BatchReader:
         return cls(sock, size=size, window=window)
 
     def watch(self, fd: int) -> None:
-        """Wake for ``fd`` too: when it is readable, ``receive`` lists it in ``ready`` (while
-        datagrams keep coming it is looked at once per window)."""
+        """Wake for ``fd`` too: when it is readable, ``receive`` lists it in ``ready``."""
         self._poll.register(fd, select.POLLIN)
         self._others = True
 
@@ -187,26 +186,23 @@ class BatchReader:
         """Wait up to ``timeout`` seconds for a datagram (or a watched socket), then receive
         every datagram waiting (up to ``size``) into the buffers; returns how many, which
         ``unpack`` reads. Raises as ``read``."""
-        if self._flowing:
-            # Datagrams came at the last call: rather than wake for each new one, sleep out the
-            # window and take what gathered meanwhile (a busy bus costs one wake per window).
-            wait = self._last + self.window - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            if self._others:
-                self.ready = [fd for fd, _ in self._poll.poll(0) if fd != self._fd]
-        else:
-            events = self._poll.poll(max(0, int(timeout * 1000)))
-            if self._others:
-                self.ready = [fd for fd, _ in events if fd != self._fd]
-                if len(self.ready) == len(events):
-                    return 0
-            elif not events:
+        # Datagrams came at the last call: rather than wake for each new one, sleep out the
+        # window and take what gathered meanwhile (a busy bus costs one wake per window); the
+        # poll that follows then returns at once, and only a pause blocks in it.
+        wait = self._last + self.window - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+            timeout -= wait
+        events = self._poll.poll(max(0, int(timeout * 1000)))
+        if self._others:
+            self.ready = [fd for fd, _ in events if fd != self._fd]
+            if len(self.ready) == len(events):
                 return 0
+        elif not events:
+            return 0
         n = _RECVMMSG(self._fd, self._hdrs_at, self.size, MSG_DONTWAIT, None)
         # A full batch leaves more waiting: take it at once next time.
-        self._last = 0.0 if n == self.size else time.monotonic()
-        self._flowing = n > 0
+        self._last = 0.0 if n <= 0 or n == self.size else time.monotonic()
         if n <= 0:
             err = ctypes.get_errno()
             if n == 0 or err in (errno.EAGAIN, errno.EINTR):
