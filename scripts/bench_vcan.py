@@ -158,22 +158,28 @@ class Agent:
     def pipeline(self) -> dict[str, int]:
         return dict(self.counters().get("pipeline", {}))
 
-    def wait_counted(self, frames: int, timeout: float = 120.0) -> dict[str, int]:
+    def wait_counted(self, frames: int, timeout: float = 120.0) -> tuple[dict[str, int], int]:
         """Wait until the agent has counted ``frames`` more frames (received or dropped) than
-        it had, or until its counts stop moving; return its counters."""
+        it had, or until its counts stop moving; return its counters and its CPU time when
+        they last moved. With CAN_BCM fewer frames than the filters pass reach the agent, so
+        its counts stop short: the idle seconds spent seeing that they stopped are not its
+        work on the replay."""
         deadline = time.monotonic() + timeout
-        last, still = -1, 0
+        last, still, cpu = -1, 0, cpu_ns(self.proc.pid)
         while time.monotonic() < deadline:
             p = self.pipeline()
             seen = p.get("frames", 0) + p.get("dropped_frames", 0)
             if seen >= frames:
-                return p
-            still = still + 1 if seen == last else 0
+                return p, cpu_ns(self.proc.pid)
+            if seen == last:
+                still += 1
+            else:
+                still, cpu = 0, cpu_ns(self.proc.pid)
             if still > 4 * STATUS_INTERVAL / 0.05:  # four status writes without progress
-                return p
+                return p, cpu
             last = seen
             time.sleep(0.05)
-        return self.pipeline()
+        return self.pipeline(), cpu_ns(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -216,8 +222,8 @@ def measure(agent: Agent, dump: subprocess.Popen[bytes], log: Path, frames: int)
     base = before.get("frames", 0) + before.get("dropped_frames", 0)
     a0, c0 = cpu_ns(agent.proc.pid), cpu_ns(dump.pid)
     seconds = replay(log)
-    after = agent.wait_counted(base + frames)
-    a1, c1 = cpu_ns(agent.proc.pid), cpu_ns(dump.pid)
+    after, a1 = agent.wait_counted(base + frames)
+    c1 = cpu_ns(dump.pid)
     total = log_frames(log)
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if isinstance(after[k], int)}
     return Round((a1 - a0) / total, (c1 - c0) / total, total / seconds, delta)
@@ -284,7 +290,7 @@ def rate_section(drive: Drive, work: Path, speeds: list[float], extra: str):
             before = agent.pipeline()
             progress(f"replay rate: {speed:g}x, {total:,} frames")
             seconds = replay(log)
-            after = agent.wait_counted(
+            after, _ = agent.wait_counted(
                 before.get("frames", 0) + before.get("dropped_frames", 0) + passing
             )
             got = after.get("frames", 0) - before.get("frames", 0)

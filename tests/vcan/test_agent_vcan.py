@@ -66,13 +66,22 @@ def test_kernel_filters_and_can_fd_on_vcan(
     assert stats.decoded == 2 and stats.unselected == 0
 
 
+@pytest.mark.parametrize("mode", ["off", "bcm"])
 def test_link_down_is_reported_and_recovery_is_automatic(
-    tmp_path: Path, scratch_vcan, open_bus
+    tmp_path: Path, scratch_vcan, open_bus, mode: str
 ) -> None:
     from tests.vcan.conftest import run_ip
 
     name = scratch_vcan.name
-    cfg = _config(tmp_path, name, fd=False, silent_after=0.3, reopen_min=0.1, reopen_max=0.2)
+    cfg = _config(
+        tmp_path,
+        name,
+        fd=False,
+        silent_after=0.3,
+        reopen_min=0.1,
+        reopen_max=0.2,
+        change_detection=mode,
+    )
     with Running(cfg) as run:
         states = run.agent.pipeline.source_states
         # Nothing is sent yet: after silent_after (0.3 s) an open link with no traffic is
