@@ -56,7 +56,7 @@ def check_broker(cfg: Config, timeout: float = BROKER_TIMEOUT) -> BrokerCheck:
         protocol=mqtt.MQTTv5 if m.protocol == "5" else mqtt.MQTTv311,
     )
     paho_log = PahoLog(log)
-    client.on_log = paho_log
+    client.enable_logger(paho_log)
     client.connect_timeout = timeout
     client.tls_set_context(tls_context(tls))
     if m.username is not None:

@@ -134,7 +134,7 @@ class Session:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message_cb
-        client.on_log = paho_log
+        client.enable_logger(paho_log)
 
     # ---- connecting --------------------------------------------------------------------------
 
