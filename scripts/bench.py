@@ -1391,6 +1391,21 @@ def _per_thread(before: dict[int, int], after: dict[int, int], scale: float) -> 
     return ", ".join(f"{name} {r:.0f}" for r, name in busy) or "none"
 
 
+def _parked_window(window: float, bench_threads: set[int]) -> tuple[float, str, float]:
+    """Over ``window`` seconds: wake-ups per minute of this process's threads but the bench's
+    own (``bench_threads``), the same per thread, and the process's CPU seconds per hour (the
+    calling thread's left out)."""
+    pid = os.getpid()
+    before, cpu0 = _ctx_switches(pid, bench_threads), time.thread_time()
+    proc0 = time.process_time()
+    time.sleep(window)
+    after = _ctx_switches(pid, bench_threads)
+    wakes = (sum(after.values()) - sum(before.values())) * 60.0 / window
+    by_thread = _per_thread(before, after, 60.0 / window)
+    cpu_h = (time.process_time() - proc0 - (time.thread_time() - cpu0)) * 3600.0 / window
+    return wakes, by_thread, cpu_h
+
+
 def _ready_seconds(work: Path) -> tuple[float, float]:
     """Start of `spime-agent run` (a subprocess, the demo config publishing to a local port
     with nothing listening) -> READY=1 on its NOTIFY_SOCKET: wall seconds, and the CPU seconds
@@ -1505,14 +1520,7 @@ def bench_power(plan: Plan, report: Report, port: int, work: Path) -> None:
         if not wait_until(paused, 60):
             raise BenchError("the agent did not park and pause its link within 60 s")
         time.sleep(3.0)
-        pid = os.getpid()
-        before, cpu0 = _ctx_switches(pid, bench_threads), time.thread_time()
-        proc0 = time.process_time()
-        time.sleep(window)
-        after = _ctx_switches(pid, bench_threads)
-        wakes = (sum(after.values()) - sum(before.values())) * 60.0 / window
-        by_thread = _per_thread(before, after, 60.0 / window)
-        cpu_h = (time.process_time() - proc0 - (time.thread_time() - cpu0)) * 3600.0 / window
+        wakes, by_thread, cpu_h = _parked_window(window, bench_threads)
     finally:
         car.shutdown()
         agent.request_stop()
@@ -1538,6 +1546,130 @@ def bench_power(plan: Plan, report: Report, port: int, work: Path) -> None:
         "`acked` counter rising (its MQTT link paused while parked, so the reconnect counts); "
         f"wake-ups from /proc/self/task/*/status over {window:.0f} s parked, the bench's own "
         f"threads left out; per thread and minute: {by_thread}. "
+        f"Load average at the end: {os.getloadavg()[0]:.1f}.",
+    )
+
+
+def bench_power_gnss(plan: Plan, report: Report, port: int, work: Path) -> None:
+    """Parked with a GNSS receiver (``[gnss]``): an NMEA pseudo-terminal the bench feeds at 1 Hz
+    like a receiver, which goes on talking while the car is parked. Measured: wake-ups per
+    minute parked (as in bench_power), the sentences the agent read while parked (none: the
+    receiver is paused, its port closed), and from the wake's frame to the port open again and
+    to the first fix read."""
+    import tty
+
+    from tests.support.nmea import epoch, position
+
+    progress("lifecycle with a GNSS receiver")
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    # A receiver nobody reads fills the pty's buffer; what it cannot write is lost, as on a
+    # serial line.
+    os.set_blocking(master, False)
+    channel = f"power-gnss-{uuid.uuid4().hex[:8]}"
+    cfg = write_config(
+        work / "power-gnss.toml",
+        [{"name": "car", "interface": "virtual", "channel": channel, "dbc": [str(DEMO_DBC)]}],
+        mqtt_port=port,
+        outbox=work / "power-gnss-outbox.db",
+        extra=(
+            "[power]\npark_after = 1\npark_upload = 2\nheartbeat = 60\n"
+            f"[gnss]\nport = {json.dumps(os.ttyname(slave))}\n"
+        ),
+    )
+    agent = Agent(cfg, prepare(cfg), dry_run=False)
+    bench_threads = {threading.get_native_id()}
+    stop = threading.Event()
+    feeder_cpu = [0.0]  # the writer's own CPU seconds, left out of the agent's
+
+    def feed() -> None:
+        bench_threads.add(threading.get_native_id())
+        second = 0
+        while not stop.wait(1.0):
+            with contextlib.suppress(BlockingIOError):
+                os.write(master, epoch("GN", second, *position(second)))
+            second += 1
+            feeder_cpu[0] = time.thread_time()
+
+    def gnss() -> Any:
+        src = agent.location.source if agent.location is not None else None
+        if src is None:
+            raise BenchError("the GNSS receiver was not opened")
+        return src
+
+    def doc(part: str) -> dict[str, Any]:
+        return agent.status()[part]  # type: ignore[no-any-return]
+
+    def door() -> None:
+        car.send(can.Message(arbitration_id=DOORS_ID, data=bytes(8), is_extended_id=False))
+
+    def driving_with_fix() -> bool:
+        door()  # the car drives while its frames come
+        return doc("power")["state"] == "driving" and doc("gnss")["state"] == "fix"
+
+    def parked() -> bool:
+        link = agent.uplink is not None and agent.uplink.stats().paused
+        return doc("power")["state"] == "parked" and link and doc("gnss")["state"] == "paused"
+
+    runner = threading.Thread(target=agent.run, daemon=True)
+    feeder = threading.Thread(target=feed, name="bench-receiver", daemon=True)
+    runner.start()
+    feeder.start()
+    car = can.Bus(interface="virtual", channel=channel, ignore_config=True)
+    window = 15.0 if plan.quick else 60.0
+    try:
+        if not wait_until(driving_with_fix, 60, interval=0.2):
+            raise BenchError("no GNSS fix while driving within 60 s")
+        if not wait_until(parked, 60):
+            raise BenchError("the agent did not park, pause its link and its receiver in 60 s")
+        time.sleep(3.0)
+        read0, opens0 = gnss().reader.counters["sentences"], gnss().opens
+        cpu0 = feeder_cpu[0]
+        wakes, by_thread, cpu_h = _parked_window(window, bench_threads)
+        cpu_h -= (feeder_cpu[0] - cpu0) * 3600.0 / window
+        read = gnss().reader.counters["sentences"] - read0
+        fixes0 = gnss().reader.counters["fixes"]
+        t = time.monotonic()
+        door()
+        if not wait_until(lambda: gnss().opens > opens0, 30, interval=0.002):
+            raise BenchError("the GNSS port was not opened again within 30 s of the wake")
+        opened = time.monotonic() - t
+        if not wait_until(lambda: gnss().reader.counters["fixes"] > fixes0, 30, interval=0.005):
+            raise BenchError("no fix read within 30 s of the wake")
+        fixed = time.monotonic() - t
+    finally:
+        stop.set()
+        car.shutdown()
+        agent.request_stop()
+        runner.join(15)
+        feeder.join(5)
+        os.close(master)
+        os.close(slave)
+    report.verdict(
+        "parked with a GNSS receiver (NMEA pty talking at 1 Hz): wake-ups per minute; "
+        "sentences read while parked",
+        "<= 60; none",
+        f"{wakes:.0f}/min over {window:.0f} s; {read} read",
+        wakes <= 60 and read == 0,
+    )
+    report.verdict(
+        "parked with a GNSS receiver: CPU seconds per hour (process, the bench's writer left out)",
+        "",
+        f"{cpu_h:.1f} s/h",
+        None,
+    )
+    report.verdict(
+        "wake (first frame after parking) -> GNSS port open again / first fix read",
+        "",
+        f"{opened * 1000:.0f} ms / {fixed * 1000:.0f} ms (the receiver talks once a second)",
+        None,
+    )
+    report.section(
+        "Lifecycle with a GNSS receiver",
+        "The lifecycle's agent with `[gnss]` on a pseudo-terminal the bench writes an NMEA epoch "
+        "(RMC and GGA) to every second, parked as soon as the frames stop; "
+        f"wake-ups over {window:.0f} s parked, the bench's threads (the receiver's writer "
+        f"included) left out; per thread and minute: {by_thread}. "
         f"Load average at the end: {os.getloadavg()[0]:.1f}.",
     )
 
@@ -1579,6 +1711,7 @@ def run(plan: Plan, work: Path) -> Report:
         bench_capture_latency(plan, report, frames, port, work)
         bench_commands(plan, report, port, work)
         bench_power(plan, report, port, work)
+        bench_power_gnss(plan, report, port, work)
     run_location(plan, report, work)
     report.sections += run_vcan(plan).sections
     return report
@@ -1638,6 +1771,7 @@ def run_power_only(plan: Plan, work: Path) -> Report:
     broker = Mosquitto(work / "broker", log_types=("error", "warning", "notice", "information"))
     with broker:
         bench_power(plan, report, broker.port, work)
+        bench_power_gnss(plan, report, broker.port, work)
     return report
 
 
