@@ -2,7 +2,8 @@
 
 ``Location`` is polled by the pipeline at every turn of its loop (agent.pipeline ``inputs``):
 it takes the fixes the receiver released (zones, sampling and trip ends were applied on the
-receiver's own thread, before anything here: what is taken may be stored) and offers their
+receiver's own thread, before anything here: what is taken may be stored; the receiver's feed,
+agent.feed, wakes the pipeline, so a quiet bus does not hold a fix back) and offers their
 values to the pipeline's sampler as the schema's location signals, through the same
 ``coarse_location`` grid as CAN positions. The receiver's state becomes an event sample of
 ``Vehicle.CurrentLocation.State`` when it changes, so a dead receiver or a privacy zone is
@@ -162,7 +163,7 @@ class Location:
         doc: dict[str, Any] = {
             "state": src.state,
             "fixes_sent": self.fixes,
-            "dropped": src.dropped,
+            "dropped": src.fixes.dropped,
             "track": dict(src.track.counters),
             "privacy": dict(src.privacy.counters),
         }
@@ -196,6 +197,7 @@ class Location:
                 log.error("gnss: receiver not opened: %s", "; ".join(err.problems))
                 self._plan, self._states, self._cfg = None, {}, cfg
                 return
+            self.source.fixes.wake = p.wake
             if self._paused is not None:
                 self.source.pause(self._paused)  # opened while parked: starts paused
             self.source.start()

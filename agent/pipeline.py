@@ -50,8 +50,10 @@ _CAN_ERR_BUSOFF = 0x40
 
 
 class Input(Protocol):
-    """A source other than the buses (agent.gnss_wiring): polled in the pipeline's thread at
-    every turn (it may offer values to ``sampler``), closed when the input ends."""
+    """A source other than the buses (agent.gnss_wiring, agent.diag.wiring): polled in the
+    pipeline's thread at every turn (it may offer values to ``sampler`` or write samples),
+    closed when the input ends. Its own threads hand values over through an agent.feed.Feed,
+    which wakes the loop (``wake``)."""
 
     def poll(self) -> None: ...
 
@@ -226,9 +228,7 @@ class Pipeline:
         with self._reload_lock:
             self._reload = (cfg, catalog)
             self._reloads_requested += 1
-        # A loop blocked while parked takes it up now, not at the end of its wait.
-        with contextlib.suppress(queue.Full):
-            self.queue.put_nowait((-1, None))
+        self.wake()  # a loop blocked while parked takes it up now, not at the end of its wait
 
     def wait_reloaded(self, timeout: float) -> bool:
         """Wait until every reload requested so far has been applied, the update open under
@@ -277,8 +277,13 @@ class Pipeline:
     def stop(self) -> None:
         """Ask the pipeline to finish: sources stop, held values are flushed."""
         self.stop_event.set()
+        self.wake()  # a loop blocked while parked sees it at once
+
+    def wake(self) -> None:
+        """Thread-safe: a loop blocked waiting for frames (parked, or on a quiet bus) turns now
+        (a full queue means it turns anyway)."""
         with contextlib.suppress(queue.Full):
-            self.queue.put_nowait((-1, None))  # a loop blocked while parked sees it at once
+            self.queue.put_nowait((-1, None))
 
     def set_idle(self, timeout: float | None) -> None:
         """Parked (``timeout``: the longest block of the loop) or running (None): while parked
@@ -291,12 +296,12 @@ class Pipeline:
             src.idle_recv = IDLE_RECV if timeout is None else min(timeout, IDLE_RECV_PARKED)
         # A loop blocked for the parked timeout must take up the running one now: an update
         # opened by the wake's first frames is due long before the parked timeout ends.
-        with contextlib.suppress(queue.Full):
-            self.queue.put_nowait((-1, None))
+        self.wake()
 
     def call_soon(self, fn: Callable[[], None]) -> None:
         """Thread-safe: run ``fn`` in the pipeline's thread at its next turn (the builder and
-        the sampler belong to that thread). At most 64 wait; the oldest is dropped beyond."""
+        the sampler belong to that thread): work, such as the lifecycle's commit; values come
+        through inputs (``Input``). At most 64 wait; the oldest is dropped beyond."""
         with self._calls_lock:
             if self._calls_ended:
                 # Nothing else uses the builder any more (the end of a replay): at once.
@@ -305,9 +310,7 @@ class Pipeline:
             if len(self._calls) == self._calls.maxlen:
                 self.dropped_calls += 1
             self._calls.append(fn)
-        # Wakes a blocked loop; a full queue means the loop turns anyway.
-        with contextlib.suppress(queue.Full):
-            self.queue.put_nowait((-1, None))
+        self.wake()
 
     def commit(self) -> None:
         """In the pipeline's thread: send what is held and close the open update."""
@@ -338,8 +341,8 @@ class Pipeline:
         self.builder.flush()
 
     def write_samples(self, samples: list[tuple[int, int, int | float]], event: bool) -> None:
-        """In the pipeline's thread: samples of a source beside the buses (diagnostics), ids
-        of the schema in force; events are sent at once."""
+        """In the pipeline's thread: samples of an input (diagnostics), ids of the schema in
+        force; events are sent at once."""
         self._collect()
         self.builder.add(samples, event, self.now)
         if event:

@@ -1,25 +1,23 @@
 """Diagnostics in the running agent: one poller per ``[[diagnostics]]`` section, its readings
 handed to the pipeline, its state in the status, DTC reads on command.
 
-The pollers' threads never touch the pipeline's state: readings wait in one bounded queue
-(``queue`` readings per section; beyond, the oldest are dropped and counted) and the pipeline's
-thread takes them at its next turn, looks up each signal's id under the schema in force (a
-signal whose consent was revoked by a reload is no longer there: its readings are skipped and
-counted) and writes them like any sample (DTCs as events, sent at once). A poller asks
-nothing while the lifecycle (agent.lifecycle) is not ``driving`` or its bus is not up.
+The pollers' threads never touch the pipeline's state: readings wait in one feed (agent.feed:
+``queue`` readings per section; beyond, the oldest are dropped and counted), which wakes the
+pipeline; its thread takes them at its next turn (``poll``, an input of the pipeline), looks
+up each signal's id under the schema in force (a signal whose consent was revoked by a reload
+is no longer there: its readings are skipped and counted) and writes them like any sample
+(DTCs as events, sent at once). A poller asks nothing while the lifecycle (agent.lifecycle)
+is not ``driving`` or its bus is not up.
 
 Consent follows the config in force without a restart (``Asking``): a revocation stops the
 requests of its category as soon as the daemon decided it (``consent_decided``, before the
 change is acknowledged); a grant starts them when the pipeline's schema has the category's
-signals (``poll``, an input of the pipeline), so no first reading (a DTC that is set) is
-skipped. It does not poll (agent.diag.poller) nor decide the schema (agent.diag.signals,
-agent.catalog).
+signals (``poll``), so no first reading (a DTC that is set) is skipped. It does not poll
+(agent.diag.poller) nor decide the schema (agent.diag.signals, agent.catalog).
 """
 
 from __future__ import annotations
 
-import collections
-import threading
 from typing import Any, Protocol
 
 from agent.config import Config
@@ -27,6 +25,7 @@ from agent.control.power import DRIVING
 from agent.diag.client import Asking
 from agent.diag.poller import DiagPoller, Reading
 from agent.diag.signals import DTC_CATEGORY
+from agent.feed import Feed
 
 
 class PipelineLike(Protocol):
@@ -34,7 +33,7 @@ class PipelineLike(Protocol):
     catalog: Any
     sources: Any
 
-    def call_soon(self, fn: Any) -> None: ...
+    def wake(self) -> None: ...
     def write_samples(self, samples: list[tuple[int, int, int | float]], event: bool) -> None: ...
 
 
@@ -43,12 +42,9 @@ class Diagnostics:
         self.cfg = cfg
         self.pipeline = pipeline
         self.power = power
-        self._queue: collections.deque[Reading] = collections.deque(
-            maxlen=sum(d.queue for d in cfg.diagnostics)
+        self.readings: Feed[Reading] = Feed(
+            sum(d.queue for d in cfg.diagnostics), wake=pipeline.wake
         )
-        self._lock = threading.Lock()
-        self._scheduled = False
-        self.dropped = 0
         self.skipped = 0
         names = [b.name for b in cfg.bus]
         prefix = len(cfg.diagnostics) > 1
@@ -59,7 +55,7 @@ class Diagnostics:
                 d,
                 cfg.bus[names.index(d.bus)],
                 prefix=f"{d.bus}/" if prefix else "",
-                emit=self._emit,
+                emit=self.readings.put,
                 gate=self._gate_of(names.index(d.bus)),
                 asking=self.asking,
             )
@@ -78,7 +74,7 @@ class Diagnostics:
     def status(self) -> dict[str, Any]:
         doc: dict[str, Any] = {p.bus_cfg.name: p.status() for p in self.pollers}
         for p in self.pollers:
-            doc[p.bus_cfg.name]["dropped"] = self.dropped
+            doc[p.bus_cfg.name]["dropped"] = self.readings.dropped
         if self.skipped:
             doc["skipped"] = self.skipped
         return doc
@@ -102,9 +98,14 @@ class Diagnostics:
         if catalog is not self._catalog:
             self._catalog = catalog
             self.asking.in_force(_granted(self.pipeline.cfg))
+        readings = self.readings.take()
+        if readings:
+            self._write(readings)
 
     def close(self) -> None:
-        """The pollers are stopped by their owner (agent.daemon), after the pipeline."""
+        """End of input: what was read goes into the last updates (the pollers are stopped by
+        their owner, agent.daemon, after the pipeline)."""
+        self.poll()
 
     def _wake(self) -> None:
         for p in self.pollers:
@@ -123,23 +124,8 @@ class Diagnostics:
 
         return gate
 
-    def _emit(self, readings: list[Reading]) -> None:
-        with self._lock:
-            for r in readings:
-                if len(self._queue) == self._queue.maxlen:
-                    self.dropped += 1
-                self._queue.append(r)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        self.pipeline.call_soon(self._drain)
-
     # -- the pipeline's thread -------------------------------------------------------------
-    def _drain(self) -> None:
-        with self._lock:
-            readings = list(self._queue)
-            self._queue.clear()
-            self._scheduled = False
+    def _write(self, readings: list[Reading]) -> None:
         ids = self.pipeline.catalog.diag_ids
         for event in (False, True):
             samples: list[tuple[int, int, int | float]] = []

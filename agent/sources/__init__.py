@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from agent.config import GnssConfig, PrivacyConfig
 from agent.errors import ConfigError
+from agent.feed import Feed
 from agent.policy.geo import Fix
 from agent.policy.privacy import PrivacyFilter, Zone
 from agent.policy.track import TrackPolicy, TrackSampler
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 class GnssSource(Protocol):
     state: str
-    dropped: int
+    fixes: Feed[Fix]  # what ``take`` hands out; its drops counted
     track: TrackSampler
     privacy: PrivacyFilter
 

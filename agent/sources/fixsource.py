@@ -7,11 +7,11 @@ otherwise. The NMEA reader feeds it from its sentences and epochs.
 
 ``FixSource`` is the life of a source's thread and of its fixes: a fix inside a privacy zone is
 dropped first; the rest pass the track sampler, then the privacy filter (trip ends); what comes
-out is queued (bounded: the oldest fix beyond ``queue_limit`` is dropped and counted) and handed
-out by ``take``. State changes (``fix``, ``no fix``, ``gnss down``, ``in privacy zone``) are
-logged and kept in ``state``. A trip ends when the receiver stays down for ``trip_gap`` seconds,
-the source is paused or stops: the sampler's last fix goes to the privacy filter, which then
-drops the trailing fixes it held.
+out goes into ``fixes`` (an agent.feed.Feed: the oldest fix beyond ``queue_limit`` is dropped
+and counted; its ``wake`` is the pipeline's) and is handed out by ``take``. State changes
+(``fix``, ``no fix``, ``gnss down``, ``in privacy zone``) are logged and kept in ``state``. A
+trip ends when the receiver stays down for ``trip_gap`` seconds, the source is paused or stops:
+the sampler's last fix goes to the privacy filter, which then drops the trailing fixes it held.
 
 ``pause`` (the car parked) ends the reading: the subclass's ``_run`` returns, its port or
 connection closed, ``_release`` switches the receiver off where the source switched it on, the
@@ -29,10 +29,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Literal, Protocol
 
+from agent.feed import Feed
 from agent.policy.geo import Fix
 from agent.policy.privacy import PrivacyFilter, Zone, zone_of
 from agent.policy.track import TrackSampler
@@ -103,10 +103,7 @@ class FixSource:
         self.privacy = privacy or PrivacyFilter()
         self.trip_gap = trip_gap
         self.state: str = "gnss down"
-        self.dropped = 0
-        self._queue: deque[Fix] = deque()
-        self._limit = queue_limit
-        self._lock = threading.Lock()
+        self.fixes: Feed[Fix] = Feed(queue_limit)
         # Held by the receiver's thread while a fix passes zones, sampler and trip ends, and by
         # set_zones: new zones never meet a fix half way through.
         self._offer_lock = threading.Lock()
@@ -165,10 +162,7 @@ class FixSource:
 
     def take(self) -> list[Fix]:
         """The fixes released since the last call, oldest first."""
-        with self._lock:
-            out = list(self._queue)
-            self._queue.clear()
-        return out
+        return self.fixes.take()
 
     def _main(self) -> None:
         while not self._stop.is_set():
@@ -187,10 +181,7 @@ class FixSource:
 
         with self._offer_lock:
             dropped = self.privacy.set_zones(zones) + self.track.forget(private)
-            with self._lock:
-                kept = deque(f for f in self._queue if not private(f))
-                dropped += len(self._queue) - len(kept)
-                self._queue = kept
+            dropped += self.fixes.discard(private)
         return dropped
 
     def _run(self) -> None:
@@ -219,14 +210,6 @@ class FixSource:
             self._resumed_at = self._clock()
             log.info("gnss %s: resumed", self.name)
 
-    def _put(self, fixes: list[Fix]) -> None:
-        with self._lock:
-            for f in fixes:
-                if len(self._queue) >= self._limit:
-                    self._queue.popleft()
-                    self.dropped += 1
-                self._queue.append(f)
-
     def _offer(self, fixes: list[Fix]) -> None:
         with self._offer_lock:
             for fix in fixes:
@@ -242,7 +225,7 @@ class FixSource:
             self.privacy.offer(fix)
             return
         for kept in self.track.offer(fix):
-            self._put(self.privacy.offer(kept))
+            self.fixes.put(self.privacy.offer(kept))
 
     def _end_trip(self) -> None:
         if not self._in_trip:
@@ -250,7 +233,7 @@ class FixSource:
         self._in_trip = False
         with self._offer_lock:
             for kept in self.track.flush():
-                self._put(self.privacy.offer(kept))
+                self.fixes.put(self.privacy.offer(kept))
             dropped = self.privacy.end_trip()
         log.info("gnss: trip ended; %d trailing fixes withheld", dropped)
 

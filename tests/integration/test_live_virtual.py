@@ -12,6 +12,8 @@ import pytest
 
 from agent.config import load_config
 from agent.daemon import Agent, prepare
+from agent.feed import Feed
+from agent.pipeline import Pipeline
 from tests.support.agentrun import write_config
 from tests.support.wait import wait_for
 
@@ -175,3 +177,48 @@ def test_a_replay_beside_a_live_bus_is_read_on_its_own_thread(tmp_path: Path, ch
         assert states()["live"] in ("up", "silent")  # the live bus keeps the agent running
     values = [v for _, name, v in run.samples() if name == "rec/Engine.Speed"]
     assert values == [i * 0.01 for i in range(30)]
+
+
+class _Taker:
+    """A pipeline input that takes what a feed holds, batch by batch."""
+
+    def __init__(self, feed: Feed[int]) -> None:
+        self.feed = feed
+        self.polls = 0
+        self.batches: list[list[int]] = []
+
+    def poll(self) -> None:
+        self.polls += 1
+        got = self.feed.take()
+        if got:
+            self.batches.append(got)
+
+    def close(self) -> None:
+        return None
+
+
+def test_a_feed_wakes_a_parked_pipeline_on_a_quiet_bus(tmp_path: Path, channel: str) -> None:
+    cfg = load_config(
+        _config(
+            tmp_path,
+            [{"name": "pt", "interface": "virtual", "channel": channel, "dbc": ["car.dbc"]}],
+        )
+    )
+    pipeline = Pipeline(cfg, prepare(cfg), boot=bytes(8), sink=lambda update: None)
+    feed: Feed[int] = Feed(16)
+    taker = _Taker(feed)
+    pipeline.inputs.append(taker)
+    pipeline.set_idle(3600.0)  # parked: the loop blocks until a frame or a wake
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: taker.polls >= 1, 10, "the first turn")
+        feed.put([1])  # no wake yet: nothing turns the loop
+        feed.wake = pipeline.wake
+        feed.put([2])
+        wait_for(lambda: taker.batches, 10, "the values, long before the parked timeout")
+        assert taker.batches == [[1, 2]]
+    finally:
+        pipeline.stop()
+        thread.join(10)
+    assert not thread.is_alive()
