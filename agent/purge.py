@@ -2,12 +2,13 @@
 
 One loop for every such change: consent revoked for some categories, a privacy zone added.
 ``purge_outbox`` commits what the outbox holds in memory, then reads every waiting update (the
-committed rows, and what a failing disk still keeps in memory), decodes it with its stored
-schema, asks ``keep`` which samples may stay, and writes it back with the same boot, sequence
-and place in the queue; an update left without samples is deleted, and so is a row that could
-not be rewritten (its samples must not go out). Only updates whose schema has a signal of the
-categories the change touches are decoded. ``tighten`` builds the ``keep`` of a change:
-``drop_categories`` for revoked consent, agent.policy.zonepurge for zones.
+committed rows in id order, then what a failing disk still keeps in memory), decodes it with
+its stored schema, asks ``keep`` (given the schema, the header and the samples) which samples
+may stay, and writes it back with the same boot, sequence and place in the queue; an update
+left without samples is deleted, and so is a row that could not be rewritten (its samples must
+not go out). Only updates whose schema has a signal of the categories the change touches are
+decoded. ``tighten`` builds the ``keep`` of a change: ``drop_categories`` for revoked consent,
+agent.policy.zonepurge for zones.
 
 It does not make the pipeline hand over its open update first (agent.daemon waits for that)
 and cannot recall an update the uplink already read for publishing (a fraction of a second
@@ -26,11 +27,11 @@ from agent.outbox import Outbox
 from agent.policy.privacy import Zone
 from agent.policy.zonepurge import LOCATION_CATEGORIES, OutsideZones
 from agent.schemastore import SchemaStore
-from agent.spime import Sample, Schema, decode_samples, encode_update, peek_schema_id
+from agent.spime import Header, Sample, Schema, decode_samples, encode_update, peek_schema_id
 
 log = logging.getLogger(__name__)
 
-Keep = Callable[[Schema, list[Sample]], list[Sample]]
+Keep = Callable[[Schema, Header, list[Sample]], list[Sample]]
 
 
 class _Schemas(Protocol):
@@ -51,7 +52,7 @@ def drop_categories(categories: Collection[str]) -> Keep:
     """``keep`` without the samples of signals in ``categories``."""
     wanted = frozenset(categories)
 
-    def keep(schema: Schema, samples: list[Sample]) -> list[Sample]:
+    def keep(schema: Schema, _head: Header, samples: list[Sample]) -> list[Sample]:
         drop = {s.id for s in schema.signals if s.category in wanted}
         return [x for x in samples if x[1] not in drop] if drop else samples
 
@@ -78,9 +79,9 @@ def tighten(
         keeps.append(outside)
         categories |= LOCATION_CATEGORIES
 
-    def keep(schema: Schema, samples: list[Sample]) -> list[Sample]:
+    def keep(schema: Schema, head: Header, samples: list[Sample]) -> list[Sample]:
         for k in keeps:
-            samples = k(schema, samples)
+            samples = k(schema, head, samples)
         return samples
 
     result = purge_outbox(outbox, schemas, categories, keep)
@@ -121,7 +122,7 @@ class _Rewriter:
             self.unreadable += 1
             log.error("purge: a stored update does not decode (%s): it stays as it is", err)
             return payload
-        kept = self._keep(schema, samples)
+        kept = self._keep(schema, head, samples)
         if kept == samples:
             return payload
         if not kept:

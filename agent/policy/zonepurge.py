@@ -1,17 +1,19 @@
 """Which location samples of a stored update a privacy zone added later takes back.
 
-Pure: no I/O, no clock. ``OutsideZones`` is a ``keep`` for agent.purge: given an update's schema
-and raw samples, it returns the samples that may still be sent once ``zones`` are in force.
+Pure: no I/O, no clock. ``OutsideZones`` is a ``keep`` for agent.purge: given an update's schema,
+header and raw samples, it returns the samples that may still be sent once ``zones`` are in
+force.
 
 How a sample is placed: the values of one GNSS fix share the fix's receiver time stamp
 (agent.gnss_wiring offers them so), and each is sent only when it changed since it was last
 sent. So, per time stamp of an update, the position is that update's ``gnss:lat``/``gnss:lon``
-at that time stamp, and a coordinate missing there is the last one sent earlier in the same
-update (unchanged since). Then:
+at that time stamp, and a coordinate missing there is the last one sent before it (unchanged
+since): earlier in the same update, or in the update before it (same boot, previous seq; an
+update may close between two values of one fix) when that one was seen first. Then:
 
 * GNSS samples (every ``gnss:*`` field but the state) at a time stamp whose position lies in a
-  zone are dropped; so are those whose position the update does not tell (a coordinate not
-  sent in it yet): when in doubt, drop. With coarse positions (a schema with latitude and
+  zone are dropped; so are those whose position is not known so (the update before was sent
+  already): when in doubt, drop. With coarse positions (a schema with latitude and
   longitude only: ``coarse_location``) a grid point is dropped when any point of its grid cell
   could lie in a zone, since the zone applied to the exact fix before snapping.
 * Other signals of category ``location`` or ``coarse_location`` (CAN positions named by the
@@ -20,7 +22,8 @@ update (unchanged since). Then:
 * The twin sees what the zone would have shown live: where a run of fixes is dropped, an
   ``in privacy zone`` state sample takes the place of its first fix, and ``fix`` comes back at
   the next position kept (in this or a later update; a state the receiver itself sent in
-  between supersedes both). Nothing else of the update changes.
+  between supersedes both). Values dropped only for want of a position add no state: they say
+  nothing about where the car was. Nothing else of the update changes.
 
 It does not read or write the outbox (agent.purge) nor filter live fixes (agent.policy.privacy).
 """
@@ -33,13 +36,14 @@ from dataclasses import dataclass
 from agent.locationschema import STATES
 from agent.policy.geo import EARTH_RADIUS_M, distance_m
 from agent.policy.privacy import Zone
-from agent.spime import Sample, Schema
+from agent.spime import Header, Sample, Schema
 
 LOCATION_CATEGORIES = frozenset({"location", "coarse_location"})
 _IN_ZONE = STATES.index("in privacy zone")
 _FIX = STATES.index("fix")
 _M_PER_DEG = math.radians(1.0) * EARTH_RADIUS_M
 _LAT, _LON, _STATE = "gnss:lat", "gnss:lon", "gnss:state"
+_MAX_ENDS = 1024  # updates whose end position is remembered for their successor
 
 
 @dataclass(frozen=True)
@@ -80,9 +84,10 @@ def _roles(schema: Schema) -> _Roles:
 
 
 class OutsideZones:
-    """``keep(schema, samples)``: the samples of one update that may stay with ``zones`` in
-    force (see the module docstring). Call it for the updates in the order they were written:
-    a ``fix`` state owed after a dropped run is added to a later update."""
+    """``keep(schema, head, samples)``: the samples of one update that may stay with
+    ``zones`` in force (see the module docstring). Call it for the updates in the order they
+    were written: the position an update ends at is where the next one (same boot, next seq)
+    starts, and a ``fix`` state owed after a dropped run is added to a later update."""
 
     def __init__(self, zones: tuple[Zone, ...], coarse_grid: float) -> None:
         self.zones = zones
@@ -91,14 +96,20 @@ class OutsideZones:
         self._roles: dict[str, _Roles] = {}
         # An "in privacy zone" added here is the last state the twin saw: owed a "fix".
         self._hidden = False
+        # (boot, seq) -> the position (degrees) an update ended at, for the next seq.
+        self._ends: dict[tuple[str, int], tuple[float | None, float | None]] = {}
 
-    def __call__(self, schema: Schema, samples: list[Sample]) -> list[Sample]:
+    def __call__(self, schema: Schema, head: Header, samples: list[Sample]) -> list[Sample]:
         roles = self._roles.get(schema.id)
         if roles is None:
             roles = self._roles[schema.id] = _roles(schema)
-        if not (roles.gnss or roles.other) or not samples:
+        if not (roles.gnss or roles.other):
             return samples
-        inside, unknown, private_other = self._private_times(roles, samples)
+        start = self._ends.pop((head.boot, head.seq - 1), (None, None))
+        inside, unknown, private_other, end = self._private_times(roles, samples, start)
+        self._ends[(head.boot, head.seq)] = end
+        if len(self._ends) > _MAX_ENDS:
+            del self._ends[next(iter(self._ends))]
         out: list[Sample] = []
         for sample in samples:
             t, sid, _ = sample
@@ -123,24 +134,27 @@ class OutsideZones:
         return out
 
     def _private_times(
-        self, roles: _Roles, samples: list[Sample]
-    ) -> tuple[set[int], set[int], set[int]]:
-        """Time stamps whose GNSS position lies in a zone, whose GNSS position the update does
-        not tell, and at which other location samples must go."""
-        lat_at: dict[int, int | float] = {}
-        lon_at: dict[int, int | float] = {}
+        self,
+        roles: _Roles,
+        samples: list[Sample],
+        start: tuple[float | None, float | None],
+    ) -> tuple[set[int], set[int], set[int], tuple[float | None, float | None]]:
+        """Time stamps whose GNSS position lies in a zone, whose GNSS position is not known,
+        and at which other location samples must go; and the position the update ends at."""
+        lat_at: dict[int, float] = {}
+        lon_at: dict[int, float] = {}
         times: dict[int, None] = {}  # location time stamps, in order of first appearance
         for t, sid, raw in samples:
             if sid == roles.lat:
-                lat_at[t] = raw
+                lat_at[t] = raw * roles.scale[0]
             elif sid == roles.lon:
-                lon_at[t] = raw
+                lon_at[t] = raw * roles.scale[1]
             if sid in roles.gnss or sid in roles.other:
                 times.setdefault(t)
         inside: set[int] = set()
         unknown: set[int] = set()
         private_other: set[int] = set()
-        lat = lon = None
+        lat, lon = start
         for t in times:
             lat, lon = lat_at.get(t, lat), lon_at.get(t, lon)
             if lat is None or lon is None:
@@ -149,10 +163,9 @@ class OutsideZones:
                 inside.add(t)
             if t not in lat_at or t not in lon_at or t in inside:
                 private_other.add(t)
-        return inside, unknown, private_other
+        return inside, unknown, private_other, (lat, lon)
 
-    def _inside(self, roles: _Roles, raw_lat: int | float, raw_lon: int | float) -> bool:
-        lat, lon = raw_lat * roles.scale[0], raw_lon * roles.scale[1]
+    def _inside(self, roles: _Roles, lat: float, lon: float) -> bool:
         if not (math.isfinite(lat) and math.isfinite(lon)):
             return True  # no place to check: when in doubt, drop
         slack = 0.0

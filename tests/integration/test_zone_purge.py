@@ -1,0 +1,187 @@
+"""A privacy zone added while updates wait to be sent takes back the positions inside it.
+
+The agent runs as `run` wires it, with an NMEA receiver on a pseudo-terminal and a real
+mosquitto that refuses its updates (an ACL: they wait in the SQLite outbox, while commands
+still arrive). A drive is stored; then one zone comes with a reloaded config (SIGHUP's path),
+another with the signed remote `consent` command. Once the broker takes updates, every
+published update and every row left in the outbox is decoded and scanned: no GNSS sample of a
+fix inside a zone; every other sample stored before is there, in the update of the same boot
+and seq; the twin got `in privacy zone` where the positions went.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import can
+
+from agent.daemon import Agent
+from agent.policy.geo import distance_m
+from agent.spime import Schema, decode_update, peek_header
+from tests.integration.test_commands import NO_DATA_ACL, PREFIX, Car
+from tests.support.agentrun import VIN
+from tests.support.broker import Mosquitto, Subscriber
+from tests.support.nmea import epoch, position
+from tests.support.wait import wait_for
+
+T0 = 1767225600  # 2026-01-01T00:00:00Z: the epochs' day
+FIXES = 200  # 1 Hz, 25 m apart northwards
+WAIT = 60.0
+GNSS = "Vehicle.CurrentLocation."
+LAT, STATE = f"{GNSS}Latitude", f"{GNSS}State"
+Key = tuple[str, int]
+
+
+def _zone(name: str, second: int, radius: float) -> dict[str, Any]:
+    lat, lon = position(second)
+    return {"name": name, "lat": lat, "lon": lon, "radius": radius}
+
+
+# One zone comes with a reloaded config, the other with a remote command (in that order: a
+# local edit of the config's zones drops earlier remote zone changes).
+LOCAL = _zone("depot", 60, 150.0)
+REMOTE = _zone("home", 190, 150.0)
+
+
+def _inside(zones: list[dict[str, Any]], sample: dict[str, Any]) -> bool:
+    """Whether the fix a GNSS sample came from (its time is the fix's) lies in a zone."""
+    second = round(sample["t"] - T0)
+    assert 0 <= second < FIXES, sample
+    lat, lon = position(second)
+    return any(distance_m(z["lat"], z["lon"], lat, lon) <= z["radius"] for z in zones)
+
+
+def _gnss(sample: dict[str, Any]) -> bool:
+    return bool(sample["signal"].startswith(GNSS) and sample["signal"] != STATE)
+
+
+def _docs(payloads: list[bytes], schemas: Path) -> dict[Key, dict[str, Any]]:
+    docs = {}
+    for payload in payloads:
+        sid = peek_header(payload).schema_id
+        doc = decode_update(payload, Schema.from_json((schemas / f"{sid}.json").read_bytes()))
+        docs[(doc["boot"], doc["seq"])] = doc
+    return docs
+
+
+def _lats(docs: dict[Key, dict[str, Any]]) -> int:
+    return sum(s["signal"] == LAT for d in docs.values() for s in d["samples"])
+
+
+def _stored(agent: Agent, schemas: Path) -> dict[Key, dict[str, Any]]:
+    return _docs([row.payload for row in agent.outbox.iter_rows()], schemas)
+
+
+def test_zones_added_while_updates_wait_take_back_the_positions_inside_them(
+    tmp_path: Path, pty: tuple[int, str]
+) -> None:
+    master, port = pty
+    broker = Mosquitto(tmp_path / "broker", acl=NO_DATA_ACL)
+    broker.start()
+    car = Car(tmp_path, broker)
+    # Updates close every 24 samples (12 fixes) or after a minute: when a zone comes, the
+    # update the pipeline is filling holds the latest fixes.
+    own = car.config.read_text().replace("max_age = 0.05\n", "max_age = 60\nmax_samples = 24\n")
+    # Every fix is sampled (25 m apart, 20 m distance rule); no trip-end withholding.
+    gnss = (
+        f'\n[gnss]\nport = "{port}"\nmode = "rules"\ndistance = 20.0\n'
+        "\n[privacy]\ntrip_end_radius = 0.0\n"
+    )
+    car.config.write_text(own + gnss)
+    schemas = tmp_path / "outbox.db.schemas"
+    sub = Subscriber(broker, f"{PREFIX}/{VIN}/data", client_id="sub-data")
+    agent = car.start()
+    try:
+        assert agent.location is not None
+        location = agent.location
+        wait_for(
+            lambda: getattr(location.source, "opens", 0) == 1, WAIT, "the receiver's port open"
+        )
+        bus = can.Bus(interface="virtual", channel=car.channel, ignore_config=True)
+
+        def drive(seconds: range) -> None:
+            for second in seconds:
+                os.write(master, epoch("GN", second, *position(second)))
+                if second % 10 == 9:
+                    # Vehicle health beside the positions: never touched.
+                    bus.send(can.Message(arbitration_id=0x100, data=bytes([second % 100])))
+                    wait_for(lambda n=second + 1: location.fixes == n, WAIT, "fixes taken")
+
+        drive(range(150))
+        first = _stored(agent, schemas)
+        assert 0 < _lats(first) < 150  # the latest fixes are in the open update
+        car.config.write_text(
+            own + gnss.replace("[privacy]\n", f"[privacy]\nzones = [{_toml(LOCAL)}]\n")
+        )
+        assert agent.reload() is True
+        purge = agent.status()["outbox"]["last_purge"]
+        assert purge["rewritten"] >= 2 and purge["location_samples"] >= 20, purge
+
+        drive(range(150, FIXES))
+        second = _stored(agent, schemas)
+        assert _lats(second) < FIXES - _inside_count([LOCAL])
+        z = REMOTE
+        rc, ans, err = car.command("consent", "--add-zone", f"home={z['lat']},{z['lon']},150")
+        assert rc == 0 and ans is not None, err
+        assert ans["result"]["zones"] == ["depot", "home"]
+        assert ans["result"]["purged"]["rewritten"] >= 2, ans
+        assert ans["result"]["purged"]["location_samples"] >= 20, ans
+        assert sub.messages == []  # the broker refused every update so far
+
+        # The broker takes updates from now on.
+        broker.acl = NO_DATA_ACL + f"topic readwrite {PREFIX}/{VIN}/data\n"
+        broker.reload()
+
+        def published() -> dict[Key, dict[str, Any]]:
+            return _docs([m.payload for m in sub.messages], schemas)
+
+        wait_for(lambda: second.keys() <= published().keys(), WAIT, "the stored updates sent")
+    finally:
+        bus.shutdown()
+        car.stop()
+        sub.close()
+        broker.stop()
+    zones = [LOCAL, REMOTE]
+    # What was sent, and what the stop left in the outbox (every row of the file).
+    final = {**_docs(_outbox_payloads(tmp_path / "outbox.db"), schemas), **published()}
+    for doc in final.values():
+        private = [s for s in doc["samples"] if _gnss(s) and _inside(zones, s)]
+        assert not private, (doc["seq"], private)
+    # Nothing else is lost: each update stored before a zone came is sent with the same boot
+    # and seq, and with every sample it had but those of fixes inside the zones.
+    for before in (first, second):
+        for key, doc in before.items():
+            wanted = [s for s in doc["samples"] if not (_gnss(s) and _inside(zones, s))]
+            got = [s for s in final[key]["samples"] if s["signal"] != STATE or s in doc["samples"]]
+            assert got == wanted, key
+    # Every position outside the zones arrived, from stored and open updates alike.
+    assert _lats(final) == FIXES - _inside_count(zones)
+    assert len({d["boot"] for d in final.values()}) == 1
+    seqs = sorted(d["seq"] for d in final.values())
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    # The twin learns why positions stopped, and that they came back.
+    states = [
+        s["value"] for k in sorted(final) for s in final[k]["samples"] if s["signal"] == STATE
+    ]
+    assert states.count("in privacy zone") == 2 and states.count("fix") >= 2, states
+
+
+def _inside_count(zones: list[dict[str, Any]]) -> int:
+    return sum(_inside(zones, {"t": T0 + i}) for i in range(FIXES))
+
+
+def _toml(z: dict[str, Any]) -> str:
+    return (
+        f'{{name = "{z["name"]}", lat = {z["lat"]!r}, lon = {z["lon"]!r}, radius = {z["radius"]}}}'
+    )
+
+
+def _outbox_payloads(path: Path) -> list[bytes]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    try:
+        return [bytes(r[0]) for r in conn.execute("SELECT payload FROM outbox ORDER BY id")]
+    finally:
+        conn.close()
