@@ -133,6 +133,9 @@ class BusConfig(_Model):
     speed: float = Field(default=0.0, ge=0)
     # "log": stamp data with the log's own times; "now": shift the log so it starts now.
     time: Literal["log", "now"] = "log"
+    # Where the log is read: a child process beside the pipeline (agent.logchild), the reading
+    # thread, or "auto": the process for an unpaced replay of a large log.
+    reader: Literal["auto", "process", "thread"] = "auto"
     # Live only: frames buffered between the bus reader and the pipeline.
     queue_frames: int = Field(default=65536, ge=64)
     # Live SocketCAN only: the kernel's receive buffer for the bus socket, in bytes, sized so a

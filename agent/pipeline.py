@@ -33,6 +33,7 @@ from agent.can_source import (
     Source,
     paced_batches,
 )
+from agent.canlog import ROW, Row
 from agent.catalog import EXTENDED, Catalog, MessagePlan, PowerRead
 from agent.config import Config
 from agent.decode import DecodeError, raw_decoder
@@ -74,8 +75,8 @@ class PipelineStats:
     source_errors: list[str] = field(default_factory=list)
 
 
-def _frame_time(item: tuple[float, Any, int]) -> float:
-    return item[1].timestamp  # type: ignore[no-any-return]
+def _frame_time(item: tuple[float, Row, int]) -> float:
+    return item[1][0]
 
 
 class _Plan:
@@ -359,6 +360,7 @@ class Pipeline:
         for src in self.sources:
             src.start()
         active = len(self.sources)
+        live = [not src.cfg.is_replay for src in self.sources]
         get = self.queue.get
         self.now = 0.0 if self.frame_clock else self.clock()
         self._reschedule()
@@ -379,7 +381,12 @@ class Pipeline:
                 active -= 1
             elif isinstance(payload, SourceError):
                 self.stats.source_errors.extend(payload.problems)
-            self._turn(index, payload if isinstance(payload, list) else [])
+            if not isinstance(payload, list):
+                payload = []
+            elif live[index]:
+                # A live bus hands python-can frames (a replay rows): the loop processes rows.
+                payload = list(map(ROW, payload))
+            self._turn(index, payload)
         for src in self.sources:
             src.join(timeout=2.0)
         self._close_inputs()
@@ -390,14 +397,15 @@ class Pipeline:
         """Every bus is a replay: read the logs in this thread, merged by frame time.
 
         No reader threads: handing frames between threads costs more than reading them, and a
-        merge by timestamp interleaves several logs as the buses carried them.
+        merge by timestamp interleaves several logs as the buses carried them. A large log is
+        read in a child process instead (``reader``, agent.logchild), beside this thread.
         """
-        batches: Iterator[tuple[int, list[Any]]]
+        batches: Iterator[tuple[int, list[Row]]]
         if len(self.sources) == 1 and self.sources[0].cfg.speed <= 0:
             # Unpaced single log: batches filled without a Python step per frame.
             batches = ((0, chunk) for chunk in self.sources[0].batches())
         else:
-            frames: Iterator[tuple[float, Any, int]] = (
+            frames: Iterator[tuple[float, Row, int]] = (
                 self.sources[0].frames()
                 if len(self.sources) == 1
                 else heapq.merge(*(src.frames() for src in self.sources), key=_frame_time)
@@ -410,6 +418,10 @@ class Pipeline:
                     break
         except SourceError as err:
             self.stats.source_errors.extend(err.problems)
+        finally:
+            # A log read in a child process (reader): the child ends with the replay.
+            for src in self.sources:
+                src.stop_reading()
         self._close_inputs()
         self.finish()
         self._end_calls()
@@ -418,7 +430,7 @@ class Pipeline:
         for inp in self.inputs:
             inp.close()
 
-    def _turn(self, index: int, batch: list[Any]) -> None:
+    def _turn(self, index: int, batch: list[Row]) -> None:
         """One turn of the loop: process a batch, then timers, reloads, the watchdog."""
         if batch:
             self.last_frame[index] = time.monotonic()
@@ -505,7 +517,7 @@ class Pipeline:
         # With nothing scheduled, look again soon: the snapshot timer arms on the first tick.
         self._due = min(dues) if dues else self.now + 0.5
 
-    def _process(self, index: int, msgs: list[Any]) -> None:
+    def _process(self, index: int, rows: list[Row]) -> None:
         plans = self._plans[index]
         mask = self._masks[index]
         stats = self.stats
@@ -514,22 +526,21 @@ class Pipeline:
         frame_clock = self.frame_clock
         triggers = self.triggers
         now = self.now
-        stats.frames += len(msgs)
-        for msg in msgs:
-            if msg.is_error_frame:
-                self._error_frame(index, msg)
+        stats.frames += len(rows)
+        for ts, arbitration_id, extended, remote, error, data in rows:
+            if error:
+                self._error_frame(index, arbitration_id)
                 continue
-            if msg.is_remote_frame:
+            if remote:
                 stats.remote_frames += 1
                 continue
-            key = msg.arbitration_id if mask is None else msg.arbitration_id & mask
-            if msg.is_extended_id:
+            key = arbitration_id if mask is None else arbitration_id & mask
+            if extended:
                 key |= EXTENDED
             plan = plans.get(key)
             if plan is None:
                 stats.unselected += 1
                 continue
-            ts = msg.timestamp
             t_ms = int(ts * 1000)
             if frame_clock and ts > now:
                 now = self.now = ts
@@ -538,7 +549,6 @@ class Pipeline:
             plan.group.last_t = t_ms
             if triggers is not None and t_ms > triggers.next_end_ms:
                 self._write_captures(triggers.close(t_ms, now))
-            data = msg.data
             if data == plan.last:
                 stats.unchanged += 1
                 continue
@@ -553,7 +563,7 @@ class Pipeline:
                     "bus %s: cannot decode %s (id 0x%x, %d bytes): %s",
                     self.sources[index].cfg.name,
                     plan.name,
-                    msg.arbitration_id,
+                    arbitration_id,
                     len(data),
                     err,
                 )
@@ -586,15 +596,15 @@ class Pipeline:
                 self._collect()
         self._collect()
 
-    def _error_frame(self, index: int, msg: Any) -> None:
+    def _error_frame(self, index: int, arbitration_id: int) -> None:
         self.stats.error_frames += 1
         name = self.sources[index].cfg.name
-        if msg.arbitration_id & _CAN_ERR_BUSOFF:
+        if arbitration_id & _CAN_ERR_BUSOFF:
             self.stats.bus_off += 1
             rlog.warning(("busoff", index), "bus %s: controller reports bus-off", name)
         else:
             rlog.warning(
-                ("errframe", index), "bus %s: error frame (class 0x%x)", name, msg.arbitration_id
+                ("errframe", index), "bus %s: error frame (class 0x%x)", name, arbitration_id
             )
 
     def trigger_status(self) -> dict[str, Any]:

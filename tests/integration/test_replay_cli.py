@@ -208,9 +208,14 @@ def _speed(i: int) -> str:
     return f"{(10000 + i) & 0xFF:02X}{(10000 + i) >> 8:02X}000000000000"
 
 
+# Both places a log is read (the pipeline's thread, a child process: agent.logchild) report alike.
+READERS = ["thread", "process"]
+
+
+@pytest.mark.parametrize("reader", READERS)
 @pytest.mark.parametrize("fmt", ["log", "asc", "log.gz", "asc.gz"])
 def test_unreadable_lines_in_the_middle_are_skipped_counted_and_reported(
-    tmp_path: Path, fmt: str
+    tmp_path: Path, fmt: str, reader: str
 ) -> None:
     good = [(1.0 + i / 10, "100", _speed(i)) for i in range(6)]
     if fmt.startswith("log"):
@@ -227,9 +232,10 @@ def test_unreadable_lines_in_the_middle_are_skipped_counted_and_reported(
     data = text.encode("latin-1")
     log.write_bytes(gzip.compress(data) if fmt.endswith(".gz") else data)
     (tmp_path / "car.dbc").write_text(DBC)
+    bus = {"name": "car", "interface": "replay", "log": log.name, "dbc": ["car.dbc"]}
     cfg = write_config(
         tmp_path / "agent.toml",
-        [{"name": "car", "interface": "replay", "log": log.name, "dbc": ["car.dbc"]}],
+        [{**bus, "reader": reader}],
         extra='[[signal]]\nmatch = "Engine.Speed"\n',
     )
     r = cli("--log-level", "warning", "run", "--config", str(cfg), "--dry-run")
@@ -264,19 +270,32 @@ def test_unreadable_lines_are_counted_in_the_status(tmp_path: Path) -> None:
     assert counters["unreadable_lines"] == 1 and counters["frames"] == 2
 
 
-def test_a_log_without_any_readable_frame_or_broken_off_exits_2(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reader", READERS)
+def test_a_log_without_any_readable_frame_or_broken_off_exits_2(
+    tmp_path: Path, reader: str
+) -> None:
     (tmp_path / "car.dbc").write_text(DBC)
     (tmp_path / "junk.log").write_text("not a frame\nnor this\n")
     frames = "".join(f"({1 + i / 10:.6f}) can0 100#{_speed(i)}\n" for i in range(2000))
     packed = gzip.compress(frames.encode())
     (tmp_path / "cut.log.gz").write_bytes(packed[: len(packed) // 2])  # a copy that broke off
+    (tmp_path / "bad.blf").write_bytes(b"not a BLF header" * 8)
     for name, words in (
         ("junk.log", "no readable frame; 2 unreadable lines skipped (the first at line 1)"),
+        ("bad.blf", "cannot read log"),
         ("cut.log.gz", "unreadable after frame"),
     ):
         cfg = write_config(
             tmp_path / "agent.toml",
-            [{"name": "car", "interface": "replay", "log": name, "dbc": ["car.dbc"]}],
+            [
+                {
+                    "name": "car",
+                    "interface": "replay",
+                    "log": name,
+                    "dbc": ["car.dbc"],
+                    "reader": reader,
+                }
+            ],
             extra='[[signal]]\nmatch = "Engine.Speed"\n',
         )
         r = cli("--log-level", "error", "run", "--config", str(cfg), "--dry-run")
