@@ -6,9 +6,10 @@ committed rows in id order, then what a failing disk still keeps in memory), dec
 its stored schema, asks ``keep`` (given the schema, the header and the samples) which samples
 may stay, and writes it back with the same boot, sequence and place in the queue; an update
 left without samples is deleted, and so is a row that could not be rewritten (its samples must
-not go out). Only updates whose schema has a signal of the categories the change touches are
-decoded. ``tighten`` builds the ``keep`` of a change: ``drop_categories`` for revoked consent,
-agent.policy.zonepurge for zones.
+not go out). What is taken back does not linger in the file: the outbox zeroes it and clears
+its write-ahead log (``Outbox.scrub``). Only updates whose schema has a signal of the
+categories the change touches are decoded. ``tighten`` builds the ``keep`` of a change:
+``drop_categories`` for revoked consent, agent.policy.zonepurge for zones.
 
 It does not make the pipeline hand over its open update first (agent.daemon waits for that)
 and cannot recall an update the uplink already read for publishing (a fraction of a second
@@ -160,5 +161,6 @@ def purge_outbox(
             deleted += 1
     # What a failing disk keeps in memory (after the flush above, only then) is rewritten too.
     more, fewer = outbox.rewrite_buffered(rewrite)
-    outbox.flush()
+    if rewritten or deleted or more or fewer:
+        outbox.scrub()
     return PurgeResult(rewritten + more, deleted + fewer, rewrite.unreadable)

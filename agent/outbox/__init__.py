@@ -28,7 +28,7 @@ schema id), in an indexed column, so ``tags()`` lists the tags in use without re
 The parts, each readable on its own:
 
 - ``queue``: ``Outbox``, the public face (put, next_batch, ack, wait_for_data, iter_rows,
-  purge_ids, replace, rewrite_buffered, stats), its locks and counters;
+  purge_ids, replace, rewrite_buffered, scrub, stats), its locks and counters;
 - ``committer``: the thread and the group commit: what is due, one transaction, failure and
   recovery;
 - ``buffer``: the bounded memory buffer of updates not yet committed;

@@ -1,6 +1,6 @@
 """``Outbox``: the durable queue's public face, for the pipeline (put), the uplink (next_batch,
-ack, wait_for_data), the privacy purge (iter_rows, purge_ids, replace, rewrite_buffered) and
-the status (stats).
+ack, wait_for_data), the privacy purge (iter_rows, purge_ids, replace, rewrite_buffered,
+scrub) and the status (stats).
 
 It opens the file (agent.outbox.dbfile), holds the locks, the counters and the open/closed
 state, and starts the committer (agent.outbox.committer) that does every write but ``replace``.
@@ -298,6 +298,15 @@ class Outbox:
             if self._committer is None:
                 return 0, 0
             return self._committer.buffer.rewrite(fn)
+
+    def scrub(self) -> bool:
+        """After a purge: commit what is pending, then copy the write-ahead log into the file
+        and truncate it, so the old versions of rewritten and deleted rows (zeroed in the file
+        itself) are not left in the log either. False if a reader kept the log from being
+        truncated (it is then overwritten by later commits)."""
+        self.flush()
+        with self._db_lock:
+            return self._table.checkpoint() if self._table is not None else False
 
     # --------------------------------------------------------------------------------- stats
 

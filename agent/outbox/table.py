@@ -173,6 +173,7 @@ class Table:
             ).fetchone()
             if found is None:
                 return None
+            self._secure(True)
             conn.execute("BEGIN IMMEDIATE")
             if self._tag_of is None:
                 conn.execute("UPDATE outbox SET payload = ? WHERE id = ?", (payload, row_id))
@@ -186,7 +187,26 @@ class Table:
             self._rollback()
             log.warning("outbox: cannot rewrite row %d: %s", row_id, err)
             return None
+        finally:
+            self._secure(False)
         return int(found[0]), int(found[1])
+
+    def _secure(self, on: bool) -> None:
+        """Rewrites and purges zero what they remove, overflow pages too (``ON``: the content
+        was taken back for privacy); other deletions only within the pages they write anyway
+        (``FAST``: no extra flash writes per acknowledged row)."""
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.execute(f"PRAGMA secure_delete = {'ON' if on else 'FAST'}")
+
+    def checkpoint(self) -> bool:
+        """Copy the write-ahead log into the file and truncate it (the old versions of rows a
+        purge rewrote or deleted go with it); False if a reader kept it from finishing."""
+        try:
+            busy = self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.Error as err:
+            log.warning("outbox: checkpoint failed: %s", err)
+            return False
+        return not busy
 
     def tag_untagged(self) -> None:
         """Tag the rows stored without a tag (by an agent before tags, or untaggable then)."""
@@ -230,6 +250,8 @@ class Table:
         to stay within ``max_bytes``. On an error it is rolled back and the error raised."""
         conn = self._conn
         tx = Tx()
+        if purges:
+            self._secure(True)
         try:
             conn.execute("BEGIN IMMEDIATE")
             self._delete(acks, tx, purge=False)
@@ -241,6 +263,9 @@ class Table:
         except BaseException:
             self._rollback()
             raise
+        finally:
+            if purges:
+                self._secure(False)
         return tx
 
     def _rollback(self) -> None:

@@ -113,22 +113,26 @@ def test_zones_added_while_updates_wait_take_back_the_positions_inside_them(
         drive(range(150))
         first = _stored(agent, schemas)
         assert 0 < _lats(first) < 150  # the latest fixes are in the open update
+        old = _payloads(agent)
         car.config.write_text(
             own + gnss.replace("[privacy]\n", f"[privacy]\nzones = [{_toml(LOCAL)}]\n")
         )
         assert agent.reload() is True
+        _assert_gone_from_files(tmp_path, old - _payloads(agent))
         purge = agent.status()["outbox"]["last_purge"]
         assert purge["rewritten"] >= 2 and purge["location_samples"] >= 20, purge
 
         drive(range(150, FIXES))
         second = _stored(agent, schemas)
         assert _lats(second) < FIXES - _inside_count([LOCAL])
+        old = _payloads(agent)
         z = REMOTE
         rc, ans, err = car.command("consent", "--add-zone", f"home={z['lat']},{z['lon']},150")
         assert rc == 0 and ans is not None, err
         assert ans["result"]["zones"] == ["depot", "home"]
         assert ans["result"]["purged"]["rewritten"] >= 2, ans
         assert ans["result"]["purged"]["location_samples"] >= 20, ans
+        _assert_gone_from_files(tmp_path, old - _payloads(agent))
         assert sub.messages == []  # the broker refused every update so far
 
         # The broker takes updates from now on.
@@ -167,6 +171,22 @@ def test_zones_added_while_updates_wait_take_back_the_positions_inside_them(
         s["value"] for k in sorted(final) for s in final[k]["samples"] if s["signal"] == STATE
     ]
     assert states.count("in privacy zone") == 2 and states.count("fix") >= 2, states
+
+
+def _payloads(agent: Agent) -> set[bytes]:
+    return {row.payload for row in agent.outbox.iter_rows()}
+
+
+def _assert_gone_from_files(folder: Path, gone: set[bytes]) -> None:
+    """The rewritten updates' old bytes are nowhere in the outbox's files (the database, its
+    write-ahead log, the shared memory index)."""
+    assert gone
+    files = sorted(folder.glob("outbox.db*"))
+    assert any(f.name == "outbox.db" for f in files)
+    for f in files:
+        if f.is_file():
+            data = f.read_bytes()
+            assert not [p for p in gone if p in data], f.name
 
 
 def _inside_count(zones: list[dict[str, Any]]) -> int:

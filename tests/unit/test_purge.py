@@ -3,6 +3,7 @@ same boot, seq and place in the queue; empty updates deleted; the memory buffer 
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +105,27 @@ def test_an_update_whose_schema_is_missing_stays_and_is_counted(
     result, _ = tighten(box, schemas, revoked={"location"}, zones=(HOME,), coarse_grid=0.01)
     assert (result.rewritten, result.deleted, result.unreadable) == (0, 0, 1)
     assert [peek_schema_id(r.payload) for r in box.iter_rows()] == [SCHEMA.id]
+
+
+@pytest.mark.parametrize("size", [40, 30_000])  # within a page, and over overflow pages
+def test_what_a_purge_takes_back_is_not_left_in_the_files(
+    store: tuple[Outbox, SchemaStore], tmp_path: Path, size: int
+) -> None:
+    box, schemas = store
+    # Positions that do not compress: each update's bytes are unique.
+    rng = random.Random(size)
+    for seq in range(1, 6):
+        samples: list[Sample] = [
+            (t, sid, north(rng.uniform(-100, 100)) if sid == 1 else LON + rng.randrange(1000))
+            for t in range(seq * 10_000, seq * 10_000 + size // 10)
+            for sid in (1, 2)
+        ]
+        put(box, seq, [*samples, (seq * 10_000, 0, seq)])
+    # Checkpointed into the database file itself, as a long-running outbox's rows are.
+    assert box.scrub()
+    old = {row.payload for row in box.iter_rows()}
+    result, _ = tighten(box, schemas, zones=(HOME,), coarse_grid=0.01)
+    assert result.rewritten == 5
+    for f in tmp_path.glob("outbox.db*"):
+        data = f.read_bytes()
+        assert not [p for p in old if p in data], f.name
