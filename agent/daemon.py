@@ -98,6 +98,9 @@ class Agent:
         # The config as its file says, before remote changes (see effective_config).
         self.base_cfg = base_cfg or cfg
         self.catalog = catalog
+        # The schemas of the selections in force lately, by id: the update the pipeline closes
+        # after a switch was encoded with the old one (dry-run JSON decodes it with its own).
+        self._recent_schemas = {catalog.schema.id: catalog.schema}
         self._plan_timer: threading.Timer | None = None
         self.on_json = on_json
         self.drain_timeout = drain_timeout
@@ -156,8 +159,10 @@ class Agent:
                 update.payload, "event" if update.event else "telemetry", created=update.created
             )
         if self.on_json is not None:
-            # Decoding what was encoded shows exactly what a backend will read.
-            self.on_json(decode_update(update.payload, self.catalog.schema))
+            # Decoding what was encoded shows exactly what a backend will read, with the schema
+            # the update names (an update closed just after a switch has the old one).
+            schema = self._recent_schemas.get(peek_schema_id(update.payload), self.catalog.schema)
+            self.on_json(decode_update(update.payload, schema))
 
     def request_stop(self) -> None:
         """Thread- and signal-safe: stop input, finish the open batch, return from run()."""
@@ -607,6 +612,10 @@ class Agent:
         self.pipeline.request_reload(cfg, catalog)
         old = self.catalog
         self.cfg, self.catalog = cfg, catalog
+        # A new dict (the pipeline thread reads it), of the last few schemas: updates still
+        # open or being closed were encoded with one of them.
+        recent = {**self._recent_schemas, catalog.schema.id: catalog.schema}
+        self._recent_schemas = dict(list(recent.items())[-4:])
         if self.schemas is not None:
             self.schemas.save(catalog.schema)
         if self.uplink is not None:

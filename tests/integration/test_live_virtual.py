@@ -222,3 +222,29 @@ def test_a_feed_wakes_a_parked_pipeline_on_a_quiet_bus(tmp_path: Path, channel: 
         pipeline.stop()
         thread.join(10)
     assert not thread.is_alive()
+
+
+def test_dry_run_json_decodes_an_update_closed_after_a_reload_with_its_own_schema(
+    tmp_path: Path, channel: str
+) -> None:
+    # A long max_age keeps the update open until the reload closes it: it was encoded with
+    # the old schema and must be shown with that one, not the new one.
+    bus = {"name": "pt", "interface": "virtual", "channel": channel, "dbc": ["car.dbc"], "fd": True}
+    (tmp_path / "car.dbc").write_text(DBC)
+    cfg = write_config(tmp_path / "agent.toml", [bus], extra="[updates]\nmax_age = 60.0\n")
+    with (
+        Running(cfg) as run,
+        can.Bus(interface="virtual", channel=channel, ignore_config=True) as car,
+    ):
+        wait_for(lambda: run.agent.pipeline.source_states()["pt"] == "up", what="bus up")
+        old = run.agent.catalog.schema.id
+        speed = bytes([0x10, 0x27, 0, 0, 0, 0, 0, 0])
+        car.send(can.Message(arbitration_id=0x100, data=speed, is_extended_id=False))
+        wait_for(lambda: run.agent.pipeline.stats.decoded == 1, what="frame decoded")
+        cfg.write_text(cfg.read_text() + '\n[[signal]]\nmatch = "Engine.Speed"\n')
+        assert run.agent.reload()
+        assert run.agent.catalog.schema.id != old
+        wait_for(lambda: run.samples(), what="the old update shown")
+    assert run.samples()[0][1:] == ("Engine.Speed", 100.0)
+    assert run.updates[0]["schema"] == old
+    assert run.result.exit_code == 0
