@@ -678,6 +678,11 @@ class Config(_Model):
             live = [b for b in self.bus if b.name == d.bus and not b.is_replay]
             if not live:
                 raise ValueError(f"diagnostics[{i}].bus: no live [[bus]] named {d.bus!r}")
+            if d.isotp == "kernel" and live[0].interface != "socketcan":
+                raise ValueError(
+                    f'diagnostics[{i}].isotp: "kernel" needs a socketcan bus; bus {d.bus!r} is '
+                    f'on interface {live[0].interface!r} (use "auto" or "user")'
+                )
         dbus = [d.bus for d in self.diagnostics]
         if len(set(dbus)) != len(dbus):
             raise ValueError("one [[diagnostics]] section per bus")

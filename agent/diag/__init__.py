@@ -2,7 +2,8 @@
 ISO-TP (ISO 15765-2), as a polite, bounded source beside the broadcast buses.
 
 ``obd`` and ``schedule`` are pure (tables, parsing, pacing over an injected clock); ``link``
-carries ISO-TP over python-can (can-isotp), ``uds`` asks through udsoncan, ``poller`` owns
+carries ISO-TP over python-can (can-isotp) and ``kernel`` on the kernel's can_isotp sockets,
+``transport`` picks one, ``uds`` asks through udsoncan, ``poller`` owns
 the thread of one bus, ``wiring`` joins it to the agent (schema signals, pipeline, status,
 the ``diag`` command).
 """

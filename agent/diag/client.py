@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from agent.diag.link import IsoTpLink
+from agent.diag.link import Transport
 from agent.diag.obd import (
     DTC_MODES,
     RESPONSE_PENDING,
@@ -111,7 +111,7 @@ class Asking:
 
 class DiagClient:
     def __init__(
-        self, link: IsoTpLink, cfg: DiagnosticsConfig, counters: DiagCounters, asking: Asking
+        self, link: Transport, cfg: DiagnosticsConfig, counters: DiagCounters, asking: Asking
     ) -> None:
         self.link = link
         self.cfg = cfg

@@ -1,4 +1,5 @@
-"""ISO-TP (ISO 15765-2) over one python-can bus, for diagnostic requests and their answers.
+"""ISO-TP (ISO 15765-2) over one python-can bus, for diagnostic requests and their answers,
+and the small interface (``Transport``) it shares with the kernel's ISO-TP (agent.diag.kernel).
 
 The ISO-TP protocol is can-isotp's (its user-space transport layer, so it runs over any
 python-can interface: SocketCAN, virtual, vendor adapters); this module only gives it frames
@@ -9,7 +10,8 @@ ECUs. Every endpoint is driven from the caller's thread (no thread per ECU); ans
 not seen before open an endpoint, at most ``MAX_ECUS``. Bits on the bus, sent and received, are
 counted for the bus-load cap (agent.diag.schedule). Errors of the bus (a full transmit queue, a
 bus that went down) are raised as LinkError; ISO-TP protocol errors (a lost consecutive frame)
-are counted. It does not decide what to ask (agent.diag.poller).
+are counted. It does not decide what to ask (agent.diag.poller) nor which transport a bus
+uses (agent.diag.transport).
 """
 
 from __future__ import annotations
@@ -19,12 +21,15 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import can
 import isotp
 
 from agent.ratelimit import RateLimitedLog
+
+if TYPE_CHECKING:
+    from agent.config import BusConfig
 
 log = logging.getLogger(__name__)
 rlog = RateLimitedLog(log)
@@ -52,6 +57,15 @@ def frame_bits(data_bytes: int, extended: bool) -> int:
     return 47 + n + (34 + n - 1) // 4
 
 
+def message_frames(size: int) -> int:
+    """Classic 8-byte CAN frames an ISO-TP message of ``size`` bytes takes with normal
+    addressing: a single frame up to 7 bytes, else a first frame (6 bytes) and consecutive
+    frames (7 bytes each). The receiver's flow control is not included."""
+    if size <= 7:
+        return 1
+    return 1 + -(-(size - 6) // 7)
+
+
 def physical_tx(rx_id: int, extended: bool) -> int:
     """The request id of the ECU answering on ``rx_id`` (OBD-II pairs: 0x7E8 -> 0x7E0,
     0x18DAF1xx -> 0x18DAxxF1)."""
@@ -67,6 +81,25 @@ class LinkStats:
     bits: int = 0
     isotp_errors: int = 0
     ignored_ecus: int = 0
+    # ECUs whose answer the link could not take because it had no ear for them yet (the
+    # kernel's 29-bit sockets are opened on a first answer); they are heard from then on.
+    missed_ecus: int = 0
+
+
+class Transport(Protocol):
+    """What the diagnostics ask of an ISO-TP transport: requests out, complete answers in,
+    the bus bits both took counted in ``stats`` (for the load cap). Bus failures raise
+    LinkError; ISO-TP protocol errors are counted in ``stats.isotp_errors``."""
+
+    kind: str  # "user" or "kernel", for the status
+    clock: Callable[[], float]
+    stats: LinkStats
+
+    def send_functional(self, payload: bytes) -> None: ...
+    def send(self, rx: int, payload: bytes) -> None: ...
+    def discard(self) -> None: ...
+    def poll(self, timeout: float) -> tuple[int, bytes] | None: ...
+    def close(self) -> None: ...
 
 
 class _Endpoint:
@@ -93,7 +126,33 @@ class _Endpoint:
 
 
 class IsoTpLink:
-    """ISO-TP endpoints over an open python-can bus (owned by the caller)."""
+    """ISO-TP endpoints over an open python-can bus (closed with the link)."""
+
+    kind = "user"
+
+    @classmethod
+    def open(
+        cls,
+        bus: BusConfig,
+        *,
+        extended: bool,
+        pairs: dict[int, int],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> IsoTpLink:
+        """A python-can bus of its own on the ``[[bus]]``'s channel, with kernel filters (where
+        the interface has them) that keep only the answer ids."""
+        kwargs: dict[str, Any] = dict(bus.options)
+        if bus.bitrate:
+            kwargs["bitrate"] = bus.bitrate
+        filters = cls(None, extended=extended, pairs=pairs).can_filters()
+        opened = can.Bus(
+            interface=bus.interface,
+            channel=bus.channel,
+            can_filters=filters,
+            ignore_config=True,
+            **kwargs,
+        )
+        return cls(opened, extended=extended, pairs=pairs, clock=clock)
 
     def __init__(
         self,
@@ -127,6 +186,14 @@ class IsoTpLink:
             if rx & self.answer_mask != self.answer_id:
                 filters.append({"can_id": rx, "can_mask": full, "extended": self.extended})
         return filters
+
+    def close(self) -> None:
+        bus, self.bus = self.bus, None
+        if bus is not None:
+            try:
+                bus.shutdown()
+            except Exception as err:  # a broken bus may fail to close; nothing left to do
+                log.debug("diagnostics: bus shutdown: %s", err)
 
     # -- can-isotp's side --------------------------------------------------------------------
     def transmit(self, msg: isotp.CanMessage) -> None:

@@ -10,9 +10,10 @@ covered it), one revoked is not asked again, and its DTC lists are forgotten (a 
 reports every code present again, as at start). Readings go to ``emit`` (a
 bounded hand-off into the pipeline, agent.diag.wiring): PID values as telemetry, DTCs as
 events when they appear (``Set``) or go away (``Cleared``) between two reads of a list; a
-failed read changes nothing. Bus errors close the bus, which is reopened with backoff; every
-problem is counted and logged at a limited rate, never raised. It does not build the schema
-(agent.diag.signals) nor decide consent.
+failed read changes nothing. Bus errors close the ISO-TP link (kernel or user space, the same
+interface: agent.diag.transport), which is reopened with backoff; every problem is counted and
+logged at a limited rate, never raised. It does not build the schema (agent.diag.signals) nor
+decide consent.
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ import can
 from agent.backoff import Backoff
 from agent.config import BusConfig
 from agent.diag.client import Asking, DiagClient, DiagCounters, NotAllowed
-from agent.diag.link import IsoTpLink, LinkError
+from agent.diag.link import LinkError, Transport
 from agent.diag.schedule import LoadCap, Schedule, estimate_load
 from agent.diag.settings import DiagnosticsConfig
 from agent.diag.signals import CLEARED, DTC_CATEGORY, PID_CATEGORY, SET, dtc_name, pid_name
+from agent.diag.transport import open_transport
 from agent.ratelimit import RateLimitedLog
 from agent.spime.dtc import dtc_code, dtc_raw, ecu_name
 
@@ -79,8 +81,9 @@ class DiagPoller:
         self.schedule = Schedule(cfg.pids(), cfg.dtc_interval, clock())
         self.cap = LoadCap(bus.bitrate or cfg.bitrate, cfg.max_bus_load, clock())
         self.names = {e.rx: e.name for e in cfg.uds_ecus}
-        self.link: IsoTpLink | None = None
-        self._bus: Any = None
+        self.link: Transport | None = None
+        # The transport of the link now open or last opened ("auto" before the first).
+        self.isotp: str = cfg.isotp
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._asked: list[tuple[threading.Event, list[Any]]] = []
@@ -102,7 +105,7 @@ class DiagPoller:
         self._close()
 
     def status(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"state": self.state, **asdict(self.counters)}
+        doc: dict[str, Any] = {"state": self.state, "isotp": self.isotp, **asdict(self.counters)}
         doc["ecus"] = sorted(ecu_name(e, self.names) for e in (self.ecus or {}))
         doc["load"] = round(self.cap.load(self.clock()), 5)
         doc["estimated_load"] = round(self.estimated_load(), 5)
@@ -172,29 +175,13 @@ class DiagPoller:
         self._wake.clear()
 
     def _open(self) -> None:
-        b = self.bus_cfg
-        kwargs: dict[str, Any] = dict(b.options)
-        if b.bitrate:
-            kwargs["bitrate"] = b.bitrate
-        pairs = {e.rx: e.tx for e in self.cfg.uds_ecus}
-        extended = self.cfg.addressing == "29bit"
-        probe = IsoTpLink(None, extended=extended, pairs=pairs)
-        self._bus = can.Bus(
-            interface=b.interface,
-            channel=b.channel,
-            can_filters=probe.can_filters(),
-            ignore_config=True,
-            **kwargs,
-        )
-        self.link = IsoTpLink(self._bus, extended=extended, pairs=pairs, clock=self.clock)
+        self.link = open_transport(self.cfg, self.bus_cfg, self.clock)
+        self.isotp = self.link.kind
 
     def _close(self) -> None:
-        bus, self._bus, self.link = self._bus, None, None
-        if bus is not None:
-            try:
-                bus.shutdown()
-            except Exception as err:  # a broken bus may fail to close; nothing left to do
-                log.debug("diagnostics %s shutdown: %s", self.bus_cfg.name, err)
+        link, self.link = self.link, None
+        if link is not None:
+            link.close()
 
     def _turn(self) -> None:
         assert self.link is not None
@@ -246,8 +233,13 @@ class DiagPoller:
     def _discover(self, client: DiagClient, category: str) -> None:
         """Which ECUs answer and which PIDs they support, for ``category``: the configured
         PIDs' bitmaps (PID_CATEGORY), or only the ECUs to read OBD DTCs from."""
+        assert self.link is not None
+        missed = self.link.stats.missed_ecus
         wanted = set(self.schedule.intervals) if category == PID_CATEGORY else set()
         found = self._charged(lambda: client.discover(wanted, category))
+        if self.link.stats.missed_ecus > missed:
+            # ECUs answered that the link heard only from then on: ask them all again now.
+            return
         if not found:
             self.state = "no ECU answers"
             self._answer_asked("no ECU answers")

@@ -39,6 +39,9 @@ class DiagnosticsConfig(_Model):
     # pending or confirmed).
     uds_status_mask: int = Field(default=0x0C, ge=1, le=0xFF)
     addressing: Literal["11bit", "29bit"] = "11bit"
+    # ISO-TP in the kernel (can_isotp sockets, SocketCAN only) or in user space (can-isotp over
+    # python-can, any interface); auto: the kernel's where it opens (agent.diag.transport).
+    isotp: Literal["auto", "kernel", "user"] = "auto"
     # Seconds to wait for an answer (P2); after "response pending" (0x78) up to pending_timeout.
     timeout: Interval = 1.0
     pending_timeout: Interval = 5.0

@@ -23,7 +23,7 @@ from udsoncan.exceptions import (
     UnexpectedResponseException,
 )
 
-from agent.diag.link import IsoTpLink
+from agent.diag.link import Transport
 from agent.diag.obd import NEGATIVE, RESPONSE_PENDING
 
 READ_DTC = 0x19
@@ -51,7 +51,7 @@ class _EcuConnection(BaseConnection):
     """A udsoncan connection to the ECU answering on ``rx``, over the shared link."""
 
     def __init__(
-        self, link: IsoTpLink, rx: int, counters: UdsCounters, guard: Guard = nullcontext
+        self, link: Transport, rx: int, counters: UdsCounters, guard: Guard = nullcontext
     ) -> None:
         super().__init__(f"ecu-{rx:X}")
         self.link = link
@@ -92,7 +92,7 @@ class _EcuConnection(BaseConnection):
 
 
 def read_dtcs(
-    link: IsoTpLink,
+    link: Transport,
     rx: int,
     status_mask: int,
     *,

@@ -25,6 +25,7 @@ from agent.control.power import DRIVING
 from agent.diag.client import Asking
 from agent.diag.poller import DiagPoller, Reading
 from agent.diag.signals import DTC_CATEGORY
+from agent.diag.transport import check_kernel
 from agent.feed import Feed
 
 
@@ -50,6 +51,8 @@ class Diagnostics:
         prefix = len(cfg.diagnostics) > 1
         self.asking = Asking(_granted(cfg))
         self._catalog = pipeline.catalog  # the catalog whose consent ``asking`` follows
+        for d in cfg.diagnostics:
+            check_kernel(d, cfg.bus[names.index(d.bus)])
         self.pollers = [
             DiagPoller(
                 d,

@@ -103,6 +103,7 @@ def test_pids_from_two_ecus_multi_frame_and_never_unsupported(channel: str, poll
         assert all(len(r) - 1 <= MAX_PIDS_PER_REQUEST for r in mode01)
         assert not any(0x11 in r[1:] for r in mode01)
     assert p.status()["ecus"] == ["7E8", "7E9"]
+    assert p.status()["isotp"] == "user"  # auto, on a python-can virtual bus
 
 
 def test_dtcs_set_and_cleared_pending_answers_and_a_silent_ecu(

@@ -1,7 +1,9 @@
-"""Diagnostics on real SocketCAN (vcan in the VM): `spime-agent run` asks simulated ECUs that
-answer through the kernel's can_isotp sockets (single and multi-frame, flow control, two
-ECUs, response pending, a silent ECU); PID values and DTC events arrive decoded at a real
-mosquitto, and the broadcast frames sent meanwhile all arrive too."""
+"""Diagnostics on real SocketCAN (vcan in the VM). `spime-agent run` with the default
+``isotp = "auto"`` takes the kernel's can_isotp sockets and asks simulated ECUs on kernel
+sockets too (single and multi-frame, flow control, two ECUs, response pending, a silent ECU,
+UDS); PID values and DTC events arrive decoded at a real mosquitto, and the
+broadcast frames sent meanwhile all arrive too. The poller alone, with 29-bit ids: the kernel
+transport against user-space ECUs and the user-space transport against kernel ECUs."""
 
 from __future__ import annotations
 
@@ -13,9 +15,13 @@ from typing import Any
 import can
 import pytest
 
-from agent.config import load_config
+from agent.config import BusConfig, load_config
 from agent.daemon import prepare
+from agent.diag.client import CATEGORIES, Asking
+from agent.diag.poller import DiagPoller
+from agent.diag.settings import DiagnosticsConfig
 from agent.spime import decode_update
+from tests.integration.test_diag_virtual import Collector
 from tests.integration.test_live_virtual import DBC
 from tests.support.agentrun import VIN, write_config
 from tests.support.broker import Subscriber
@@ -136,6 +142,71 @@ def test_pids_and_dtcs_through_kernel_isotp_to_the_broker(
     # updates on the way to the broker, so the order across updates is not compared).
     assert sorted(speeds) == [i * 0.01 for i in range(1, sent + 1)]
     diag = status["diagnostics"]["pt"]
+    assert diag["isotp"] == "kernel"  # auto, on SocketCAN with can_isotp
     assert diag["ecus"] == ["7E9", "ecm"] and diag["timeouts"] >= 1  # bcm never answers
+    assert diag["frames"] > 0 and 0 < diag["load"] <= diag["max_load"]
     assert diag["pending"] >= 1 and diag["bus_errors"] == 0
     assert status["pipeline"]["dropped_frames"] == 0
+
+
+@pytest.mark.parametrize(("isotp", "kernel_ecus"), [("kernel", False), ("user", True)])
+def test_29bit_multi_frame_pending_and_silent(
+    tmp_path: Path, vcan0: str, isotp: str, kernel_ecus: bool
+) -> None:
+    engine = Ecu(
+        0x18DAF110,
+        pids={0x0C: 4000, 0x0D: 80, 0x05: 130, 0x2F: 128, 0xA6: 99, 0x42: 13800},
+        dtcs={0x03: [0x0301, 0x0420, 0xC100]},  # 8 bytes: a multi-frame answer
+        uds_dtcs={0xC10087: 0x08},
+        pending=1,
+    )
+    gearbox = Ecu(0x18DAF118, pids={0x0D: 81, 0x0F: 70})
+    mute = Ecu(0x18DAF11A, silent=True)
+    cfg = DiagnosticsConfig.model_validate(
+        {
+            "bus": "pt",
+            "isotp": isotp,
+            "addressing": "29bit",
+            # One request of six PIDs: an 18-byte answer from the engine.
+            "obd_pids": dict.fromkeys(["0C", "0D", "05", "2F", "A6", "42"], 0.5) | {"0F": 0.5},
+            "dtc_interval": 0.5,
+            "timeout": 1.0,
+            "uds_ecus": [
+                {"name": "ecm", "tx": 0x18DA10F1, "rx": 0x18DAF110},
+                {"name": "mute", "tx": 0x18DA1AF1, "rx": 0x18DAF11A},
+            ],
+        }
+    )
+    (tmp_path / "empty.dbc").write_text('VERSION ""\n\nBS_:\n\nBU_:\n')
+    bus = BusConfig(name="pt", interface="socketcan", channel=vcan0, dbc=[tmp_path / "empty.dbc"])
+    got = Collector()
+    p = DiagPoller(cfg, bus, prefix="", emit=got, gate=lambda: None, asking=Asking(CATEGORIES))
+    with EcuSim(
+        [engine, gearbox, mute],
+        interface="socketcan",
+        channel=vcan0,
+        extended=True,
+        kernel=kernel_ecus,
+    ):
+        p.start()
+        try:
+            for name in ("OBD.Odometer", "OBD.IntakeAirTemperature"):
+                wait_for(lambda n=name: got.values(n), 60, name)
+            wait_for(lambda: got.codes("OBD.DTC.Stored.Set"), 60, "stored DTCs")
+            wait_for(lambda: got.codes("UDS.DTC.Set"), 60, "UDS DTCs")
+            wait_for(lambda: p.status()["timeouts"] >= 1, 60, "the silent ECU counted")
+            st = p.status()
+        finally:
+            p.stop()
+    assert got.values("OBD.EngineSpeed")[0] == 4000
+    assert got.values("OBD.ControlModuleVoltage")[0] == 13800
+    assert set(got.values("OBD.VehicleSpeed")) == {80}  # the lowest answer id's
+    assert set(got.codes("OBD.DTC.Stored.Set")) == {
+        ("P0301", 0x18DAF110),
+        ("P0420", 0x18DAF110),
+        ("U0100", 0x18DAF110),
+    }
+    assert got.codes("UDS.DTC.Set") == [("U0100-87", 0x18DAF110)]
+    assert st["isotp"] == isotp
+    assert st["ecus"] == ["18DAF118", "ecm"] and st["pending"] >= 1
+    assert st["isotp_errors"] == 0 and st["frames"] > 0 and st["load"] > 0
