@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import queue
 import socket
 import struct
@@ -91,6 +92,11 @@ def validate_sources(cfg: Config) -> None:
             )
     if problems:
         raise ConfigError(*problems)
+
+
+def _cores() -> int:
+    """The CPUs this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _link_up(name: str | None) -> bool:
@@ -398,7 +404,8 @@ class Source:
             size = cfg.log.stat().st_size
         except OSError:
             return False  # the in-thread reading reports it
-        return cfg.speed <= 0 and size >= PROCESS_MIN_BYTES
+        # On one core the child's work (rows, pickling) only adds to the pipeline's.
+        return cfg.speed <= 0 and size >= PROCESS_MIN_BYTES and _cores() >= 2
 
     def _messages(self) -> Iterator[Any]:
         """The log's frames, time-shifted as configured. A log that breaks off ends the

@@ -5,15 +5,18 @@ SIGTERM in the middle of a replay ends the child (reaped, never orphaned)."""
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.can_source import PROCESS_MIN_BYTES, Source
 from agent.config import load_config
 from agent.daemon import prepare
 from agent.pipeline import Pipeline
@@ -134,7 +137,9 @@ def test_a_stop_mid_replay_ends_the_child(tmp_path: Path) -> None:
     # Far more than the pipe holds: the child is still reading when the pipeline stops.
     log = _generated(tmp_path / "drive.log", 200_000)
     bus = {"name": "car", "interface": "replay", "log": str(log), "dbc": ["car.dbc"]}
-    cfg = load_config(write_config(tmp_path / "a.toml", [bus], extra=EVERY_SIGNAL))
+    cfg = load_config(
+        write_config(tmp_path / "a.toml", [{**bus, "reader": "process"}], extra=EVERY_SIGNAL)
+    )
     pids: list[int] = []
 
     def sink(update: Update) -> None:
@@ -145,7 +150,7 @@ def test_a_stop_mid_replay_ends_the_child(tmp_path: Path) -> None:
     pipeline = Pipeline(cfg, prepare(cfg), boot=bytes(8), sink=sink)
     pipeline.run()
     (pid,) = pids
-    assert pid > 0  # the auto reader: a log this large is read in a child process
+    assert pid > 0
     assert pipeline.stats.frames < 200_000
     assert pipeline.sources[0].reader_pid == 0
     # Reaped by the pipeline: not a child of this process any more, not running anywhere.
@@ -197,3 +202,31 @@ def test_sigterm_mid_replay_ends_the_agent_and_its_child(tmp_path: Path) -> None
     assert finished and int(finished.group(1)) < 400_000, text  # stopped mid-replay
     # The agent reaped it before it ended: no orphan left running.
     assert not Path(f"/proc/{child}").exists()
+
+
+def _in_process(tmp_path: Path, log: Path, **bus: Any) -> bool:
+    (tmp_path / "car.dbc").write_text(DBC)
+    entry = {"name": "car", "interface": "replay", "log": str(log), "dbc": ["car.dbc"], **bus}
+    cfg = load_config(write_config(tmp_path / "a.toml", [entry]))
+    return Source(0, cfg.bus[0], queue.Queue(), threading.Event()).in_process()
+
+
+def test_auto_reads_a_large_unpaced_log_in_a_process_given_two_cores(tmp_path: Path) -> None:
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU here")
+    big = _generated(tmp_path / "big.log", 60_000)
+    assert big.stat().st_size >= PROCESS_MIN_BYTES
+    small = _generated(tmp_path / "small.log", 1_000)
+    assert _in_process(tmp_path, big)
+    assert not _in_process(tmp_path, big, speed=1.0)
+    assert not _in_process(tmp_path, big, reader="thread")
+    assert not _in_process(tmp_path, small)
+    assert _in_process(tmp_path, small, reader="process", speed=1.0)
+    # Held to one CPU, the same process reads the large log in its thread.
+    one_cpu = (
+        "import os, sys; from tests.integration import test_replay_process as t; "
+        "from pathlib import Path; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "sys.exit(0 if t._in_process(Path(sys.argv[1]), Path(sys.argv[2])) else 3)"
+    )
+    r = subprocess.run([sys.executable, "-c", one_cpu, str(tmp_path), str(big)], cwd=REPO)
+    assert r.returncode == 3
