@@ -130,6 +130,10 @@ class Agent:
         )
         if self.location is not None:
             self.pipeline.inputs.append(self.location)
+            if self.power is not None:
+                # Like the rest of the lifecycle's actions, the receiver waits for the inputs
+                # to decide: a box restarted in a parked car does not switch it on.
+                self.location.pause("started")
         self.outbox: Any = None
         self.uplink: Any = None
         self.modems: Any = None

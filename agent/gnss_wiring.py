@@ -13,7 +13,8 @@ Follows the lifecycle (``[power]``, agent.lifecycle): ``pause`` when the car par
 battery is cut off, ``resume`` at the wake. Paused, the receiver is not read (agent.sources:
 its port or connection closed, a modem's engine off, its thread blocked without a timeout), its
 trip ends (the fixes held near where the car stopped are dropped) and the state is ``paused``;
-what it released before goes into the update the lifecycle commits next. Without ``[power]``
+what it released before goes into the update the lifecycle commits next. With ``[power]`` the
+receiver starts paused (reason ``started``) until the lifecycle's first decision; without it
 nothing pauses it.
 
 Follows the config in force: on a reload (consent, ``[privacy]`` zones) it opens the receiver
@@ -234,7 +235,10 @@ class Location:
         self._reported = None
 
     def _report_state(self, state: str, *, force: bool = False) -> None:
-        if state == self._reported or (time.monotonic() < self._report_from and not force):
+        # Only the first state waits for down_after (a receiver just opened has not spoken
+        # yet); after a "paused", the receiver's own warm-up keeps that state meanwhile.
+        early = self._reported is None and time.monotonic() < self._report_from
+        if state == self._reported or (early and not force):
             return
         assert self._plan is not None
         log.info("gnss: %s", state)
