@@ -158,28 +158,36 @@ class Agent:
     def pipeline(self) -> dict[str, int]:
         return dict(self.counters().get("pipeline", {}))
 
-    def wait_counted(self, frames: int, timeout: float = 120.0) -> tuple[dict[str, int], int]:
+    def idle_ns_per_s(self, seconds: float = 3.0) -> float:
+        """The agent's CPU per second with nothing on the bus: its timers and status writes."""
+        c0, t0 = cpu_ns(self.proc.pid), time.monotonic()
+        time.sleep(seconds)
+        return (cpu_ns(self.proc.pid) - c0) / (time.monotonic() - t0)
+
+    def wait_counted(
+        self, frames: int, timeout: float = 120.0
+    ) -> tuple[dict[str, int], int, float]:
         """Wait until the agent has counted ``frames`` more frames (received or dropped) than
         it had, or until its counts stop moving; return its counters and its CPU time when
         they last moved. With CAN_BCM fewer frames than the filters pass reach the agent, so
         its counts stop short: the idle seconds spent seeing that they stopped are not its
         work on the replay."""
         deadline = time.monotonic() + timeout
-        last, still, cpu = -1, 0, cpu_ns(self.proc.pid)
+        last, still, cpu, when = -1, 0, cpu_ns(self.proc.pid), time.monotonic()
         while time.monotonic() < deadline:
             p = self.pipeline()
             seen = p.get("frames", 0) + p.get("dropped_frames", 0)
             if seen >= frames:
-                return p, cpu_ns(self.proc.pid)
+                return p, cpu_ns(self.proc.pid), time.monotonic()
             if seen == last:
                 still += 1
             else:
-                still, cpu = 0, cpu_ns(self.proc.pid)
+                still, cpu, when = 0, cpu_ns(self.proc.pid), time.monotonic()
             if still > 4 * STATUS_INTERVAL / 0.05:  # four status writes without progress
-                return p, cpu
+                return p, cpu, when
             last = seen
             time.sleep(0.05)
-        return self.pipeline(), cpu_ns(self.proc.pid)
+        return self.pipeline(), cpu_ns(self.proc.pid), time.monotonic()
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -211,6 +219,7 @@ class Round:
     candump_ns: float
     rate: float  # frames per second offered
     counters: dict[str, int]
+    span: float  # seconds measured
 
     @property
     def ratio(self) -> float:
@@ -220,13 +229,13 @@ class Round:
 def measure(agent: Agent, dump: subprocess.Popen[bytes], log: Path, frames: int) -> Round:
     before = agent.pipeline()
     base = before.get("frames", 0) + before.get("dropped_frames", 0)
-    a0, c0 = cpu_ns(agent.proc.pid), cpu_ns(dump.pid)
+    a0, c0, t0 = cpu_ns(agent.proc.pid), cpu_ns(dump.pid), time.monotonic()
     seconds = replay(log)
-    after, a1 = agent.wait_counted(base + frames)
+    after, a1, t1 = agent.wait_counted(base + frames)
     c1 = cpu_ns(dump.pid)
     total = log_frames(log)
     delta = {k: after.get(k, 0) - before.get(k, 0) for k in after if isinstance(after[k], int)}
-    return Round((a1 - a0) / total, (c1 - c0) / total, total / seconds, delta)
+    return Round((a1 - a0) / total, (c1 - c0) / total, total / seconds, delta, t1 - t0)
 
 
 def log_frames(log: Path) -> int:
@@ -247,6 +256,7 @@ def cpu_section(drive: Drive, work: Path, rounds: int, speed: float, bus_extra: 
                 agent = Agent(work, name.replace(" ", "-"), signals, extra)
                 try:
                     passing = drive.passing(selection_keys(signals), 1)
+                    idle = agent.idle_ns_per_s()
                     runs = []
                     for i in range(rounds):
                         progress(f"{name}: replay {i + 1} of {rounds} at {speed:g}x")
@@ -267,6 +277,8 @@ def cpu_section(drive: Drive, work: Path, rounds: int, speed: float, bus_extra: 
                         f"{statistics.median(r.candump_ns for r in runs) / 1000:,.0f} µs",
                         f"{statistics.median(r.agent_ns for r in runs) / 1000:,.0f} µs",
                         f"**{med:.2f}** ({', '.join(f'{x:.2f}' for x in ratios)})",
+                        f"{idle / 1e6:.0f} ms/s, "
+                        f"{statistics.median(idle * r.span / total for r in runs) / 1000:,.0f} µs",
                         lost_text,
                     )
                 )
@@ -290,7 +302,7 @@ def rate_section(drive: Drive, work: Path, speeds: list[float], extra: str):
             before = agent.pipeline()
             progress(f"replay rate: {speed:g}x, {total:,} frames")
             seconds = replay(log)
-            after, _ = agent.wait_counted(
+            after, _, _ = agent.wait_counted(
                 before.get("frames", 0) + before.get("dropped_frames", 0) + passing
             )
             got = after.get("frames", 0) - before.get("frames", 0)
@@ -358,8 +370,10 @@ def main(argv: list[str] | None = None) -> int:
         f"rate; `candump {CHANNEL} > /dev/null` and `spime-agent run --dry-run` read the same "
         f"replays in one boot of the VM (one vCPU, software emulation). CPU per bus frame from "
         "/proc/PID/task/*/schedstat, from the replay's start until the agent counted every "
-        f"frame its kernel filters pass; {rounds} replays per row, median ratio (single runs in "
-        "brackets).",
+        f"frame its kernel filters pass (with CAN_BCM, which hands on fewer: until its counts "
+        f"stopped); {rounds} replays per row, median ratio (single runs in brackets). What the "
+        f"agent costs idle (its timers, a status file every {STATUS_INTERVAL:g} s) is measured "
+        "for 3 s before the replays and is included in its CPU per frame.",
         "",
         *table(
             (
@@ -369,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 "candump CPU / frame",
                 "agent CPU / frame",
                 "agent / candump",
+                "agent idle: CPU per second, and over a replay per frame",
                 "frames lost",
             ),
             rows,
