@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.config import BusConfig
 from agent.ratelimit import RateLimitedLog
-from agent.sources.bcmmask import CLASSIC_DATA, FD_DATA, content_mask, mask_bits
+from agent.sources.bcmmask import CLASSIC_DATA, FD_DATA, content_mask
 from agent.sources.socketcan import BatchReader, Frame
 
 _new_frame = tuple.__new__
@@ -88,28 +88,13 @@ class Watch:
 
 def wanted(cfg: BusConfig, messages: Mapping[int, Any] | None) -> bool:
     """Whether a bus reads through change detection: socketcan, not switched off, no id mask
-    (the kernel watches exact ids), something selected; with ``"auto"``, only where the kernel
-    can hold back frames the pipeline would decode (``holds_back``)."""
+    (the kernel watches exact ids), something selected."""
     return bool(
         messages
         and cfg.change_detection != "off"
         and cfg.interface == "socketcan"
         and cfg.id_mask is None
-        and (cfg.change_detection == "bcm" or holds_back(messages))
     )
-
-
-def holds_back(messages: Mapping[int, MessagePlan]) -> bool:
-    """Whether some watched message carries bits of signals the agent does not decode (other
-    signals, counters, checksums): frames where only those changed stay in the kernel. Where
-    every signal of every message is decoded, a frame the kernel forwards is one the pipeline
-    decodes anyway, the ones it holds back are those the pipeline skips with one comparison,
-    and the confirmations cost about as much as that saves: then every frame is read."""
-    for mp in messages.values():
-        msg = mp.message
-        if mask_bits(msg, _decoded(mp)) != mask_bits(msg, [s.name for s in msg.signals]):
-            return True
-    return False
 
 
 def _decoded(mp: MessagePlan) -> set[str]:

@@ -61,19 +61,6 @@ def test_which_buses_use_it(tmp_path: Path) -> None:
     assert not bcm.wanted(cfg.bus[0], plan.messages)
 
 
-def test_auto_uses_it_where_the_kernel_can_hold_back_frames(tmp_path: Path) -> None:
-    # Every signal of every message decoded: nothing for the kernel to hold back.
-    cfg, plan = _catalog(tmp_path, '[[signal]]\nmatch = "*.*"\n')
-    assert not bcm.holds_back(plan.messages)
-    assert not bcm.wanted(cfg.bus[0], plan.messages)
-    cfg, plan = _catalog(tmp_path, '[[signal]]\nmatch = "*.*"\n', change_detection="bcm")
-    assert bcm.wanted(cfg.bus[0], plan.messages)
-    # Engine's counter is not decoded: frames where only it changed stay in the kernel.
-    cfg, plan = _catalog(tmp_path, '[[signal]]\nmatch = "*.Speed"\n[[signal]]\nmatch = "Fd.*"\n')
-    assert bcm.holds_back(plan.messages)
-    assert bcm.wanted(cfg.bus[0], plan.messages)
-
-
 @pytest.mark.parametrize(
     "bus", [{"interface": "virtual"}, {"j1939": True}, {"frame_id_mask": 0x7F0}]
 )
