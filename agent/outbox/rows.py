@@ -15,7 +15,8 @@ RANK = {"event": EVENT, "telemetry": TELEMETRY}
 PRIORITY = {EVENT: "event", TELEMETRY: "telemetry"}
 
 
-@dataclass(frozen=True)
+# Slots: one is made per row the uplink reads, and a slotted one is made a quarter faster.
+@dataclass(frozen=True, slots=True)
 class OutboxEntry:
     id: int
     priority: str
