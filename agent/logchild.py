@@ -73,9 +73,17 @@ class LogChild:
 
     def open(self) -> None:
         """Start the child and wait until it opened the log; SourceError when it cannot."""
-        read_end, write_end = os.pipe()
-        _enlarge(read_end)
-        pid = os.fork()
+        read_end = write_end = -1
+        try:
+            read_end, write_end = os.pipe()
+            _enlarge(read_end)
+            pid = os.fork()
+        except OSError as err:  # out of processes or memory
+            for fd in (read_end, write_end):
+                if fd >= 0:
+                    os.close(fd)
+            why = f"{self.path}: cannot start a process to read the log: {err}"
+            raise SourceError(why) from None
         if pid == 0:
             _child(read_end, write_end, self.path, self.shift)  # never returns
         os.close(write_end)
