@@ -161,6 +161,9 @@ def purge_outbox(
             deleted += 1
     # What a failing disk keeps in memory (after the flush above, only then) is rewritten too.
     more, fewer = outbox.rewrite_buffered(rewrite)
-    if rewritten or deleted or more or fewer:
-        outbox.scrub()
+    if (rewritten or deleted or more or fewer) and not outbox.scrub():
+        log.warning(
+            "purge: the outbox's write-ahead log is in use and was not truncated; "
+            "later commits overwrite what it still holds"
+        )
     return PurgeResult(rewritten + more, deleted + fewer, rewrite.unreadable)
