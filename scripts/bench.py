@@ -1810,6 +1810,15 @@ def run_bcm() -> int:
     return subprocess.run(cmd, cwd=ROOT, check=False).returncode
 
 
+def run_diag() -> int:
+    """The diagnostics' ISO-TP transports on real SocketCAN (scripts/bench_diag.py): on vcan0
+    where this kernel has it, else inside scripts/vcan-vm; its table goes to out/bench-diag.md."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_diag.py")]
+    if not Path("/sys/class/net/vcan0").exists():
+        cmd = [str(ROOT / "scripts" / "vcan-vm"), "--timeout", "900", "--", *cmd]
+    return subprocess.run(cmd, cwd=ROOT, check=False).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shortened smoke run (< 60 s)")
@@ -1817,6 +1826,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--power", action="store_true", help="only the lifecycle measurements")
     parser.add_argument("--location", action="store_true", help="only the location part")
     parser.add_argument("--bcm", action="store_true", help="only CAN_BCM on vcan (VM if needed)")
+    parser.add_argument(
+        "--diag", action="store_true", help="only kernel vs user ISO-TP on vcan (VM if needed)"
+    )
     parser.add_argument(
         "--vcan", action="store_true", help="only the SocketCAN receive path (in the VM if need be)"
     )
@@ -1826,6 +1838,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.bcm:
         return run_bcm()
+    if args.diag:
+        return run_diag()
     plan = Plan.make(args.quick)
     started = time.time()
     t0 = time.monotonic()
