@@ -210,3 +210,37 @@ def test_29bit_multi_frame_pending_and_silent(
     assert st["isotp"] == isotp
     assert st["ecus"] == ["18DAF118", "ecm"] and st["pending"] >= 1
     assert st["isotp_errors"] == 0 and st["frames"] > 0 and st["load"] > 0
+
+
+def test_kernel_transport_reports_a_link_that_went_down_and_comes_back(
+    tmp_path: Path, vcan0: str, link_control: Any
+) -> None:
+    engine = Ecu(0x7E8, pids={0x0D: 50}, dtcs={0x03: [0x0301]})
+    cfg = DiagnosticsConfig.model_validate(
+        {"bus": "pt", "isotp": "kernel", "obd_pids": {"0D": 0.1}, "dtc_interval": 0, "timeout": 1}
+    )
+    (tmp_path / "empty.dbc").write_text('VERSION ""\n\nBS_:\n\nBU_:\n')
+    bus = BusConfig(
+        name="pt",
+        interface="socketcan",
+        channel=vcan0,
+        dbc=[tmp_path / "empty.dbc"],
+        reopen_min=0.1,
+        reopen_max=0.5,
+    )
+    got = Collector()
+    p = DiagPoller(cfg, bus, prefix="", emit=got, gate=lambda: None, asking=Asking(CATEGORIES))
+    with EcuSim([engine], interface="socketcan", channel=vcan0, kernel=True):
+        p.start()
+        try:
+            wait_for(lambda: got.values("OBD.VehicleSpeed"), 60, "speed")
+            link_control("down")
+            wait_for(lambda: p.status()["state"].startswith("down:"), 30, "the link down")
+            assert p.status()["bus_errors"] >= 1
+            link_control("up")
+            before = len(got.values("OBD.VehicleSpeed"))
+            wait_for(lambda: len(got.values("OBD.VehicleSpeed")) > before, 60, "speed again")
+            st = p.status()
+        finally:
+            p.stop()
+    assert st["isotp"] == "kernel" and st["state"] == "running"
