@@ -44,8 +44,9 @@ STATE = "Vehicle.CurrentLocation.State"
 LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
 RUN, OFF = 2, 0
 # Every fix kept by the sampler; trips withheld within 500 m of their ends. A receiver that
-# falls silent after its drive is "fix" for down_after more: time to park.
-GNSS = "mode = 'rules'\nmin_interval = 0\ndistance = 1\ndown_after = 5\n"
+# falls silent after its drive is "fix" for down_after more: longer than any of the test's waits
+# (WAIT), so however slow the machine, the car parks before its receiver could count as down.
+GNSS = "mode = 'rules'\nmin_interval = 0\ndistance = 1\ndown_after = 60\n"
 PRIVACY = '[privacy]\ntrip_end_radius = 500\n[consent]\ngranted = ["location"]\n'
 IGNITION = '[power]\nignition = "Body.Ignition"\nignition_on = ["Run"]\npark_after = 600\n'
 
@@ -89,6 +90,13 @@ def _gnss(agent: Agent) -> dict[str, Any]:
     return agent.status()["gnss"]  # type: ignore[no-any-return]
 
 
+def _read(agent: Agent) -> int:
+    """The fixes the receiver has read so far (with no zone, each one meets the track sampler,
+    which keeps or drops it)."""
+    track = _gnss(agent)["track"]
+    return int(track["kept"] + track["dropped"])
+
+
 def _park_and_wake(
     agent: Agent,
     car: can.BusABC,
@@ -106,6 +114,9 @@ def _park_and_wake(
     wait_for(lambda: state(agent) == "driving", WAIT, "driving")
     woken()
     drive(range(60))
+    # The receiver reads the drive on its own thread: the car parks once it has read it all
+    # (the state says "fix" from the drive's first second on).
+    wait_for(lambda: _read(agent) >= 60, WAIT, "the drive read")
     wait_for(lambda: _states(updates())[-1:] == ["fix"], WAIT, "fix in the data")
     # (The modem answers "no fix" past the end of its track at once.)
     assert _gnss(agent)["state"] in ("fix", "no fix") and "paused" not in _gnss(agent)
@@ -124,6 +135,9 @@ def _park_and_wake(
     drive(range(100, 160))
     wait_for(lambda: _states(updates())[-1:] == ["fix"], WAIT, "fix in the data again")
     assert _states(updates())[-3:] == ["fix", "paused", "fix"], _states(updates())
+    # The trip goes on (no park ends it): the receiver releases the fixes of its middle as it
+    # reads on, "fix" may be in the data before them.
+    wait_for(lambda: [p for p in _seconds(updates()) if p[0] >= 100], WAIT, "the new trip")
     points = _seconds(updates())
     _private_trip(points, 0, 59)
     _private_trip(points, 100, 159)  # a new trip from the wake, its start withheld
@@ -213,9 +227,10 @@ def test_a_parked_car_switches_the_modems_engine_off_before_the_radio(
 
         def drive(seconds: range) -> None:
             # The modem answers along its track as it is polled (one second per point), "no
-            # fix" past its end.
-            script.track = tuple(position(i) for i in range(seconds.stop))
+            # fix" past its end. The step first: a poll between the two finds the old track
+            # ended, never a point of the new one from the old step (a second of the park).
             script.step = seconds.start
+            script.track = tuple(position(i) for i in range(seconds.stop))
             script.mode = "fix"
             wait_for(lambda: script.step == seconds.stop, WAIT, "the track polled")
 
