@@ -154,7 +154,7 @@ class KernelIsoTpLink:
         """ECUs answering for the first time (29-bit ids): each gets its socket."""
         assert self._watch is not None
         seen: set[int] = set()
-        while True:
+        for _ in range(256):  # bounded: the filters below quiet the ids seen
             try:
                 frame = self._watch.recv(72, socket.MSG_DONTWAIT)
             except BlockingIOError:
