@@ -10,8 +10,10 @@ Measured per run: frames or notifications reaching user space, the reader's and 
 wake-ups (their threads' voluntary context switches, from /proc/self/task/TID/status: sleeps,
 and waits for the GIL too) and CPU time (from /proc/self/task/TID/schedstat) as a multiple of
 that of a ``candump`` reading the same replays over the same span, and what the kernel
-dropped. Prints Markdown; numbers only, no verdicts (the main bench
-owns those). Writes the table to ``out/bench-bcm.md`` too (the VM shares the checkout).
+dropped. Then the whole agent (``agent.daemon.Agent``, a dry run in this process) reads one
+replay per selection and mode: the CPU of each of its threads against candump's. Prints
+Markdown; numbers only, no verdicts (the main bench owns those). Writes the tables to
+``out/bench-bcm.md`` too (the VM shares the checkout).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from agent.config import load_config  # noqa: E402
-from agent.daemon import prepare  # noqa: E402
+from agent.daemon import Agent, prepare  # noqa: E402
 from agent.pipeline import Pipeline  # noqa: E402
 from tests.support.agentrun import write_config  # noqa: E402
 from tests.support.data import CORPUS  # noqa: E402
@@ -164,6 +166,57 @@ def agent_run(
     return out
 
 
+def _threads() -> dict[str, int]:
+    """CPU time so far of each of this process's named threads."""
+    out = {}
+    for t in threading.enumerate():
+        if t.native_id is not None:
+            try:
+                out[t.name] = _cpu_ns(f"/proc/self/task/{t.native_id}/schedstat")
+            except OSError:
+                continue  # ended meanwhile
+    return out
+
+
+def whole_agent_run(
+    work: Path, log: Path, mode: str, signals: list[str], dump: int
+) -> dict[str, float]:
+    """One replay read by the whole agent (a dry run, in this process, default intervals): the
+    CPU of each of its threads and of candump over the same span."""
+    shutil.copy(DBC, work / "car.dbc")
+    extra = "[updates]\nmax_age = 1.0\n" + "".join(f'[[signal]]\nmatch = "{s}"\n' for s in signals)
+    bus = {
+        "name": "car",
+        "interface": "socketcan",
+        "channel": CHANNEL,
+        "dbc": ["car.dbc"],
+        "change_detection": mode,
+    }
+    cfg = load_config(write_config(work / f"whole-{mode}.toml", [bus], extra))
+    agent = Agent(cfg, prepare(cfg), dry_run=True, on_json=NullSink())
+    runner = threading.Thread(target=agent.run, name="pipeline", daemon=True)
+    runner.start()
+    src = agent.pipeline.sources[0]
+    while agent.pipeline.source_states()["car"] not in ("up", "silent"):
+        time.sleep(0.05)
+    time.sleep(0.3)  # the reader's setups are in place
+    before, dcpu0 = _threads(), _cpu_ns(f"/proc/{dump}/schedstat")
+    subprocess.run(["canplayer", "-I", str(log), f"{CHANNEL}=can0"], check=True)
+    settle(lambda: src.status.frames)
+    after, dcpu = _threads(), _cpu_ns(f"/proc/{dump}/schedstat") - dcpu0
+    agent.request_stop()
+    runner.join(10)
+    spent = {k: after[k] - before[k] for k in after if k in before and k != "MainThread"}
+    reader = spent.pop(src._thread.name, 0)
+    pipeline = spent.pop("pipeline", 0)
+    return {
+        "reader": reader / dcpu,
+        "pipeline": pipeline / dcpu,
+        "others": sum(spent.values()) / dcpu,
+        "whole": (reader + pipeline + sum(spent.values())) / dcpu,
+    }
+
+
 @contextmanager
 def candump() -> Iterator[int]:
     """candump reading vcan0 into /dev/null for as long as the bench runs: its pid."""
@@ -202,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
                 loss = agent_run(work, loss_log, mode, signals, dump, receive_buffer=65536)
                 print(f"bench_bcm: {which} {mode} loss: {loss}", file=sys.stderr)
                 rows.append((which, len(signals), mode, got, loss))
+        whole = []
+        for which in ("ten", "all"):
+            signals = selection(which)
+            for mode in ("off", "bcm"):
+                w = whole_agent_run(work, cpu_log, mode, signals, dump)
+                print(f"bench_bcm: whole agent {which} {mode}: {w}", file=sys.stderr)
+                whole.append((which, mode, w))
     lines = [
         f"Genesis drive, {n:,} frames, replayed with canplayer at 8x (CPU; {ROUNDS} rounds, "
         f"median, single rounds in brackets) and at {LOSS_RATE:,.0f} frames/s (loss); candump "
@@ -227,6 +287,21 @@ def main(argv: list[str] | None = None) -> int:
             f"{mode} | {med('wakeups'):,.0f} | {med('switches'):,.0f} | "
             f"{med('pipeline_switches'):,.0f} | {ratio('cpu_ns')} | {ratio('pipeline_ns')} | "
             f"{ratio('cpu_ns', 'pipeline_ns')} | {loss['dropped']:,} |"
+        )
+    lines += [
+        "",
+        "The whole agent (a dry run in this process, default intervals, one replay each): CPU "
+        "of its threads over the replay and one idle second after it, as multiples of "
+        "candump's over the same span.",
+        "",
+        "| selection | change detection | reader | pipeline | other threads | whole agent |",
+        "|---|---|---|---|---|---|",
+    ]
+    for which, mode, w in whole:
+        lines.append(
+            f"| {'10 signals' if which == 'ten' else 'all but counters/checksums'} | {mode} | "
+            f"{w['reader']:.2f} | {w['pipeline']:.2f} | {w['others']:.2f} | "
+            f"**{w['whole']:.2f}** |"
         )
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
