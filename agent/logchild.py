@@ -48,6 +48,8 @@ CHUNK = 4096
 # unprivileged process may ask up to /proc/sys/fs/pipe-max-size, 1 MiB by default).
 PIPE_BYTES = 1 << 20
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+# The buffers of both ends of the pipe (bytes per write and per read system call).
+BUFFER = 1 << 16
 _PROTOCOL = 5  # bytearray payloads are pickled as they are (no copy through a reduce call)
 
 # File descriptors the forked child closes (all but its pipe and the standard ones).
@@ -88,7 +90,7 @@ class LogChild:
             _child(read_end, write_end, self.path, self.shift)  # never returns
         os.close(write_end)
         self.pid = pid
-        self._out = os.fdopen(read_end, "rb", buffering=1 << 16)
+        self._out = os.fdopen(read_end, "rb", buffering=BUFFER)
         first = self._read()
         if first[0] == "fail":
             raise SourceError(*first[1])
@@ -227,7 +229,7 @@ def _child(read_end: int, write_end: int, path: Path, shift: bool) -> NoReturn:
         # What the parent holds open (its sockets, its database) is not this process's to keep.
         os.closerange(3, write_end)
         os.closerange(write_end + 1, _MAX_FD)
-        with os.fdopen(write_end, "wb", buffering=1 << 16) as out:
+        with os.fdopen(write_end, "wb", buffering=BUFFER) as out:
             serve(path, shift, out)
         code = 0
     except BrokenPipeError:
