@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +231,15 @@ def test_auto_reads_a_large_unpaced_log_in_a_process_given_two_cores(tmp_path: P
     )
     r = subprocess.run([sys.executable, "-c", one_cpu, str(tmp_path), str(big)], cwd=REPO)
     assert r.returncode == 3
+
+
+def test_time_now_shifts_the_log_to_start_when_the_child_reads_it(tmp_path: Path) -> None:
+    (tmp_path / "car.dbc").write_text(DBC)
+    log = _generated(tmp_path / "drive.log", 3_000)  # 100.000 s to 102.999 s
+    for reader in ("thread", "process"):
+        before = time.time()
+        _, pipeline = _replay(tmp_path, [log], tmp_path / "car.dbc", reader, time="now")
+        after = time.time()
+        # The first frame is stamped when it was read, the rest keep their spacing.
+        start = pipeline.now - 2.999
+        assert before <= start <= after, reader
