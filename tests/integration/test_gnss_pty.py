@@ -15,15 +15,35 @@ from tests.support.wait import wait_for
 TALKERS = ("GP", "GN", "GL", "GA", "GB", "BD")
 
 
+class _Clock:
+    """The source's monotonic clock, moved on only by the test: a "fix" lasts until the test
+    lets down_after pass, however late a loaded machine lets it look (the fixes' own times come
+    from the sentences)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _lines(src: NmeaSource) -> int:
+    """The lines the source has read: each one is a sentence, or counted as bad or ignored."""
+    c = src.reader.counters
+    return c["sentences"] + c["checksum"] + c["malformed"] + c["ignored"]
+
+
 def test_a_drive_over_a_pty_gives_private_sampled_fixes_and_reports_the_gap(
     pty: tuple[int, str],
 ) -> None:
     master, path = pty
+    clock = _Clock()
     src = NmeaSource(
         path,
         track=TrackSampler(TrackPolicy(tolerance=5.0)),
         privacy=PrivacyFilter(zones=(HOME,), trip_end_radius=500.0),
         down_after=0.5,
+        clock=clock,
     )
     src.start()
     try:
@@ -39,8 +59,11 @@ def test_a_drive_over_a_pty_gives_private_sampled_fixes_and_reports_the_gap(
             os.write(master, data)
             sent += 1
             if i == 100:
+                # Two lines an epoch (the noise is part of a line): read up to here.
+                wait_for(lambda: _lines(src) == 2 * 101, 10, "the drive read so far")
                 wait_for(lambda: src.state in ("fix", "in privacy zone"), 10, "a fix")
                 # the gap: the receiver says nothing for longer than down_after
+                clock.now += 1.0
                 wait_for(lambda: src.state == "gnss down", 10, "gnss down")
         wait_for(lambda: src.reader.counters["sentences"] >= 2 * sent - 40, 20, "all read")
         assert src.reader.counters["checksum"] >= 10
@@ -52,14 +75,18 @@ def test_a_drive_over_a_pty_gives_private_sampled_fixes_and_reports_the_gap(
 def test_a_port_that_dies_turns_a_fix_into_gnss_down() -> None:
     master, slave = os.openpty()
     tty.setraw(slave)
-    src = NmeaSource(os.ttyname(slave), down_after=0.5)
+    clock = _Clock()
+    src = NmeaSource(os.ttyname(slave), down_after=0.5, clock=clock)
     src.start()
     try:
         wait_for(lambda: src.opens == 1, 10, "the port open")
         for i in range(3):
             os.write(master, epoch("GN", i, *position(i)))
+        wait_for(lambda: _lines(src) == 6, 10, "the epochs read")
         wait_for(lambda: src.state == "fix", 10, "a fix")
         os.close(master)  # the receiver's end goes away: reads fail
+        # The thread waiting to reopen the port keeps the state current.
+        clock.now += 1.0
         wait_for(lambda: src.state == "gnss down", 10, "gnss down")
     finally:
         src.stop()
@@ -85,6 +112,7 @@ def test_a_paused_receiver_closes_its_port_ends_the_trip_and_resumes_with_a_new_
         track=TrackSampler(every),
         privacy=PrivacyFilter(trip_end_radius=500.0),
         down_after=0.5,
+        clock=_Clock(),
     )
     src.start()
     try:
@@ -93,7 +121,7 @@ def test_a_paused_receiver_closes_its_port_ends_the_trip_and_resumes_with_a_new_
         for i in range(60):
             os.write(master, epoch("GN", i, *position(i)))
         wait_for(lambda: src.reader.counters["fixes"] == 60, 20, "the first trip read")
-        assert src.state == "fix"
+        wait_for(lambda: src.state == "fix", 10, "a fix")  # set once the read is handled
         assert src.pause("parked")
         assert (src.state, src.paused) == ("paused", "parked")
         assert open_on(path) == 1  # the port is closed
@@ -109,7 +137,7 @@ def test_a_paused_receiver_closes_its_port_ends_the_trip_and_resumes_with_a_new_
         for i in range(100, 160):
             os.write(master, epoch("GN", i, *position(i)))
         wait_for(lambda: src.reader.counters["fixes"] == 120, 20, "the second trip read")
-        assert src.state == "fix"
+        wait_for(lambda: src.state == "fix", 10, "a fix")
     finally:
         src.stop()
     # A new trip from the wake: its start is withheld around where the car woke.
