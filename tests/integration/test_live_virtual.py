@@ -153,7 +153,10 @@ def test_dead_bus_is_reported_down_while_a_quiet_one_is_silent(
             wait_for(lambda: run.agent.pipeline.source_states()["quiet"] == "up", what="up again")
 
 
-def test_a_replay_beside_a_live_bus_is_read_on_its_own_thread(tmp_path: Path, channel: str) -> None:
+@pytest.mark.parametrize("reader", ["thread", "process"])
+def test_a_replay_beside_a_live_bus_is_read_on_its_own_thread(
+    tmp_path: Path, channel: str, reader: str
+) -> None:
     (tmp_path / "drive.log").write_text(
         "".join(f"({1767225600 + i / 10:.6f}) can0 100#{i:02X}00000000000000\n" for i in range(30))
     )
@@ -167,6 +170,7 @@ def test_a_replay_beside_a_live_bus_is_read_on_its_own_thread(tmp_path: Path, ch
                 "log": "drive.log",
                 "dbc": ["car.dbc"],
                 "speed": 10,
+                "reader": reader,
             },
         ],
     )
@@ -175,6 +179,7 @@ def test_a_replay_beside_a_live_bus_is_read_on_its_own_thread(tmp_path: Path, ch
         wait_for(lambda: states()["rec"] == "finished", what="replay finished")
         wait_for(lambda: len(run.samples()) >= 30, what="every replayed change")
         assert states()["live"] in ("up", "silent")  # the live bus keeps the agent running
+        assert run.agent.pipeline.sources[1].reader_pid == 0  # a reader process ended with it
     values = [v for _, name, v in run.samples() if name == "rec/Engine.Speed"]
     assert values == [i * 0.01 for i in range(30)]
 
