@@ -215,7 +215,7 @@ def _in_process(tmp_path: Path, log: Path, **bus: Any) -> bool:
 def test_auto_reads_a_large_unpaced_log_in_a_process_given_two_cores(tmp_path: Path) -> None:
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("one CPU here")
-    big = _generated(tmp_path / "big.log", 60_000)
+    big = _generated(tmp_path / "big.log", 80_000)
     assert big.stat().st_size >= PROCESS_MIN_BYTES
     small = _generated(tmp_path / "small.log", 1_000)
     assert _in_process(tmp_path, big)
