@@ -12,7 +12,7 @@ from agent.policy.track import TrackPolicy, TrackSampler
 from agent.sources.gpsd import GpsdSource
 from tests.support.fake_gpsd import FakeGpsd, sky, tpv
 from tests.support.nmea import HOME, assert_private_drive, position
-from tests.support.wait import wait_for
+from tests.support.wait import TestClock, wait_for
 
 
 def every_fix() -> dict[str, object]:
@@ -53,12 +53,21 @@ def test_a_drive_through_gpsd_gives_private_sampled_fixes(gpsd: FakeGpsd) -> Non
 
 
 def test_a_gpsd_that_stops_talking_is_gnss_down_until_it_talks_again(gpsd: FakeGpsd) -> None:
-    src = GpsdSource("127.0.0.1", gpsd.port, down_after=0.5, **every_fix())  # type: ignore[arg-type]
+    # The source's time passes only when the test says: each state holds until it looks.
+    clock = TestClock()
+    src = GpsdSource(
+        "127.0.0.1",
+        gpsd.port,
+        down_after=0.5,
+        clock=clock,
+        **every_fix(),  # type: ignore[arg-type]
+    )
     src.start()
     try:
         wait_for(lambda: gpsd.watching == 1, 10, "the watch request")
         gpsd.send(tpv(1, *position(1)))
         wait_for(lambda: src.state == "fix", 10, "a fix")
+        clock.advance(1.0)
         wait_for(lambda: src.state == "gnss down", 10, "gnss down while gpsd is silent")
         gpsd.send(tpv(2, None, None, mode=1))
         wait_for(lambda: src.state == "no fix", 10, "no fix")
@@ -71,15 +80,24 @@ def test_a_gpsd_that_stops_talking_is_gnss_down_until_it_talks_again(gpsd: FakeG
 
 
 def test_gpsd_closing_the_connection_is_gnss_down_then_a_reconnect(gpsd: FakeGpsd) -> None:
-    src = GpsdSource("127.0.0.1", gpsd.port, down_after=0.5, **every_fix())  # type: ignore[arg-type]
+    # The source's time passes only while the test waits for what needs it (down_after, the
+    # reconnect's backoff): the fixes' states hold until the test looks.
+    clock = TestClock()
+    src = GpsdSource(
+        "127.0.0.1",
+        gpsd.port,
+        down_after=0.5,
+        clock=clock,
+        **every_fix(),  # type: ignore[arg-type]
+    )
     src.start()
     try:
         wait_for(lambda: gpsd.watching == 1, 10, "the watch request")
         gpsd.send(tpv(1, *position(1)))
         wait_for(lambda: src.state == "fix", 10, "a fix")
         gpsd.drop()
-        wait_for(lambda: src.state == "gnss down", 10, "gnss down")
-        wait_for(lambda: gpsd.watching == 1, 20, "a new watch after the reconnect")
+        wait_for(clock.passing(lambda: src.state == "gnss down"), 10, "gnss down")
+        wait_for(clock.passing(lambda: gpsd.watching == 1), 20, "a new watch after the reconnect")
         assert src.connects == 2
         gpsd.send(tpv(2, *position(2)))
         wait_for(lambda: src.state == "fix", 10, "a fix after the reconnect")
@@ -112,8 +130,15 @@ def test_a_silent_connection_is_given_up_and_no_gpsd_at_all_is_gnss_down(gpsd: F
 
 
 def test_a_paused_source_ends_its_watch_and_watches_again_at_the_resume(gpsd: FakeGpsd) -> None:
-    # down_after long enough that the state after the resume is still the paused one
-    src = GpsdSource("127.0.0.1", gpsd.port, down_after=10.0, **every_fix())  # type: ignore[arg-type]
+    # The source's time stands still: after the resume the state stays the paused one (until
+    # the receiver says something or down_after passes).
+    src = GpsdSource(
+        "127.0.0.1",
+        gpsd.port,
+        down_after=0.5,
+        clock=TestClock(),
+        **every_fix(),  # type: ignore[arg-type]
+    )
     src.start()
     try:
         wait_for(lambda: gpsd.watching == 1, 10, "the watch request")

@@ -10,21 +10,9 @@ from agent.policy.privacy import PrivacyFilter
 from agent.policy.track import TrackPolicy, TrackSampler
 from agent.sources.gnss import NmeaSource
 from tests.support.nmea import HOME, assert_private_drive, epoch, open_on, position
-from tests.support.wait import wait_for
+from tests.support.wait import TestClock, wait_for
 
 TALKERS = ("GP", "GN", "GL", "GA", "GB", "BD")
-
-
-class _Clock:
-    """The source's monotonic clock, moved on only by the test: a "fix" lasts until the test
-    lets down_after pass, however late a loaded machine lets it look (the fixes' own times come
-    from the sentences)."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _lines(src: NmeaSource) -> int:
@@ -37,7 +25,7 @@ def test_a_drive_over_a_pty_gives_private_sampled_fixes_and_reports_the_gap(
     pty: tuple[int, str],
 ) -> None:
     master, path = pty
-    clock = _Clock()
+    clock = TestClock()
     src = NmeaSource(
         path,
         track=TrackSampler(TrackPolicy(tolerance=5.0)),
@@ -63,7 +51,7 @@ def test_a_drive_over_a_pty_gives_private_sampled_fixes_and_reports_the_gap(
                 wait_for(lambda: _lines(src) == 2 * 101, 10, "the drive read so far")
                 wait_for(lambda: src.state in ("fix", "in privacy zone"), 10, "a fix")
                 # the gap: the receiver says nothing for longer than down_after
-                clock.now += 1.0
+                clock.advance(1.0)
                 wait_for(lambda: src.state == "gnss down", 10, "gnss down")
         wait_for(lambda: src.reader.counters["sentences"] >= 2 * sent - 40, 20, "all read")
         assert src.reader.counters["checksum"] >= 10
@@ -75,7 +63,7 @@ def test_a_drive_over_a_pty_gives_private_sampled_fixes_and_reports_the_gap(
 def test_a_port_that_dies_turns_a_fix_into_gnss_down() -> None:
     master, slave = os.openpty()
     tty.setraw(slave)
-    clock = _Clock()
+    clock = TestClock()
     src = NmeaSource(os.ttyname(slave), down_after=0.5, clock=clock)
     src.start()
     try:
@@ -86,7 +74,7 @@ def test_a_port_that_dies_turns_a_fix_into_gnss_down() -> None:
         wait_for(lambda: src.state == "fix", 10, "a fix")
         os.close(master)  # the receiver's end goes away: reads fail
         # The thread waiting to reopen the port keeps the state current.
-        clock.now += 1.0
+        clock.advance(1.0)
         wait_for(lambda: src.state == "gnss down", 10, "gnss down")
     finally:
         src.stop()
@@ -112,7 +100,7 @@ def test_a_paused_receiver_closes_its_port_ends_the_trip_and_resumes_with_a_new_
         track=TrackSampler(every),
         privacy=PrivacyFilter(trip_end_radius=500.0),
         down_after=0.5,
-        clock=_Clock(),
+        clock=TestClock(),
     )
     src.start()
     try:

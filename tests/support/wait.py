@@ -34,3 +34,30 @@ def wait_for(predicate: Callable[[], T], timeout: float = 20.0, what: str = "con
     if not wait_until(hit, timeout, interval=0.01):
         raise AssertionError(f"timed out waiting for {what}")
     return found[0]
+
+
+class TestClock:
+    """A monotonic clock for the part under test (its ``clock`` argument) that moves only when
+    the test moves it: a state that lasts "down_after seconds" holds, however late a loaded
+    machine lets the test look, until the test lets the time pass (``advance``, or
+    ``passing`` inside a wait that needs time to go by)."""
+
+    __test__ = False  # not a test class for pytest
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+    def passing(self, predicate: Callable[[], T], step: float = 0.05) -> Callable[[], T]:
+        """``predicate`` for wait_for, with ``step`` seconds passing at each look."""
+
+        def look() -> T:
+            self.now += step
+            return predicate()
+
+        return look
