@@ -29,6 +29,8 @@ from agent.control.plans import Planner
 from agent.downlink import Downlink, control_dir
 from agent.lifecycle import PowerController
 from agent.pipeline import Pipeline
+from agent.privacyrecord import PrivacyRecord, granted_of
+from agent.privacyrecord import revoked as revoked_between
 from agent.schemastore import SchemaStore
 from agent.sdnotify import Notifier
 from agent.spime import decode_update, peek_schema_id
@@ -138,6 +140,7 @@ class Agent:
         self.uplink: Any = None
         self.modems: Any = None
         self.schemas: SchemaStore | None = None
+        self.privacy: PrivacyRecord | None = None  # what the stored updates respect
         self.commands: Any = None
         self.diag: Any = None
         if cfg.diagnostics:
@@ -308,6 +311,7 @@ class Agent:
         try:
             self.schemas = SchemaStore(Path(f"{self.cfg.outbox.path}.schemas"))
             self.schemas.save(self.catalog.schema)
+            self._purge_owed()  # before the uplink may read a stored update
             if self.cfg.modem:
                 from agent.modem.manager import ModemManager
 
@@ -358,6 +362,17 @@ class Agent:
             if self.modems is not None:
                 self.modems.stop(5.0)
             self.outbox.close()
+
+    def _purge_owed(self) -> None:
+        """A zone added or consent revoked while the agent was stopped: purge what the last
+        run left in the outbox (agent.privacyrecord)."""
+        assert self.cfg.outbox is not None
+        self.privacy = PrivacyRecord(Path(f"{self.cfg.outbox.path}.privacy"))
+        revoked, added = self.privacy.owed(self.cfg)
+        if (revoked or added) and self.outbox.stats().rows:  # an empty outbox owes nothing
+            self._purge(revoked, added)
+        else:
+            self.privacy.settle(self.cfg, purged=True)
 
     def _end_power(self) -> None:
         """The input ended: the lifecycle first acts on every value it was handed (the last
@@ -540,6 +555,8 @@ class Agent:
             self.diag.consent_decided(cfg)  # a revocation stops diagnostic requests now
         added = _zones_added(self.cfg, cfg)
         self.base_cfg = base
+        if self.privacy is not None:
+            self.privacy.loosen(cfg)  # before an update is stored under it
         self._switch(
             cfg,
             catalog,
@@ -712,6 +729,9 @@ class Agent:
             **result.as_dict(),
             "location_samples": positions,
         }
+        if self.privacy is not None:
+            # A purge left to a failing disk is owed again at the next start.
+            self.privacy.settle(self.cfg, purged=self.outbox.stats().write_error is None)
         log.warning(
             "%s: %d stored updates deleted, %d rewritten without those samples%s",
             "; ".join(why),
@@ -746,15 +766,4 @@ def _zones_added(old: Config, new: Config) -> bool:
 
 def _revoked(old: Config, new: Config) -> set[str]:
     """Categories granted before and not now (no [consent] section means everything)."""
-    from agent.config import COARSE_LOCATION, CONSENT_CATEGORIES
-
-    every = {*CONSENT_CATEGORIES, COARSE_LOCATION}
-    before = every if old.consent is None else set(old.consent.granted)
-    after = every if new.consent is None else set(new.consent.granted)
-    gone = before - after
-    if "location" in gone and COARSE_LOCATION in after:
-        gone.discard("location")  # still sent, coarsely; exact values already stored may stay
-    if COARSE_LOCATION in gone and "location" not in after:
-        gone.add("location")
-    gone.discard(COARSE_LOCATION)
-    return gone
+    return revoked_between(granted_of(old), granted_of(new))

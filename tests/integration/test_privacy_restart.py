@@ -1,0 +1,187 @@
+"""A privacy zone added, or consent revoked, while the agent is stopped covers what the last run
+left in the outbox.
+
+The agent runs as `run` wires it, with a real mosquitto that refuses its updates (an ACL: they
+wait in the SQLite outbox) and, for positions, an NMEA receiver on a pseudo-terminal. The
+agent is stopped, restarted once with the config unchanged (nothing is rewritten), stopped,
+the config gains a zone (or loses a category) and the broker takes updates; the agent starts
+again. Every published update and every row left in the outbox is decoded and scanned.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import can
+
+from agent.spime import peek_header
+from tests.integration.test_commands import NO_DATA_ACL, PREFIX, Car
+from tests.integration.test_zone_purge import (
+    FIXES,
+    STATE,
+    T0,
+    WAIT,
+    Key,
+    _docs,
+    _gnss,
+    _inside,
+    _lat_seconds,
+    _outbox_payloads,
+    _toml,
+    _zone,
+)
+from tests.support.agentrun import VIN
+from tests.support.broker import Mosquitto, Subscriber
+from tests.support.nmea import epoch, position
+from tests.support.wait import wait_for
+
+ZONE = _zone("depot", 100, 200.0)
+DRIVEN = range(FIXES // 2 + 50)  # the zone lies well inside the drive
+
+
+def _wait_old_boot_gone(car: Car, boot: str) -> None:
+    """Every update of the earlier run is acknowledged by the broker (or purged)."""
+    agent = car.agent
+    assert agent is not None
+
+    def gone() -> bool:
+        agent.outbox.flush()
+        return all(peek_header(r.payload).boot != boot for r in agent.outbox.iter_rows())
+
+    wait_for(gone, WAIT, "the earlier run's updates sent")
+
+
+def test_a_zone_added_while_the_agent_was_stopped_takes_back_stored_positions(
+    tmp_path: Path, pty: tuple[int, str]
+) -> None:
+    master, port = pty
+    broker = Mosquitto(tmp_path / "broker", acl=NO_DATA_ACL)
+    broker.start()
+    car = Car(tmp_path, broker)
+    own = car.config.read_text().replace("max_age = 0.05\n", "max_age = 60\n")
+    gnss = (
+        f'\n[gnss]\nport = "{port}"\nmode = "rules"\ndistance = 20.0\ndown_after = 600\n'
+        "\n[privacy]\ntrip_end_radius = 0.0\n"
+    )
+    car.config.write_text(own + gnss)
+    db = tmp_path / "outbox.db"
+    schemas = tmp_path / "outbox.db.schemas"
+    record = tmp_path / "outbox.db.privacy"
+    sub = Subscriber(broker, f"{PREFIX}/{VIN}/data", client_id="sub-data")
+    try:
+        agent = car.start()
+        try:
+            location = agent.location
+            assert location is not None
+            wait_for(lambda: getattr(location.source, "opens", 0) == 1, WAIT, "the port open")
+            with can.Bus(interface="virtual", channel=car.channel, ignore_config=True) as bus:
+                for second in DRIVEN:
+                    os.write(master, epoch("GN", second, *position(second)))
+                    if second % 10 == 9:
+                        bus.send(can.Message(arbitration_id=0x100, data=bytes([second % 100])))
+                        wait_for(lambda n=second + 1: location.fixes == n, WAIT, "fixes taken")
+                    if second % 40 == 39:
+                        assert agent.request_snapshot(WAIT) is not None
+        finally:
+            car.stop()  # the open update is stored on the way out
+        stored = _outbox_payloads(db)
+        first = _docs(stored, schemas)
+        assert _lat_seconds(first) == set(DRIVEN)
+        boot = next(iter(first))[0]
+        assert record.exists()
+        mark = record.stat().st_mtime_ns
+
+        # Unchanged config: nothing owed, nothing rewritten, the record not even written.
+        agent = car.start()
+        try:
+            assert "last_purge" not in agent.status()["outbox"]
+            agent.outbox.flush()
+            assert set(stored) <= {r.payload for r in agent.outbox.iter_rows()}
+        finally:
+            car.stop()
+        assert record.stat().st_mtime_ns == mark
+
+        # The owner adds a zone while the agent is stopped; the broker takes updates from now.
+        car.config.write_text(
+            own + gnss.replace("[privacy]\n", f"[privacy]\nzones = [{_toml(ZONE)}]\n")
+        )
+        broker.acl = NO_DATA_ACL + f"topic readwrite {PREFIX}/{VIN}/data\n"
+        broker.reload()
+        agent = car.start()
+        try:
+            purge = agent.status()["outbox"]["last_purge"]
+            assert purge["rewritten"] >= 1 and purge["location_samples"] >= 10, purge
+            assert "depot" in purge["why"]
+            _wait_old_boot_gone(car, boot)
+        finally:
+            car.stop()
+    finally:
+        sub.close()
+        broker.stop()
+    published = _docs([m.payload for m in sub.messages], schemas)
+    final = {**_docs(_outbox_payloads(db), schemas), **published}
+    for doc in final.values():
+        private = [s for s in doc["samples"] if _gnss(s) and _inside([ZONE], s["t"])]
+        assert not private, (doc["seq"], private)
+    # Nothing else is lost: each stored update is sent with the same boot and seq, with every
+    # sample it had but those of fixes inside the zone.
+    for key, doc in first.items():
+        wanted = [s for s in doc["samples"] if not (_gnss(s) and _inside([ZONE], s["t"]))]
+        sent = final[key]["samples"] if key in final else []
+        got = [s for s in sent if s["signal"] != STATE or s in doc["samples"]]
+        assert got == wanted, key
+    kept = _lat_seconds({k: v for k, v in final.items() if k[0] == boot})
+    assert kept == {i for i in DRIVEN if not _inside([ZONE], T0 + i)}
+    assert kept != set(DRIVEN)  # the zone did cover stored fixes
+
+
+def test_consent_revoked_while_the_agent_was_stopped_takes_back_stored_samples(
+    tmp_path: Path,
+) -> None:
+    broker = Mosquitto(tmp_path / "broker", acl=NO_DATA_ACL)
+    broker.start()
+    car = Car(tmp_path, broker, remote=False)
+    db = tmp_path / "outbox.db"
+    schemas = tmp_path / "outbox.db.schemas"
+    sub = Subscriber(broker, f"{PREFIX}/{VIN}/data", client_id="sub-data")
+    try:
+        agent = car.start()
+        try:
+            car.send_frames(10)
+            wait_for(lambda: _names(_stored_docs(car, schemas)).count("Pos.Lat") >= 5, WAIT)
+        finally:
+            car.stop()
+        first = _docs(_outbox_payloads(db), schemas)
+        assert "Pos.Lat" in _names(first) and "Health.Coolant" in _names(first)
+        boot = next(iter(first))[0]
+        text = car.config.read_text()
+        assert 'granted = ["vehicle_health", "location"]' in text
+        car.config.write_text(text.replace('"vehicle_health", "location"', '"vehicle_health"'))
+        broker.acl = NO_DATA_ACL + f"topic readwrite {PREFIX}/{VIN}/data\n"
+        broker.reload()
+        agent = car.start()
+        try:
+            purge = agent.status()["outbox"]["last_purge"]
+            assert purge["why"] == "consent revoked for location", purge
+            _wait_old_boot_gone(car, boot)
+        finally:
+            car.stop()
+    finally:
+        sub.close()
+        broker.stop()
+    sent = _docs([m.payload for m in sub.messages], schemas)
+    assert "Pos.Lat" not in _names(sent)
+    assert _names(sent).count("Health.Coolant") == _names(first).count("Health.Coolant")
+    assert "Pos.Lat" not in _names(_docs(_outbox_payloads(db), schemas))
+
+
+def _stored_docs(car: Car, schemas: Path) -> dict[Key, dict[str, Any]]:
+    assert car.agent is not None
+    car.agent.outbox.flush()
+    return _docs([r.payload for r in car.agent.outbox.iter_rows()], schemas)
+
+
+def _names(docs: dict[Key, dict[str, Any]]) -> list[str]:
+    return [s["signal"] for d in docs.values() for s in d["samples"]]
