@@ -31,6 +31,7 @@ from agent.lifecycle import PowerController
 from agent.pipeline import Pipeline
 from agent.privacyrecord import PrivacyRecord, granted_of
 from agent.privacyrecord import revoked as revoked_between
+from agent.ratelimit import Interval
 from agent.schemastore import SchemaStore
 from agent.sdnotify import Notifier
 from agent.spime import decode_update, peek_schema_id
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_INPUT, EXIT_DRAIN_TIMEOUT = 0, 2, 3
 # After SIGTERM: how long the uplink may keep publishing before it disconnects.
 SHUTDOWN_PUBLISH_SECONDS = 3.0
+START_EXTEND_SECONDS = 60.0  # systemd's start timeout, from now, while a purge at start reads
 # Beyond park_upload, how long the end of a replay waits for the lifecycle's last transitions
 # (a commit, the link's pause and the modems' power each take at most 10-15 s).
 POWER_SETTLE_SECONDS = 40.0
@@ -370,7 +372,16 @@ class Agent:
         self.privacy = PrivacyRecord(Path(f"{self.cfg.outbox.path}.privacy"))
         revoked, added = self.privacy.owed(self.cfg)
         if (revoked or added) and self.outbox.stats().rows:  # an empty outbox owes nothing
-            self._purge(revoked, added)
+            # Each rewritten row is one commit (fsync): on slow flash a big outbox can take
+            # longer than systemd's start timeout, so more time is asked for while rows are read.
+            self.notifier.status("purging stored updates: privacy tightened while stopped")
+            every = Interval(START_EXTEND_SECONDS / 3)
+
+            def progress() -> None:
+                if every.allow():
+                    self.notifier.extend_start(START_EXTEND_SECONDS)
+
+            self._purge(revoked, added, progress)
         else:
             self.privacy.settle(self.cfg, purged=True)
 
@@ -701,7 +712,9 @@ class Agent:
                 self._switch(*switch, f"plan {plan.id} version {plan.version} expired")
                 self.planner.book.expired(plan)
 
-    def _purge(self, revoked: set[str], zones_added: bool) -> None:
+    def _purge(
+        self, revoked: set[str], zones_added: bool, progress: Callable[[], None] | None = None
+    ) -> None:
         """Take back from every update not yet sent the samples of revoked categories and the
         positions inside the zones in force (when one was added): agent.purge."""
         from agent.purge import tighten
@@ -720,6 +733,7 @@ class Agent:
             revoked=revoked,
             zones=zones if zones_added else (),
             coarse_grid=consent.coarse_grid if consent is not None else 0.0,
+            progress=progress,
         )
         why = [f"consent revoked for {', '.join(sorted(revoked))}"] * bool(revoked)
         why += [f"privacy zones now {', '.join(z.name for z in zones)}"] * zones_added

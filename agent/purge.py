@@ -67,9 +67,11 @@ def tighten(
     revoked: Collection[str] = (),
     zones: tuple[Zone, ...] = (),
     coarse_grid: float = 0.0,
+    progress: Callable[[], None] | None = None,
 ) -> tuple[PurgeResult, int]:
     """Purge for consent revoked in ``revoked`` and/or the privacy ``zones`` now in force (when
-    one was added); the result, and how many location samples the zones took back."""
+    one was added); the result, and how many location samples the zones took back.
+    ``progress`` is called once per stored update read."""
     keeps: list[Keep] = []
     categories: set[str] = set(revoked)
     if revoked:
@@ -85,7 +87,7 @@ def tighten(
             samples = k(schema, head, samples)
         return samples
 
-    result = purge_outbox(outbox, schemas, categories, keep)
+    result = purge_outbox(outbox, schemas, categories, keep, progress)
     return result, 0 if outside is None else outside.dropped
 
 
@@ -142,14 +144,20 @@ class _Rewriter:
 
 
 def purge_outbox(
-    outbox: Outbox, schemas: _Schemas, categories: Collection[str], keep: Keep
+    outbox: Outbox,
+    schemas: _Schemas,
+    categories: Collection[str],
+    keep: Keep,
+    progress: Callable[[], None] | None = None,
 ) -> PurgeResult:
     """Apply ``keep`` to every update waiting in ``outbox`` whose schema has a signal of
-    ``categories`` (see the module docstring)."""
+    ``categories`` (see the module docstring); ``progress()`` before each committed row is read."""
     rewrite = _Rewriter(schemas, categories, keep)
     outbox.flush()
     rewritten = deleted = 0
     for row in outbox.iter_rows():
+        if progress is not None:
+            progress()
         payload = rewrite(row.payload)
         if payload is row.payload:
             continue

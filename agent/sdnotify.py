@@ -51,6 +51,10 @@ class Notifier:
     def status(self, status: str) -> None:
         self.notify(f"STATUS={status}")
 
+    def extend_start(self, seconds: float) -> None:
+        """Before READY: systemd's start timeout ends ``seconds`` from now at the earliest."""
+        self.notify(f"EXTEND_TIMEOUT_USEC={round(seconds * 1e6)}")
+
     def watchdog(self) -> None:
         self.notify("WATCHDOG=1")
 

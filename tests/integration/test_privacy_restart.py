@@ -11,10 +11,12 @@ again. Every published update and every row left in the outbox is decoded and sc
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 import can
+import pytest
 
 from agent.spime import peek_header
 from tests.integration.test_commands import NO_DATA_ACL, PREFIX, Car
@@ -53,8 +55,16 @@ def _wait_old_boot_gone(car: Car, boot: str) -> None:
     wait_for(gone, WAIT, "the earlier run's updates sent")
 
 
+def _until_ready(notify: socket.socket) -> list[str]:
+    """What the agent told systemd, up to READY=1."""
+    fields: list[str] = []
+    while "READY=1" not in fields:
+        fields += notify.recv(4096).decode().split("\n")
+    return fields
+
+
 def test_a_zone_added_while_the_agent_was_stopped_takes_back_stored_positions(
-    tmp_path: Path, pty: tuple[int, str]
+    tmp_path: Path, pty: tuple[int, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     master, port = pty
     broker = Mosquitto(tmp_path / "broker", acl=NO_DATA_ACL)
@@ -69,6 +79,9 @@ def test_a_zone_added_while_the_agent_was_stopped_takes_back_stored_positions(
     db = tmp_path / "outbox.db"
     schemas = tmp_path / "outbox.db.schemas"
     record = tmp_path / "outbox.db.privacy"
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(WAIT)
     sub = Subscriber(broker, f"{PREFIX}/{VIN}/data", client_id="sub-data")
     try:
         agent = car.start()
@@ -93,9 +106,13 @@ def test_a_zone_added_while_the_agent_was_stopped_takes_back_stored_positions(
         assert record.exists()
         mark = record.stat().st_mtime_ns
 
+        # systemd's side of the next starts.
+        monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify.sock"))
+
         # Unchanged config: nothing owed, nothing rewritten, the record not even written.
         agent = car.start()
         try:
+            assert not [f for f in _until_ready(notify) if f.startswith("EXTEND_TIMEOUT_USEC=")]
             assert "last_purge" not in agent.status()["outbox"]
             agent.outbox.flush()
             assert set(stored) <= {r.payload for r in agent.outbox.iter_rows()}
@@ -111,6 +128,8 @@ def test_a_zone_added_while_the_agent_was_stopped_takes_back_stored_positions(
         broker.reload()
         agent = car.start()
         try:
+            # The purge asked systemd for time before READY (a big outbox on slow flash).
+            assert "EXTEND_TIMEOUT_USEC=60000000" in _until_ready(notify)
             purge = agent.status()["outbox"]["last_purge"]
             assert purge["rewritten"] >= 1 and purge["location_samples"] >= 10, purge
             assert "depot" in purge["why"]
@@ -120,6 +139,7 @@ def test_a_zone_added_while_the_agent_was_stopped_takes_back_stored_positions(
     finally:
         sub.close()
         broker.stop()
+        notify.close()
     published = _docs([m.payload for m in sub.messages], schemas)
     final = {**_docs(_outbox_payloads(db), schemas), **published}
     for doc in final.values():
