@@ -26,6 +26,7 @@ not parse NMEA (agent.sources) nor decide which fixes are kept (agent.policy).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -94,6 +95,9 @@ class Location:
         self._report_from = 0.0  # monotonic: the receiver's first state is reported from then
         self._closed = False
         self._paused: str | None = None  # why the lifecycle paused the receiver
+        # The lifecycle's pause and resume (its thread) and the opening of the receiver (the
+        # pipeline's) each see the other whole: a wake while the receiver opens is not lost.
+        self._pause_lock = threading.Lock()
 
     # -- called by the pipeline, in its thread -------------------------------------------------
 
@@ -119,17 +123,18 @@ class Location:
         """From the lifecycle's thread: the car parked (``reason``); returns once the receiver
         is no longer read. The pipeline's next turn takes its last fixes and reports
         ``paused``, before any commit handed to the pipeline after this call."""
-        self._paused = reason
-        src = self.source
+        with self._pause_lock:
+            self._paused = reason
+            src = self.source
         if src is not None and not src.pause(reason):
             log.warning("gnss: the receiver did not stop within 5 s; it stops when it can")
 
     def resume(self) -> None:
         """From the lifecycle's thread: the wake; the receiver is read again at once."""
-        self._paused = None
-        src = self.source
-        if src is not None:
-            src.resume()
+        with self._pause_lock:
+            self._paused = None
+            if self.source is not None:
+                self.source.resume()
 
     @property
     def reported(self) -> str | None:
@@ -192,16 +197,18 @@ class Location:
         if self.source is None:
             assert cfg.gnss is not None
             try:
-                self.source = open_gnss(cfg.gnss, cfg.privacy, self._modems())
+                source = open_gnss(cfg.gnss, cfg.privacy, self._modems())
             except ConfigError as err:
                 # Only an "at" receiver without the modem manager (a dry run) gets here.
                 log.error("gnss: receiver not opened: %s", "; ".join(err.problems))
                 self._plan, self._states, self._cfg = None, {}, cfg
                 return
-            self.source.fixes.wake = p.wake
-            if self._paused is not None:
-                self.source.pause(self._paused)  # opened while parked: starts paused
-            self.source.start()
+            source.fixes.wake = p.wake
+            with self._pause_lock:
+                self.source = source
+                if self._paused is not None:
+                    source.pause(self._paused)  # opened while parked: starts paused
+            source.start()
             self._reported = None
             self._report_from = time.monotonic() + cfg.gnss.down_after
             log.info("gnss: receiver %s opened", cfg.gnss.source)
