@@ -11,7 +11,7 @@ its write-ahead log (``Outbox.scrub``). Only updates whose schema has a signal o
 categories the change touches are decoded. ``tighten`` builds the ``keep`` of a change:
 ``drop_categories`` for revoked consent, agent.policy.zonepurge for zones.
 
-It does not make the pipeline hand over its open update first (agent.daemon waits for that)
+It does not make the pipeline hand over its open update first (agent.selection waits for that)
 and cannot recall an update the uplink already read for publishing (a fraction of a second
 of read-ahead, or in flight to a connected broker).
 """

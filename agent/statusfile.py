@@ -1,11 +1,11 @@
 """The status file: the running agent's state as one JSON document, for `spime-agent status`.
 
-The daemon calls ``write_status`` every ``[status] interval`` seconds; the file is replaced
-through agent.atomicfile, so a reader never sees half a document (it lives on a tmpfs, /run,
-where the helper's fsyncs cost next to nothing). ``run_status`` reads it back and
-prints a summary for humans (or the document itself as JSON) and says when the file is too old
-for the agent to be running. What goes into the document is the daemon's business (see
-``agent.daemon.Agent.status``); this module only adds when it was written and how often.
+The status reporter (agent.statusreport) calls ``write_status`` every ``[status] interval``
+seconds; the file is replaced through agent.atomicfile, so a reader never sees half a document
+(it lives on a tmpfs, /run, where the helper's fsyncs cost next to nothing). ``run_status``
+reads it back and prints a summary for humans (or the document itself as JSON) and says when the
+file is too old for the agent to be running. What goes into the document is
+agent.statusreport's business; this module only adds when it was written and how often.
 """
 
 from __future__ import annotations
