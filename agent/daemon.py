@@ -306,6 +306,12 @@ class Agent:
             # Each rewritten row is one commit (fsync): on slow flash a big outbox can take
             # longer than systemd's start timeout, so more time is asked for while rows are read.
             self.notifier.status("purging stored updates: privacy tightened while stopped")
+            if not self.privacy.known:
+                log.warning(
+                    "%s: no record of the privacy the stored updates were kept under: they are "
+                    "checked against every zone and consent category in force",
+                    self.privacy.path,
+                )
             every = Interval(START_EXTEND_SECONDS / 3)
 
             def progress() -> None:

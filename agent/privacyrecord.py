@@ -76,7 +76,9 @@ class PrivacyRecord:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.mark = self._load() or Mark(frozenset(), EVERY)
+        loaded = self._load()
+        self.known = loaded is not None  # False: nothing is known of the stored updates
+        self.mark = loaded or Mark(frozenset(), EVERY)
 
     def owed(self, cfg: Config) -> tuple[set[str], bool]:
         """(categories to take back, whether stored positions are to be checked against the

@@ -11,14 +11,19 @@ again. Every published update and every row left in the outbox is decoded and sc
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import can
 import pytest
 
-from agent.spime import peek_header
+from agent.config import OutboxConfig
+from agent.outbox import Outbox
+from agent.schemastore import SchemaStore
+from agent.spime import decode_samples, encode_update, peek_header
 from tests.integration.test_commands import NO_DATA_ACL, PREFIX, Car
 from tests.integration.test_zone_purge import (
     FIXES,
@@ -36,8 +41,10 @@ from tests.integration.test_zone_purge import (
 )
 from tests.support.agentrun import VIN
 from tests.support.broker import Mosquitto, Subscriber
+from tests.support.e2e import AgentProcess
 from tests.support.nmea import epoch, position
 from tests.support.wait import wait_for
+from tests.unit.test_purge import BOOT, HOME, LON, SCHEMA, north
 
 ZONE = _zone("depot", 100, 200.0)
 DRIVEN = range(FIXES // 2 + 50)  # the zone lies well inside the drive
@@ -205,3 +212,80 @@ def _stored_docs(car: Car, schemas: Path) -> dict[Key, dict[str, Any]]:
 
 def _names(docs: dict[Key, dict[str, Any]]) -> list[str]:
     return [s["signal"] for d in docs.values() for s in d["samples"]]
+
+
+def test_a_purge_cut_short_by_a_kill_is_done_again_at_the_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An outbox left by a run under no zone; the config now has one. The agent is killed
+    (SIGKILL) once the purge at start has rewritten some rows but not all; the next start
+    purges the rest before anything is sent."""
+    broker = Mosquitto(tmp_path / "broker", acl=NO_DATA_ACL)
+    broker.start()
+    # Paced so that the test's subscriber keeps up (the broker drops what queues up for it).
+    car = Car(tmp_path, broker, remote=False, mqtt_extra="drain_rate = 300")
+    zone = f'{{name = "home", lat = {HOME.lat}, lon = {HOME.lon}, radius = {HOME.radius}}}'
+    car.config.write_text(car.config.read_text() + f"\n[privacy]\nzones = [{zone}]\n")
+    db = tmp_path / "outbox.db"
+    SchemaStore(tmp_path / "outbox.db.schemas").save(SCHEMA)
+    # Every third update lies inside the zone (each fix: coolant, latitude, longitude).
+    box = Outbox(OutboxConfig(path=db, commit_interval=600))
+    box.open()
+    rows = 2000
+    for seq in range(1, rows + 1):
+        lat = north(0 if seq % 3 == 0 else 3000)  # 3 km: outside any coarse cell's reach
+        samples = [(seq * 10 + k, sid, v) for k in range(10) for sid, v in ((0, k), (1, lat))]
+        samples += [(seq * 10 + k, 2, LON) for k in range(10)]
+        box.put(encode_update(SCHEMA, boot=BOOT, seq=seq, vin=VIN, samples=samples), "telemetry")
+    box.close()
+    original = dict(_rows(db))
+    record = tmp_path / "outbox.db.privacy"
+    sub = Subscriber(broker, f"{PREFIX}/{VIN}/data", client_id="sub-data")
+    try:
+        with AgentProcess(car.config, log_path=tmp_path / "first.log") as proc:
+
+            def rewritten() -> int:
+                assert proc.proc.poll() is None, proc.log()
+                return sum(p != original[i] for i, p in _rows(db))
+
+            wait_for(lambda: rewritten() > 0, WAIT, "the purge under way")
+            proc.kill()
+        # The kill landed mid-purge: rows inside the zone are left as they were stored.
+        left = [i for i, p in _rows(db) if p == original[i] and _seq(p) % 3 == 0]
+        assert left, "the purge finished before the kill: nothing proven"
+        assert not record.exists()  # recorded only once a purge has committed
+
+        broker.acl = NO_DATA_ACL + f"topic readwrite {PREFIX}/{VIN}/data\n"
+        broker.reload()
+        with AgentProcess(car.config, log_path=tmp_path / "second.log") as proc:
+            wait_for(lambda: len(sub.messages) >= rows or proc.proc.poll() is not None, WAIT * 2)
+            assert proc.proc.poll() is None, proc.log()
+            assert "privacy zones now home" in proc.log()
+            proc.send(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        assert record.exists()
+    finally:
+        sub.close()
+        broker.stop()
+    sent = {}
+    for m in sub.messages:
+        head, samples = decode_samples(m.payload, SCHEMA)
+        if head.boot == BOOT.hex():
+            sent[head.seq] = samples
+    assert sorted(sent) == list(range(1, rows + 1))
+    for seq, samples in sent.items():
+        positions = [s for s in samples if s[1] != 0]
+        assert len([s for s in samples if s[1] == 0]) == 10, seq
+        assert len(positions) == (0 if seq % 3 == 0 else 20), (seq, positions)
+
+
+def _rows(db: Path) -> list[tuple[int, bytes]]:
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30.0)
+    try:
+        return [(r[0], bytes(r[1])) for r in conn.execute("SELECT id, payload FROM outbox")]
+    finally:
+        conn.close()
+
+
+def _seq(payload: bytes) -> int:
+    return peek_header(payload).seq
