@@ -121,6 +121,15 @@ def render(snap: StatusSnapshot, *, now: float | None = None) -> list[str]:
             f"acked {link.get('acked', 0)}, refused {link.get('refused', 0)}, "
             f"in flight {link.get('in_flight', 0)}"
         )
+        retries = link.get("retries")
+        if isinstance(retries, int) and retries > 0:
+            delay = link.get("retry_delay")
+            wait = f"; waiting {delay:g} s" if isinstance(delay, int | float) else ""
+            lines.append(
+                f"  reconnecting: {retries} failed attempt(s) or dropped connection(s) in a row"
+                f"{wait}; {link.get('connects', '?')} connects of {link.get('attempts', '?')} "
+                "attempts since start"
+            )
     else:
         lines.append("connection: not publishing (no uplink)")
 

@@ -82,6 +82,11 @@ def build(agent: Agent) -> dict[str, Any]:
         doc["uplink"] = {
             "state": u.state,
             "last_error": u.last_error,
+            # A flapping broker shows as connects rising with retries > 0.
+            "connects": u.connects,
+            "attempts": u.attempts,
+            "retries": u.retries,
+            "retry_delay": u.retry_delay,
             "published": u.published,
             "acked": u.acked,
             "refused": u.refused,

@@ -117,6 +117,7 @@ class Session:
         self.ctrl_in_flight: set[int] = set()
         self.ctrl: deque[Outgoing] = deque()
         self._to_ack: list[int] = []
+        self.acked = 0  # outbox rows the broker acknowledged on this connection
         self._prefetch: deque[Any] = deque()
         self._prefetch_at = 0.0
         # Where the next read continues: the last row read while all before it were published
@@ -320,6 +321,7 @@ class Session:
         if not self._to_ack:
             return
         ids, self._to_ack = self._to_ack, []
+        self.acked += len(ids)
         self._outbox.ack(ids)
         self._counters.add(acked=len(ids))
 

@@ -27,6 +27,10 @@ class UplinkStats:
     errors: int  # exceptions caught in callbacks or in the worker loop
     dead_links: int  # connections given up because PUBACKs stopped coming (see ack_timeout)
     paused: str | None = None  # why the link is paused (Uplink.pause), else None
+    # Failed attempts and connections that ended by themselves since the delays last started
+    # over, and the delay being waited before the next attempt (None when not waiting).
+    retries: int = 0
+    retry_delay: float | None = None
 
 
 class Counters:
@@ -39,6 +43,8 @@ class Counters:
         self.in_flight = 0
         self.receive_maximum: int | None = None
         self.paused: str | None = None
+        self.retries = 0
+        self.retry_delay: float | None = None
         # The pause whose link is closed (its DISCONNECT sent): what Uplink.pause waits for.
         self.closed_for: str | None = None
         self._iteration = 0
@@ -72,6 +78,8 @@ class Counters:
                 errors=self.errors,
                 dead_links=self.dead_links,
                 paused=self.paused,
+                retries=self.retries,
+                retry_delay=self.retry_delay,
             )
 
     def next_iteration(self) -> int:

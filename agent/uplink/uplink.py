@@ -11,6 +11,13 @@ the last will) and then makes no connection attempt and runs no timer until ``re
 connects at once (the reconnect delays start over). Waits between attempts end early on
 ``pause``, ``resume``, ``reconnect`` and ``stop``.
 
+Reconnect delays (``agent.backoff``, from ``reconnect_min`` to ``reconnect_max``): one after every
+failed attempt and after every connection that ended by itself (dropped by the broker or the
+link, or ended by an internal error such as the outbox failing), none after ``reconnect()``, a
+pause or a stop. They grow while connections keep failing and start over from the shortest
+after a connection on which the broker acknowledged stored updates, one that lasted 30 s, or a
+wake from a pause.
+
 Failures are reported once per change of reason, never per attempt: the first failure and every
 new reason are logged (and told to ``on_link``, which the daemon hands to the modem manager as a
 data-path failure); repeats are counted and summed up when the link comes back.
@@ -44,8 +51,10 @@ log = logging.getLogger("agent.uplink")
 
 _CONNACK_TIMEOUT = 15.0
 _CLOSE_WAIT = 3.0
-# A connection must have lasted this long before the reconnect delays start again from the
-# shortest: a broker that accepts and drops every connection keeps being backed off.
+# A connection that ends by itself is followed by one reconnect delay. The delays start again
+# from the shortest only after a connection on which the broker acknowledged stored updates,
+# or one that lasted this long: a broker that accepts and drops every connection keeps being
+# backed off.
 _STABLE_AFTER = 30.0
 MAX_PENDING = 256  # control messages queued by publish() while not connected
 
@@ -126,7 +135,8 @@ class Uplink:
             on_link,
             self._count_error,
         )
-        self._backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max, stable_after=_STABLE_AFTER)
+        # Reset by _serve when a connection proved healthy (see _STABLE_AFTER), not by time.
+        self._backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max)
         self._bucket = TokenBucket(cfg.drain_rate, time.monotonic)
 
     # ---- public API -------------------------------------------------------------------------
@@ -248,19 +258,32 @@ class Uplink:
                 session = self._connect(seen)
                 if session is None:
                     if self._pause_reason() is None:
-                        self._sleep(self._backoff.next_delay())
+                        self._retry_wait()
                     continue
-                self._backoff.succeeded()
-                self._serve(session, seen)
+                if self._serve(session, seen):
+                    # Dropped by the broker or the link, or an internal error: a broker that
+                    # accepts and drops every connection must not get a reconnect storm.
+                    self._retry_wait()
             except Exception as err:  # the worker must outlive any single failure
                 self._count_error("worker", err)
-                self._sleep(self._backoff.next_delay())
+                self._retry_wait()
         try:
             self._drained_at_stop = not self._outbox.next_batch(1)
         except Exception as err:
             self._count_error("stop", err)
         self._counters.set(state="stopped")
         self._counters.wake()
+
+    def _retry_wait(self) -> None:
+        """One backoff delay before the next attempt, shown in the stats while it lasts."""
+        delay = self._backoff.next_delay()
+        self._counters.set(retries=self._backoff.attempts, retry_delay=round(delay, 3))
+        self._sleep(delay)
+        self._counters.set(retry_delay=None)
+
+    def _reset_backoff(self) -> None:
+        self._backoff.reset()
+        self._counters.set(retries=0)
 
     def _sleep(self, seconds: float) -> None:
         """Wait before the next attempt; a kick (stop, pause, resume, reconnect) ends it."""
@@ -288,7 +311,7 @@ class Uplink:
         self._counters.set(paused=None, state="disconnected", closed_for=None)
         # The radio was off, not the broker failing: the first attempt goes at once, and the
         # delays after it start from the shortest.
-        self._backoff.reset()
+        self._reset_backoff()
         log.info("MQTT resumed: connecting to %s:%d", self.cfg.host, self.cfg.port)
         return True
 
@@ -371,7 +394,9 @@ class Uplink:
 
     # ---- one connected session ----------------------------------------------------------------
 
-    def _serve(self, session: Session, seen: int) -> None:
+    def _serve(self, session: Session, seen: int) -> bool:
+        """Publish until the connection ends. True if it ended by itself (the broker or the
+        link dropped it, an internal error), False for a stop, a pause or reconnect()."""
         self._link.up(f"MQTT {self.cfg.protocol}, window {session.window}")
         with self._lock:
             schemas = list(self._schemas.items())
@@ -381,11 +406,18 @@ class Uplink:
             session.ctrl.append(Outgoing(self._schema_topic_of(sid), doc, retain=True))
         session.ctrl.append(Outgoing(self.current_schema_topic, dict(schemas)[current], True))
         session.ctrl.append(Outgoing(self.status_topic, self._status_doc("online"), True))
-        next_status = time.monotonic() + self.cfg.status_interval
+        began = time.monotonic()
+        next_status = began + self.cfg.status_interval
+        healthy = False
         try:
             while True:
                 iteration = self._counters.next_iteration()
                 session.flush_acks()
+                if not healthy and (session.acked or time.monotonic() - began >= _STABLE_AFTER):
+                    # The broker took stored updates, or the link held: the next delay after
+                    # this connection ends is again the shortest.
+                    healthy = True
+                    self._reset_backoff()
                 if self._should_end():
                     session.close(
                         Outgoing(self.status_topic, self._status_doc("offline", "shutdown"), True)
@@ -394,11 +426,11 @@ class Uplink:
                     log.info(
                         "MQTT disconnected from %s:%d (shutdown)", self.cfg.host, self.cfg.port
                     )
-                    return
+                    return False
                 paused = self._pause_reason()
                 if paused is not None:
                     self._close_paused(session, paused)
-                    return
+                    return False
                 self._queue_shared(session)
                 now = time.monotonic()
                 if self._status_requested.is_set() or now >= next_status:
@@ -415,7 +447,10 @@ class Uplink:
             session.lost = session.lost or f"internal error: {err!r}"
         why = session.reason()
         session.drop()
+        if not healthy and session.acked:  # PUBACKs read in the turn the connection ended
+            self._reset_backoff()
         self._link.down(f"{self.cfg.host}:{self.cfg.port}: {why}")
+        return self._reconnect_requested(seen) is None
 
     def _close_paused(self, session: Session, reason: str) -> None:
         """The clean pause: the retained status says why, then DISCONNECT (no last will)."""
@@ -455,6 +490,8 @@ class Uplink:
         doc: dict[str, Any] = {
             "uplink": {
                 "connects": s.connects,
+                "attempts": s.attempts,
+                "retries": s.retries,
                 "published": s.published,
                 "acked": s.acked,
                 "refused": s.refused,

@@ -7,7 +7,11 @@ afterwards are forwarded normally, like a link that came back. ``hold()`` accept
 connections but forwards nothing until ``release()``: a connection attempt in progress.
 ``refuse_mqtt5``: a client whose first packet is an MQTT 5 CONNECT gets the MQTT 3.1.1 answer of
 a 3.1.1-only broker (CONNACK "unacceptable protocol version") and is closed; any other client is
-forwarded. Nothing here speaks MQTT beyond reading that first packet's protocol level.
+forwarded. ``drop_after_connack`` (settable at any time, read when a connection is accepted):
+the broker's first answer (its CONNACK) is forwarded, then both sides are closed, the way a
+broker that accepts and then drops every connection looks to the client. ``accept_times``: the
+monotonic time of each connection accepted. Nothing here speaks MQTT beyond reading that first
+packet's protocol level.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import select
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 
 from tests.support.broker import free_port
@@ -25,6 +30,8 @@ _POLL = 0.05
 @dataclass
 class _Conn:
     client: socket.socket
+    accepted_at: float
+    drop_after_connack: bool
     frozen: threading.Event = field(default_factory=threading.Event)
     closed: threading.Event = field(default_factory=threading.Event)
 
@@ -33,6 +40,7 @@ class TcpProxy:
     def __init__(self, target_host: str, target_port: int, *, refuse_mqtt5: bool = False) -> None:
         self.target = (target_host, target_port)
         self.refuse_mqtt5 = refuse_mqtt5
+        self.drop_after_connack = False
         self.host = "127.0.0.1"
         self.port = free_port()
         self._lock = threading.Lock()
@@ -63,6 +71,11 @@ class TcpProxy:
     def accepted(self) -> int:
         with self._lock:
             return len(self._conns)
+
+    @property
+    def accept_times(self) -> list[float]:
+        with self._lock:
+            return [c.accepted_at for c in self._conns]
 
     @property
     def open_connections(self) -> int:
@@ -100,7 +113,7 @@ class TcpProxy:
                 continue
             except OSError:
                 return
-            conn = _Conn(sock)
+            conn = _Conn(sock, time.monotonic(), self.drop_after_connack)
             with self._lock:
                 self._conns.append(conn)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
@@ -166,3 +179,6 @@ class TcpProxy:
                 if not data:
                     return
                 peers[s].sendall(data)
+                if s is upstream and conn.drop_after_connack:
+                    # The client sends nothing before the CONNACK: this chunk is just that.
+                    return

@@ -205,3 +205,19 @@ def test_power_line_names_state_reason_and_battery(tmp_path: Path) -> None:
     write_status(path, {"vin": "WVWZZZ1JZXW000001", "power": power})
     lines = render(read_status(path), now=now)
     assert "power: parked for 2min (ignition off); battery 12.43 V" in lines, lines
+
+
+def test_a_flapping_broker_shows_as_retries_and_the_delay(tmp_path: Path) -> None:
+    path = tmp_path / "status.json"
+    link = {**DOC["uplink"], "connects": 4012, "attempts": 4020, "retries": 9, "retry_delay": 87.5}
+    write_status(path, {**DOC, "uplink": link})
+    out = io.StringIO()
+    assert run_status(path, out, as_json=False) == 0
+    text = out.getvalue()
+    assert "reconnecting: 9 failed attempt(s) or dropped connection(s) in a row" in text
+    assert "waiting 87.5 s" in text and "4012 connects of 4020 attempts" in text
+    # A steady link says nothing of reconnecting.
+    write_status(path, {**DOC, "uplink": {**link, "retries": 0, "retry_delay": None}})
+    out = io.StringIO()
+    assert run_status(path, out, as_json=False) == 0
+    assert "reconnecting" not in out.getvalue()
