@@ -13,7 +13,7 @@ parked: agent.sources.fixsource).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.config import GnssConfig, PrivacyConfig
 from agent.errors import ConfigError
@@ -70,8 +70,14 @@ def open_gnss(
 ) -> GnssSource:
     """The receiver ``cfg`` names, not started. ``modems`` is the modem manager, which owns the
     AT ports: without one (a dry run, ``check``) an "at" receiver cannot be built (ConfigError)."""
-    track = TrackSampler(track_policy(cfg))
-    private = PrivacyFilter(zones=zones(privacy), trip_end_radius=privacy.trip_end_radius)
+    # What every receiver is built with, whatever it reads.
+    common: dict[str, Any] = {
+        "track": TrackSampler(track_policy(cfg)),
+        "privacy": PrivacyFilter(zones=zones(privacy), trip_end_radius=privacy.trip_end_radius),
+        "down_after": cfg.down_after,
+        "trip_gap": privacy.trip_gap,
+        "queue_limit": cfg.queue_limit,
+    }
     if cfg.source == "nmea":
         from agent.sources.gnss import NmeaSource
 
@@ -79,11 +85,7 @@ def open_gnss(
         return NmeaSource(
             cfg.port,
             baudrate=cfg.baudrate,
-            track=track,
-            privacy=private,
-            down_after=cfg.down_after,
-            trip_gap=privacy.trip_gap,
-            queue_limit=cfg.queue_limit,
+            **common,
         )
     if cfg.source == "gpsd":
         from agent.sources.gpsd import GpsdSource
@@ -91,11 +93,7 @@ def open_gnss(
         return GpsdSource(
             cfg.host,
             cfg.gpsd_port,
-            track=track,
-            privacy=private,
-            down_after=cfg.down_after,
-            trip_gap=privacy.trip_gap,
-            queue_limit=cfg.queue_limit,
+            **common,
         )
     assert cfg.modem is not None  # checked by GnssConfig
     if modems is None:
@@ -110,9 +108,5 @@ def open_gnss(
         cfg.modem,
         vendor=cfg.vendor,
         interval=cfg.poll_interval,
-        track=track,
-        privacy=private,
-        down_after=cfg.down_after,
-        trip_gap=privacy.trip_gap,
-        queue_limit=cfg.queue_limit,
+        **common,
     )
