@@ -39,12 +39,18 @@ RESTART_ONLY += ("remote", "gnss", "diagnostics")
 class Parts(Protocol):
     """The running parts a selection change reaches (None until opened, or when not used)."""
 
-    pipeline: Any
-    diag: Any
-    outbox: Any
-    schemas: Any
-    uplink: Any
-    privacy: Any
+    @property
+    def pipeline(self) -> Any: ...
+    @property
+    def diag(self) -> Any: ...
+    @property
+    def outbox(self) -> Any: ...
+    @property
+    def schemas(self) -> Any: ...
+    @property
+    def uplink(self) -> Any: ...
+    @property
+    def privacy(self) -> Any: ...
 
 
 def effective_config(cfg: Config) -> Config:
