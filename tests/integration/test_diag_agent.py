@@ -13,9 +13,9 @@ import can
 import pytest
 
 from agent.spime import decode_samples, peek_schema_id
-from tests.integration.test_live_virtual import DBC, Running
-from tests.support.agentrun import VIN, write_config
+from tests.support.agentrun import VIN, Running, write_config
 from tests.support.broker import Subscriber
+from tests.support.data import SPEED_FD_DBC
 from tests.support.ecusim import Ecu, EcuSim, RequestLog
 from tests.support.wait import wait_for
 
@@ -26,7 +26,7 @@ def channel() -> str:
 
 
 def _config(tmp_path: Path, channel: str, extra: str = "") -> Path:
-    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "car.dbc").write_text(SPEED_FD_DBC)
     return write_config(
         tmp_path / "agent.toml",
         [{"name": "pt", "interface": "virtual", "channel": channel, "dbc": ["car.dbc"]}],
@@ -120,7 +120,7 @@ def test_consent_decides_what_is_asked(tmp_path: Path, channel: str) -> None:
 
 
 def _car_with_diagnostics(tmp_path: Path, broker: Any, grant: bool) -> Any:
-    from tests.integration.test_commands import Car
+    from tests.support.remotecar import Car
 
     car = Car(tmp_path, broker)
     text = car.config.read_text()
@@ -174,7 +174,7 @@ CONSENT_TOML = 'granted = ["vehicle_health", "location"]'
 def _car_with_consent(tmp_path: Path, broker: Any, granted: list[str]) -> Any:
     """A car whose activation allows remote grants, with PIDs and DTCs configured, the owner
     having granted ``granted``."""
-    from tests.integration.test_commands import Car
+    from tests.support.remotecar import Car
 
     car = Car(tmp_path, broker, allow_grant=True)
     text = car.config.read_text()
@@ -203,7 +203,7 @@ def test_a_remote_grant_starts_requests_and_a_revocation_stops_them(
     tmp_path: Path, broker: Any, category: str, other: str, signal: str
 ) -> None:
     """The other category keeps asking throughout: it shows the poller goes on."""
-    from tests.integration.test_commands import PREFIX
+    from tests.support.e2e import PREFIX
 
     car = _car_with_consent(tmp_path, broker, ["location", other])
     with (

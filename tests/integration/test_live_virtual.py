@@ -11,47 +11,12 @@ import can
 import pytest
 
 from agent.config import load_config
-from agent.daemon import Agent, prepare
+from agent.daemon import prepare
 from agent.feed import Feed
 from agent.pipeline import Pipeline
-from tests.support.agentrun import write_config
+from tests.support.agentrun import Running, write_config
+from tests.support.data import SPEED_FD_DBC
 from tests.support.wait import wait_for
-
-DBC = """VERSION ""
-NS_ :
-BS_:
-BU_: ECU
-BO_ 256 Engine: 8 ECU
- SG_ Speed : 0|16@1+ (0.01,0) [0|655.35] "km/h" Vector__XXX
-BO_ 2566844926 Fd: 16 ECU
- SG_ Wide : 96|32@1+ (1,0) [0|4294967295] "" Vector__XXX
-"""
-
-
-class Running:
-    """An Agent running in a thread, collecting the JSON of each update."""
-
-    def __init__(self, cfg_path: Path) -> None:
-        cfg = load_config(cfg_path)
-        self.updates: list[dict[str, Any]] = []
-        self.agent = Agent(cfg, prepare(cfg), dry_run=True, on_json=self.updates.append)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.result: Any = None
-
-    def _run(self) -> None:
-        self.result = self.agent.run()
-
-    def samples(self) -> list[tuple[float, str, Any]]:
-        return [(s["t"], s["signal"], s["value"]) for u in list(self.updates) for s in u["samples"]]
-
-    def __enter__(self) -> Running:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.agent.request_stop()
-        self.thread.join(10)
-        assert not self.thread.is_alive()
 
 
 @pytest.fixture()
@@ -60,7 +25,7 @@ def channel() -> str:
 
 
 def _config(tmp_path: Path, buses: list[dict[str, Any]]) -> Path:
-    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "car.dbc").write_text(SPEED_FD_DBC)
     return write_config(
         tmp_path / "agent.toml",
         buses,
@@ -235,7 +200,7 @@ def test_dry_run_json_decodes_an_update_closed_after_a_reload_with_its_own_schem
     # A long max_age keeps the update open until the reload closes it: it was encoded with
     # the old schema and must be shown with that one, not the new one.
     bus = {"name": "pt", "interface": "virtual", "channel": channel, "dbc": ["car.dbc"], "fd": True}
-    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "car.dbc").write_text(SPEED_FD_DBC)
     cfg = write_config(tmp_path / "agent.toml", [bus], extra="[updates]\nmax_age = 60.0\n")
     with (
         Running(cfg) as run,

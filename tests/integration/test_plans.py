@@ -6,7 +6,6 @@ refused with every problem and nothing changed; the signed retained form."""
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,13 +15,12 @@ from typing import Any
 import can
 import pytest
 
-from agent.config import load_config
 from agent.control.envelope import generate_key, seal
 from agent.control.plans import open_retained
-from agent.daemon import Agent, prepare
+from agent.daemon import Agent
 from agent.errors import ConfigError
 from agent.spime import decode_samples, peek_schema_id
-from tests.support.agentrun import VIN, write_config
+from tests.support.agentrun import VIN, Running, write_config
 from tests.support.broker import free_port
 from tests.support.data import HEALTH_POS_DBC
 from tests.support.wait import wait_for
@@ -60,22 +58,18 @@ class Car:
         self.path = _config(tmp_path, self.channel)
         self.bus = can.Bus(interface="virtual", channel=self.channel, ignore_config=True)
         self.agent: Agent | None = None
-        self.thread: threading.Thread | None = None
+        self.run: Running | None = None
         self.n = 0
 
     def start(self) -> Agent:
-        cfg = load_config(self.path)
-        agent = self.agent = Agent(cfg, prepare(cfg), dry_run=False)
-        self.thread = threading.Thread(target=agent.run, daemon=True)
-        self.thread.start()
+        self.run = Running(self.path, dry_run=False)
+        agent = self.agent = self.run.start()
         wait_for(lambda: agent.outbox is not None and agent.pipeline.source_states()["car"] == "up")
         return agent
 
     def stop(self) -> None:
-        assert self.agent is not None and self.thread is not None
-        self.agent.request_stop()
-        self.thread.join(20)
-        assert not self.thread.is_alive()
+        assert self.run is not None
+        self.run.stop()
 
     def drive(self, speed: int, brake: int = 0) -> None:
         """One frame of each message; values change every call."""
@@ -113,7 +107,7 @@ def car(tmp_path: Path) -> Iterator[Car]:
     try:
         yield c
     finally:
-        if c.thread is not None and c.thread.is_alive():
+        if c.run is not None and c.run.thread.is_alive():
             c.stop()
         c.bus.shutdown()
 

@@ -24,7 +24,6 @@ from agent.config import OutboxConfig
 from agent.outbox import Outbox
 from agent.schemastore import SchemaStore
 from agent.spime import decode_samples, encode_update, peek_header
-from tests.integration.test_commands import NO_DATA_ACL, PREFIX, Car
 from tests.integration.test_zone_purge import (
     FIXES,
     STATE,
@@ -41,8 +40,9 @@ from tests.integration.test_zone_purge import (
 )
 from tests.support.agentrun import VIN
 from tests.support.broker import Mosquitto, Subscriber
-from tests.support.e2e import AgentProcess
+from tests.support.e2e import PREFIX, AgentProcess
 from tests.support.nmea import epoch, position
+from tests.support.remotecar import NO_DATA_ACL, Car
 from tests.support.wait import wait_for
 from tests.unit.test_purge import BOOT, HOME, LON, SCHEMA, north
 
@@ -77,12 +77,7 @@ def test_a_zone_added_while_the_agent_was_stopped_takes_back_stored_positions(
     broker = Mosquitto(tmp_path / "broker", acl=NO_DATA_ACL)
     broker.start()
     car = Car(tmp_path, broker)
-    own = car.config.read_text().replace("max_age = 0.05\n", "max_age = 60\n")
-    gnss = (
-        f'\n[gnss]\nport = "{port}"\nmode = "rules"\ndistance = 20.0\ndown_after = 600\n'
-        "\n[privacy]\ntrip_end_radius = 0.0\n"
-    )
-    car.config.write_text(own + gnss)
+    own, gnss = car.add_receiver(port, down_after=600)
     db = tmp_path / "outbox.db"
     schemas = tmp_path / "outbox.db.schemas"
     record = tmp_path / "outbox.db.privacy"

@@ -3,16 +3,14 @@ purged from the outbox before they are sent."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from pathlib import Path
 
 import can
 
-from agent.config import load_config
-from agent.daemon import Agent, prepare
+from agent.daemon import Agent
 from agent.spime import decode_samples, peek_schema_id
-from tests.support.agentrun import write_config
+from tests.support.agentrun import Running, write_config
 from tests.support.broker import free_port
 from tests.support.data import HEALTH_POS_DBC
 from tests.support.wait import wait_for
@@ -64,11 +62,8 @@ def test_revoking_location_purges_it_from_the_outbox(tmp_path: Path) -> None:
     channel = f"reload-{uuid.uuid4().hex[:8]}"
     port = free_port()  # nothing listens there: updates stay in the outbox
     path = _config(tmp_path, channel, port, '"vehicle_health", "location"')
-    cfg = load_config(path)
-    agent = Agent(cfg, prepare(cfg), dry_run=False)
-    thread = threading.Thread(target=agent.run, daemon=True)
-    thread.start()
-    try:
+    with Running(path, dry_run=False) as run:
+        agent = run.agent
         with can.Bus(interface="virtual", channel=channel, ignore_config=True) as car:
             wait_for(
                 lambda: agent.outbox is not None and agent.pipeline.source_states()["car"] == "up"
@@ -108,7 +103,3 @@ def test_revoking_location_purges_it_from_the_outbox(tmp_path: Path) -> None:
             car.send(can.Message(arbitration_id=0x100, data=bytes([99]), is_extended_id=False))
             wait_for(lambda: _stored(agent).count("Health.Coolant") == 21, what="new sample")
             assert "Pos.Lat" not in _stored(agent)
-    finally:
-        agent.request_stop()
-        thread.join(20)
-    assert not thread.is_alive()

@@ -7,8 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agent.daemon import Agent
-from tests.integration.test_commands import Car
 from tests.support.broker import Mosquitto
+from tests.support.remotecar import Car
 
 
 def _zones(agent: Agent) -> list[tuple[str, float, float, float]]:

@@ -21,10 +21,11 @@ import can
 from agent.daemon import Agent
 from agent.policy.geo import distance_m
 from agent.spime import Schema, decode_update, peek_header
-from tests.integration.test_commands import NO_DATA_ACL, PREFIX, Car
 from tests.support.agentrun import VIN
 from tests.support.broker import Mosquitto, Subscriber
+from tests.support.e2e import PREFIX
 from tests.support.nmea import epoch, position
+from tests.support.remotecar import NO_DATA_ACL, Car
 from tests.support.wait import wait_for
 
 T0 = 1767225600  # 2026-01-01T00:00:00Z: the epochs' day
@@ -89,16 +90,7 @@ def test_zones_added_while_updates_wait_take_back_the_positions_inside_them(
     broker = Mosquitto(tmp_path / "broker", acl=NO_DATA_ACL)
     broker.start()
     car = Car(tmp_path, broker)
-    # Updates close after a minute, or when a snapshot is asked for: when a zone comes, the
-    # update the pipeline is filling holds the latest fixes.
-    own = car.config.read_text().replace("max_age = 0.05\n", "max_age = 60\n")
-    # Every fix is sampled (25 m apart, 20 m distance rule); no trip-end withholding; the
-    # receiver's state (an event, sent at once) changes only at the end.
-    gnss = (
-        f'\n[gnss]\nport = "{port}"\nmode = "rules"\ndistance = 20.0\ndown_after = 60\n'
-        "\n[privacy]\ntrip_end_radius = 0.0\n"
-    )
-    car.config.write_text(own + gnss)
+    own, gnss = car.add_receiver(port, down_after=60)  # the state changes only at the end
     schemas = tmp_path / "outbox.db.schemas"
     sub = Subscriber(broker, f"{PREFIX}/{VIN}/data", client_id="sub-data")
     agent = car.start()

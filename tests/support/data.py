@@ -22,6 +22,18 @@ BO_ 257 Pos: 8 ECU
  SG_ Lat : 0|32@1- (1E-007,0) [-90|90] "deg" Vector__XXX
 """
 
+# Engine.Speed on a classic frame and Fd.Wide at bytes 12-15 of a CAN FD frame with an extended
+# id: live buses, the kernel's filters and CAN FD.
+SPEED_FD_DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 256 Engine: 8 ECU
+ SG_ Speed : 0|16@1+ (0.01,0) [0|655.35] "km/h" Vector__XXX
+BO_ 2566844926 Fd: 16 ECU
+ SG_ Wide : 96|32@1+ (1,0) [0|4294967295] "" Vector__XXX
+"""
+
 
 def make_demo_drive(out: Path, seconds: float) -> Path:
     """Write a demo drive (candump log of the demo vehicle) of ``seconds`` to ``out``."""

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 
 from agent.catalog import build_catalog
-from agent.config import load_config
+from agent.config import Config, load_config
 from agent.errors import ConfigError
 from agent.gnss_wiring import check, describe
 from agent.locationschema import STATE_SIGNAL
 from agent.sources import open_gnss
+from tests.support.agentrun import config_problems, load_text
 from tests.support.data import DEMO_DBC
 
 BASE = f"""
@@ -30,16 +31,12 @@ match = "*.VehicleSpeed"
 NMEA = '[gnss]\nport = "/dev/ttyUSB1"\n'
 
 
-def _load(tmp_path: Path, text: str) -> object:
-    p = tmp_path / "agent.toml"
-    p.write_text(BASE + text)
-    return load_config(p)
+def _load(tmp_path: Path, text: str) -> Config:
+    return load_text(tmp_path, BASE + text)
 
 
 def _problems(tmp_path: Path, text: str) -> list[str]:
-    with pytest.raises(ConfigError) as exc:
-        _load(tmp_path, text)
-    return list(exc.value.problems)
+    return config_problems(tmp_path, BASE + text)
 
 
 def test_defaults_follow_the_readme(tmp_path: Path) -> None:

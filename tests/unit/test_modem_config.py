@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load_config
+from agent.config import Config
 from agent.errors import ConfigError
+from tests.support.agentrun import load_text
 
 BASE = """
 [vehicle]
@@ -25,10 +26,8 @@ port = "/dev/spime-modem0"
 """
 
 
-def _load(tmp_path: Path, extra: str) -> object:
-    path = tmp_path / "agent.toml"
-    path.write_text(BASE + extra)
-    return load_config(path)
+def _load(tmp_path: Path, extra: str) -> Config:
+    return load_text(tmp_path, BASE + extra)
 
 
 @pytest.mark.parametrize(

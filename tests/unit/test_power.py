@@ -21,7 +21,8 @@ from agent.control.power import (
     PowerSettings,
     settings_of,
 )
-from tests.unit.test_config import GOOD, _problems
+from tests.support.agentrun import config_problems
+from tests.unit.test_config import GOOD
 
 
 class Clock:
@@ -273,5 +274,5 @@ def test_config_defaults_and_settings() -> None:
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, body: str, message: str) -> None:
-    problems = _problems(tmp_path, f"{GOOD}\n[power]\n{body}\n")
+    problems = config_problems(tmp_path, f"{GOOD}\n[power]\n{body}\n")
     assert any(message in p for p in problems), problems

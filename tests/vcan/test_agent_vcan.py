@@ -13,14 +13,13 @@ import can
 import cantools
 import pytest
 
-from tests.integration.test_live_virtual import DBC, Running
-from tests.support.agentrun import VIN, json_lines, write_config
-from tests.support.data import DEMO_DBC, make_demo_drive
+from tests.support.agentrun import VIN, Running, json_lines, write_config
+from tests.support.data import DEMO_DBC, SPEED_FD_DBC, make_demo_drive
 from tests.support.wait import wait_for
 
 
 def _config(tmp_path: Path, channel: str, **bus: object) -> Path:
-    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "car.dbc").write_text(SPEED_FD_DBC)
     return write_config(
         tmp_path / "agent.toml",
         [

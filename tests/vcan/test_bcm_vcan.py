@@ -21,9 +21,8 @@ from agent.can_source import Source, _size_receive_buffer
 from agent.catalog import build_catalog
 from agent.config import load_config
 from agent.sources.bcm import BcmReader
-from tests.integration.test_live_virtual import DBC, Running
-from tests.support.agentrun import write_config
-from tests.support.data import CORPUS
+from tests.support.agentrun import Running, write_config
+from tests.support.data import CORPUS, SPEED_FD_DBC
 from tests.support.wait import wait_for
 
 GENESIS_DBC = CORPUS / "dbc" / "eldominio-canbuslogs" / "genesis__slimmeddbc.dbc"
@@ -96,7 +95,7 @@ def test_bcm_hands_on_the_changes_the_raw_path_decodes(
 
 
 def _engine_config(tmp_path: Path, channel: str, **policy: object) -> Path:
-    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "car.dbc").write_text(SPEED_FD_DBC)
     extra = "[updates]\nmax_age = 0.05\nsnapshot_interval = 0\n" + _signals(
         [{"match": "Engine.Speed", **policy}]
     )
@@ -143,7 +142,7 @@ def _reader(
     tmp_path: Path, channel: str, **bus: object
 ) -> tuple[BcmReader, Source, queue.Queue[tuple[int, Any]], threading.Event, can.BusABC]:
     """A CAN_BCM reader of every message of the test DBC, handing batches to a queue."""
-    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "car.dbc").write_text(SPEED_FD_DBC)
     cfg = load_config(write_config(tmp_path / "agent.toml", [_bus(channel, "pt", "bcm", **bus)]))
     plan = build_catalog(cfg).buses[0]
     out: queue.Queue[tuple[int, Any]] = queue.Queue(1000)
@@ -250,7 +249,7 @@ def _fd_wide(value: int) -> can.Message:
 def test_a_reload_changes_what_the_kernel_watches(
     tmp_path: Path, canfd_link: str, open_bus
 ) -> None:
-    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "car.dbc").write_text(SPEED_FD_DBC)
     bus = [_bus(canfd_link, "pt", "bcm", fd=True)]
     extra = "[updates]\nmax_age = 0.05\nsnapshot_interval = 0\n"
     cfg = write_config(tmp_path / "agent.toml", bus, extra + _signals([{"match": "Engine.Speed"}]))

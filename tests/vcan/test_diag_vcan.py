@@ -22,9 +22,9 @@ from agent.diag.poller import DiagPoller
 from agent.diag.settings import DiagnosticsConfig
 from agent.spime import decode_update
 from tests.integration.test_diag_virtual import Collector
-from tests.integration.test_live_virtual import DBC
 from tests.support.agentrun import VIN, write_config
 from tests.support.broker import Subscriber
+from tests.support.data import SPEED_FD_DBC
 from tests.support.e2e import AgentProcess
 from tests.support.ecusim import Ecu, EcuSim
 from tests.support.wait import wait_for, wait_until
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(
 
 
 def _config(tmp_path: Path, channel: str, port: int) -> Path:
-    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "car.dbc").write_text(SPEED_FD_DBC)
     return write_config(
         tmp_path / "agent.toml",
         [{"name": "pt", "interface": "socketcan", "channel": channel, "dbc": ["car.dbc"]}],

@@ -17,8 +17,7 @@ import pytest
 
 from agent.can_source import BATCH
 from agent.sources.socketcan import BatchReader, Frame
-from tests.integration.test_live_virtual import Running
-from tests.support.agentrun import write_config
+from tests.support.agentrun import Running, write_config
 from tests.support.wait import wait_for
 
 OpenBus = Callable[..., can.BusABC]
