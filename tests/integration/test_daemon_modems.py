@@ -8,7 +8,6 @@ a real mosquitto.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
 from contextlib import ExitStack
@@ -17,43 +16,29 @@ from typing import Any
 
 import can
 
-from agent.config import load_config
-from agent.daemon import Agent, RunResult, prepare
+from agent.daemon import Agent
 from agent.modem.simulator import ModemSimulator
 from agent.spime import decode_update
-from tests.support.agentrun import write_config
+from tests.support.agentrun import Running
 from tests.support.broker import Mosquitto, Subscriber, wait_until
 from tests.support.e2e import DATA_TOPIC, STATUS_TOPIC, retained_status
+from tests.support.power import car_bus, power_config, publishing
 
 WAIT = 30.0
 WEAK_CHECKS = 2
 SIGNAL = "Engine.Counter"
 
-DBC = """VERSION ""
-NS_ :
-BS_:
-BU_: ECU
-BO_ 256 Engine: 8 ECU
- SG_ Counter : 0|16@1+ (1,0) [0|65535] "" Vector__XXX
-"""
-
 
 def _config(tmp_path: Path, channel: str, port: int, sims: dict[str, ModemSimulator]) -> Path:
-    (tmp_path / "car.dbc").write_text(DBC)
     modems = "".join(f'[[modem]]\nname = "{n}"\nport = "{s.port}"\n\n' for n, s in sims.items())
-    return write_config(
-        tmp_path / "agent.toml",
-        [{"name": "car", "interface": "virtual", "channel": channel, "dbc": ["car.dbc"]}],
-        extra=(
-            f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nreconnect_min = 0.1\n'
-            "reconnect_max = 0.5\n"
-            '[outbox]\npath = "outbox.db"\ncommit_interval = 0.05\n'
-            "[updates]\nmax_age = 0.05\n"
-            + modems
-            + f"[modems]\ncheck_interval = 0.05\nweak_checks = {WEAK_CHECKS}\n"
-            f'pin_ledger = "{tmp_path / "pins"}"\n'
-            "command_timeout = 2.0\nreturn_delay = 3600.0\n"
-        ),
+    return power_config(
+        tmp_path,
+        channel,
+        publishing(port, tmp_path)
+        + modems
+        + f"[modems]\ncheck_interval = 0.05\nweak_checks = {WEAK_CHECKS}\n"
+        f'pin_ledger = "{tmp_path / "pins"}"\n'
+        "command_timeout = 2.0\nreturn_delay = 3600.0\n",
     )
 
 
@@ -89,16 +74,13 @@ def test_primary_fades_the_agent_switches_modem_and_data_keeps_flowing(
             "b": stack.enter_context(ModemSimulator("healthy", ident=2, iccid_command="AT+CCID")),
             "c": stack.enter_context(ModemSimulator("healthy", ident=3, iccid_command="AT+CRSM")),
         }
-        cfg = load_config(_config(tmp_path, channel, broker.port, sims))
-        agent = Agent(cfg, prepare(cfg), dry_run=False)
-        result: list[RunResult] = []
-        thread = threading.Thread(target=lambda: result.append(agent.run()), daemon=True)
+        run = Running(_config(tmp_path, channel, broker.port, sims), dry_run=False)
+        agent = run.agent
         data = stack.enter_context(Subscriber(broker, DATA_TOPIC))
         status = stack.enter_context(Subscriber(broker, STATUS_TOPIC))
-        car = stack.enter_context(can.Bus(interface="virtual", channel=channel, ignore_config=True))
+        car = stack.enter_context(car_bus(channel))
         values = Values(data, agent)
-        thread.start()
-        try:
+        with run:
             assert wait_until(
                 lambda: (
                     agent.modems is not None
@@ -170,8 +152,4 @@ def test_primary_fades_the_agent_switches_modem_and_data_keeps_flowing(
             assert "-109" in _modem(doc)["reason"]["text"]
             assert _modem(doc)["modems"]["a"]["problem"]["code"] == "weak_signal"
             assert agent.pipeline.stats.decode_errors == 0
-        finally:
-            agent.request_stop()
-            thread.join(WAIT)
-        assert not thread.is_alive()
-        assert result and result[0].exit_code == 0
+        assert run.result is not None and run.result.exit_code == 0

@@ -9,50 +9,47 @@ records its calls in a file.
 from __future__ import annotations
 
 import json
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import can
-
 from agent.catalog import POWER_SIGNAL
 from agent.config import load_config
 from agent.daemon import Agent, prepare
-from agent.modem.simulator import ModemSimulator
 from agent.spime import decode_update
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.e2e import DATA_TOPIC, STATUS_TOPIC, retained_status
-from tests.support.power import WAIT, frame, power_config, running, sleep_command, state
+from tests.support.power import (
+    IGNITION,
+    WAIT,
+    car_bus,
+    frame,
+    modem_car,
+    new_channel,
+    power_config,
+    publishing,
+    running,
+    sleep_command,
+    state,
+)
 from tests.support.wait import wait_for
 
 
 def test_ignition_cycles_park_and_wake_modem_and_sleep_with_nothing_lost(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
-    channel = f"power-{uuid.uuid4().hex[:8]}"
-    calls = tmp_path / "sleep-calls"
     cycles = 20
+    power = '[power]\nignition = "Body.Ignition"\nignition_on = ["Run", 3]\n'
     with ExitStack() as stack:
-        sim = stack.enter_context(ModemSimulator("healthy", ident=1))
-        cfg = power_config(
-            tmp_path,
-            channel,
-            f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_min = 0.1\n'
-            "reconnect_max = 0.5\n"
-            '[outbox]\npath = "outbox.db"\ncommit_interval = 0.05\n'
-            f'[[modem]]\nname = "a"\nport = "{sim.port}"\n'
-            f'[modems]\ncheck_interval = 0.2\npin_ledger = "{tmp_path / "pins"}"\n'
-            "[power]\n"
-            'ignition = "Body.Ignition"\n'
-            'ignition_on = ["Run", 3]\n'
-            "park_after = 600\npark_upload = 1\n" + sleep_command(tmp_path, calls),
+        rig = stack.enter_context(
+            modem_car(tmp_path, broker.port, power + "park_after = 600\npark_upload = 1\n")
         )
+        sim, calls = rig.sim, rig.calls
         data = stack.enter_context(
             Subscriber(broker, DATA_TOPIC, reconnect=True, client_id="sub-d")
         )
-        agent, _ = stack.enter_context(running(cfg, dry_run=False))
-        car = stack.enter_context(can.Bus(interface="virtual", channel=channel, ignore_config=True))
+        agent, _ = stack.enter_context(running(rig.cfg, dry_run=False))
+        car = stack.enter_context(car_bus(rig.channel))
         sent: set[int] = set()
         value = 1
         for cycle in range(1, cycles + 1):
@@ -109,11 +106,11 @@ def test_ignition_cycles_park_and_wake_modem_and_sleep_with_nothing_lost(
 
 
 def test_every_bus_silent_parks_and_a_frame_wakes(tmp_path: Path) -> None:
-    channel = f"power-{uuid.uuid4().hex[:8]}"
+    channel = new_channel()
     cfg = power_config(tmp_path, channel, "[power]\npark_after = 0.5\n")
     with (
         running(cfg, dry_run=True) as (agent, seen),
-        can.Bus(interface="virtual", channel=channel, ignore_config=True) as car,
+        car_bus(channel) as car,
     ):
         frame(car, 0x100, 7)
         # (Before the frame the agent was parked only because it had just started.)
@@ -142,7 +139,7 @@ def test_every_bus_silent_parks_and_a_frame_wakes(tmp_path: Path) -> None:
 
 
 def test_voltage_sag_below_cutoff_then_recovery(tmp_path: Path) -> None:
-    channel = f"power-{uuid.uuid4().hex[:8]}"
+    channel = new_channel()
     volts = tmp_path / "in_voltage0_raw"
     volts.write_text("12600\n")
     calls = tmp_path / "sleep-calls"
@@ -183,21 +180,17 @@ def test_parking_pauses_the_link_cleanly_and_a_wake_reconnects_at_once(
     status and disconnects cleanly (the last will never fires), makes no attempt while parked,
     also with the broker gone, and connects at once on the wake although its reconnect delays
     are a minute or more."""
-    channel = f"power-{uuid.uuid4().hex[:8]}"
+    channel = new_channel()
     cfg = power_config(
         tmp_path,
         channel,
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_min = 60\n'
-        "reconnect_max = 120\n"
-        '[outbox]\npath = "outbox.db"\ncommit_interval = 0.05\n'
-        '[power]\nignition = "Body.Ignition"\nignition_on = ["Run"]\n'
-        "park_after = 600\npark_upload = 1\n",
+        publishing(broker.port, tmp_path, reconnect=(60, 120)) + IGNITION + "park_upload = 1\n",
     )
     with ExitStack() as stack:
         status = stack.enter_context(Subscriber(broker, STATUS_TOPIC, reconnect=True))
         data = stack.enter_context(Subscriber(broker, DATA_TOPIC, reconnect=True))
         agent, _ = stack.enter_context(running(cfg, dry_run=False))
-        car = stack.enter_context(can.Bus(interface="virtual", channel=channel, ignore_config=True))
+        car = stack.enter_context(car_bus(channel))
         wait_for(lambda: _link(agent)[0] == "connected", WAIT, "connected")
         sent: set[int] = set()
         for cycle in range(2):
@@ -253,22 +246,20 @@ def test_parking_pauses_the_link_cleanly_and_a_wake_reconnects_at_once(
 
 
 def test_low_voltage_pauses_the_link_until_the_car_wakes(tmp_path: Path, broker: Mosquitto) -> None:
-    channel = f"power-{uuid.uuid4().hex[:8]}"
+    channel = new_channel()
     volts = tmp_path / "in_voltage0_raw"
     volts.write_text("12600\n")
     cfg = power_config(
         tmp_path,
         channel,
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_min = 60\n'
-        "reconnect_max = 120\n"
-        '[outbox]\npath = "outbox.db"\ncommit_interval = 0.05\n'
-        "[power]\npark_after = 600\ncutoff_after = 0.3\nheartbeat = 0.1\n"
+        publishing(broker.port, tmp_path, reconnect=(60, 120))
+        + "[power]\npark_after = 600\ncutoff_after = 0.3\nheartbeat = 0.1\n"
         f'voltage_file = "{volts}"\nvoltage_scale = 0.001\n',
     )
     with (
         Subscriber(broker, STATUS_TOPIC) as status,
         running(cfg, dry_run=False) as (agent, _),
-        can.Bus(interface="virtual", channel=channel, ignore_config=True) as car,
+        car_bus(channel) as car,
     ):
         wait_for(lambda: _link(agent)[0] == "connected", WAIT, "connected")
         volts.write_text("11900\n")

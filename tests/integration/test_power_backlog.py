@@ -10,7 +10,6 @@ is parked: what is asserted reaches the broker in the park upload or after the w
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -18,24 +17,22 @@ from pathlib import Path
 import can
 
 from agent.daemon import Agent
-from agent.modem.simulator import ModemSimulator
 from tests.support.broker import Mosquitto
 from tests.support.e2e import DataCollector
 from tests.support.power import (
     BODY,
     ENGINE,
+    IGNITION,
     OFF,
     RUN,
     WAIT,
+    car_bus,
     decoded,
     frame,
-    modem,
-    power_config,
+    modem_car,
     power_events,
-    publishing,
     running,
     sleep_calls,
-    sleep_command,
     state,
     values,
 )
@@ -88,24 +85,15 @@ class Car:
 def car(
     tmp_path: Path, broker: Mosquitto, park_upload: float, mqtt: str = "", updates: str = ""
 ) -> Iterator[Car]:
-    channel = f"power-{uuid.uuid4().hex[:8]}"
-    calls = tmp_path / "sleep-calls"
+    power = IGNITION + f"park_upload = {park_upload}\n"
     with ExitStack() as stack:
-        sim = stack.enter_context(ModemSimulator("healthy", ident=1))
-        cfg = power_config(
-            tmp_path,
-            channel,
-            publishing(broker.port, tmp_path, mqtt)
-            + modem(sim.port, tmp_path)
-            + '[power]\nignition = "Body.Ignition"\nignition_on = ["Run"]\npark_after = 600\n'
-            + f"park_upload = {park_upload}\n"
-            + sleep_command(tmp_path, calls),
-            updates,
+        rig = stack.enter_context(
+            modem_car(tmp_path, broker.port, power, mqtt=mqtt, updates=updates)
         )
         data = stack.enter_context(DataCollector(broker))
-        agent, _ = stack.enter_context(running(cfg, dry_run=False))
-        bus = stack.enter_context(can.Bus(interface="virtual", channel=channel, ignore_config=True))
-        yield Car(agent, data, bus, calls)
+        agent, _ = stack.enter_context(running(rig.cfg, dry_run=False))
+        bus = stack.enter_context(car_bus(rig.channel))
+        yield Car(agent, data, bus, rig.calls)
 
 
 def test_the_broker_down_at_park_time_gets_everything_once_after_the_wake(

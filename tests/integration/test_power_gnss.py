@@ -10,7 +10,6 @@ modem on a pty.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -20,22 +19,22 @@ import can
 
 from agent.daemon import Agent
 from agent.modem.simgnss import GnssScript
-from agent.modem.simulator import ModemSimulator
 from agent.policy.geo import distance_m
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.e2e import DATA_TOPIC
 from tests.support.fake_gpsd import T0, FakeGpsd, tpv
 from tests.support.nmea import epoch, open_on, position
 from tests.support.power import (
+    IGNITION,
     WAIT,
+    car_bus,
     decoded,
     frame,
-    modem,
+    modem_car,
+    new_channel,
     power_config,
-    publishing,
     running,
     sleep_calls,
-    sleep_command,
     state,
 )
 from tests.support.wait import wait_for
@@ -48,7 +47,6 @@ RUN, OFF = 2, 0
 # (WAIT), so however slow the machine, the car parks before its receiver could count as down.
 GNSS = "mode = 'rules'\nmin_interval = 0\ndistance = 1\ndown_after = 60\n"
 PRIVACY = '[privacy]\ntrip_end_radius = 500\n[consent]\ngranted = ["location"]\n'
-IGNITION = '[power]\nignition = "Body.Ignition"\nignition_on = ["Run"]\npark_after = 600\n'
 
 
 def _states(updates: list[dict[str, Any]]) -> list[str]:
@@ -147,11 +145,11 @@ def test_a_parked_car_closes_the_nmea_port_and_a_wake_opens_it(
     tmp_path: Path, pty: tuple[int, str]
 ) -> None:
     master, path = pty
-    channel = f"power-gnss-{uuid.uuid4().hex[:8]}"
+    channel = new_channel()
     cfg = power_config(tmp_path, channel, f'[gnss]\nport = "{path}"\n{GNSS}{PRIVACY}{IGNITION}')
     with ExitStack() as stack:
         agent, seen = stack.enter_context(running(cfg, dry_run=True))
-        car = stack.enter_context(can.Bus(interface="virtual", channel=channel, ignore_config=True))
+        car = stack.enter_context(car_bus(channel))
 
         def source_opens() -> int:
             src = agent.location.source if agent.location is not None else None
@@ -176,7 +174,7 @@ def test_a_parked_car_closes_the_nmea_port_and_a_wake_opens_it(
 
 
 def test_a_parked_car_ends_the_gpsd_watch_and_a_wake_watches_again(tmp_path: Path) -> None:
-    channel = f"power-gnss-{uuid.uuid4().hex[:8]}"
+    channel = new_channel()
     with ExitStack() as stack:
         gpsd = stack.enter_context(FakeGpsd())
         cfg = power_config(
@@ -185,7 +183,7 @@ def test_a_parked_car_ends_the_gpsd_watch_and_a_wake_watches_again(tmp_path: Pat
             f'[gnss]\nsource = "gpsd"\nport = {gpsd.port}\n{GNSS}{PRIVACY}{IGNITION}',
         )
         agent, seen = stack.enter_context(running(cfg, dry_run=True))
-        car = stack.enter_context(can.Bus(interface="virtual", channel=channel, ignore_config=True))
+        car = stack.enter_context(car_bus(channel))
 
         def drive(seconds: range) -> None:
             for i in seconds:
@@ -205,24 +203,16 @@ def test_a_parked_car_ends_the_gpsd_watch_and_a_wake_watches_again(tmp_path: Pat
 def test_a_parked_car_switches_the_modems_engine_off_before_the_radio(
     tmp_path: Path, broker: Mosquitto
 ) -> None:
-    channel = f"power-gnss-{uuid.uuid4().hex[:8]}"
-    calls = tmp_path / "sleep-calls"
     script = GnssScript("quectel", mode="nofix")
+    gnss = f'[gnss]\nsource = "at"\nmodem = "a"\npoll_interval = 0.05\n{GNSS}{PRIVACY}'
     with ExitStack() as stack:
-        sim = stack.enter_context(ModemSimulator("healthy", gnss=script))
-        cfg = power_config(
-            tmp_path,
-            channel,
-            publishing(broker.port, tmp_path)
-            + modem(sim.port, tmp_path)
-            + f'[gnss]\nsource = "at"\nmodem = "a"\npoll_interval = 0.05\n{GNSS}{PRIVACY}'
-            + IGNITION
-            + "park_upload = 1\n"
-            + sleep_command(tmp_path, calls),
+        rig = stack.enter_context(
+            modem_car(tmp_path, broker.port, gnss + IGNITION + "park_upload = 1\n", gnss=script)
         )
+        sim, calls = rig.sim, rig.calls
         sub = stack.enter_context(Subscriber(broker, DATA_TOPIC, client_id="sub-gnss"))
-        agent, _ = stack.enter_context(running(cfg, dry_run=False))
-        car = stack.enter_context(can.Bus(interface="virtual", channel=channel, ignore_config=True))
+        agent, _ = stack.enter_context(running(rig.cfg, dry_run=False))
+        car = stack.enter_context(car_bus(rig.channel))
         during: list[str] = []
 
         def drive(seconds: range) -> None:

@@ -27,6 +27,7 @@ from tests.support.power import (
     BODY,
     DBC,
     ENGINE,
+    IGNITION,
     OFF,
     RUN,
     SLEEPER,
@@ -99,7 +100,7 @@ def test_a_replayed_drive_with_ignition_cycles(tmp_path: Path, broker: Mosquitto
             extra="[updates]\nmax_age = 0.05\n"
             + publishing(broker.port, tmp_path)
             + modem(sim.port, tmp_path)
-            + '[power]\nignition = "Body.Ignition"\nignition_on = ["Run"]\npark_after = 600\n'
+            + IGNITION
             + "park_upload = 0.5\n"
             + sleep_command(tmp_path, calls),
         )

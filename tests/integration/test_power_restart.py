@@ -10,51 +10,37 @@ sleep command that records its calls.
 from __future__ import annotations
 
 import json
-import uuid
 from contextlib import ExitStack
 from pathlib import Path
 
-import can
-
-from agent.modem.simulator import ModemSimulator
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.e2e import DATA_TOPIC, STATUS_TOPIC
 from tests.support.power import (
     BODY,
     ENGINE,
+    IGNITION,
     OFF,
     RUN,
     WAIT,
+    car_bus,
     decoded,
     frame,
-    modem,
-    power_config,
+    modem_car,
     power_events,
-    publishing,
     running,
     sleep_calls,
-    sleep_command,
     state,
 )
 from tests.support.wait import wait_for
 
 
 def _restart_parked(tmp_path: Path, broker: Mosquitto, power: str, *, ignition: bool) -> None:
-    channel = f"power-{uuid.uuid4().hex[:8]}"
-    calls = tmp_path / "sleep-calls"
     with ExitStack() as stack:
-        sim = stack.enter_context(ModemSimulator("healthy", ident=1))
-        cfg = power_config(
-            tmp_path,
-            channel,
-            publishing(broker.port, tmp_path)
-            + modem(sim.port, tmp_path)
-            + power
-            + sleep_command(tmp_path, calls),
-        )
+        rig = stack.enter_context(modem_car(tmp_path, broker.port, power))
+        cfg, sim, calls = rig.cfg, rig.sim, rig.calls
         statuses = stack.enter_context(Subscriber(broker, STATUS_TOPIC, client_id="sub-s"))
         data = stack.enter_context(Subscriber(broker, DATA_TOPIC, client_id="sub-d"))
-        car = stack.enter_context(can.Bus(interface="virtual", channel=channel, ignore_config=True))
+        car = stack.enter_context(car_bus(rig.channel))
 
         # First run: a drive, then the car parks.
         with running(cfg, dry_run=False) as (agent, _):
@@ -106,8 +92,7 @@ def _restart_parked(tmp_path: Path, broker: Mosquitto, power: str, *, ignition: 
 
 
 def test_restart_with_the_ignition_off_stays_parked(tmp_path: Path, broker: Mosquitto) -> None:
-    power = '[power]\nignition = "Body.Ignition"\nignition_on = ["Run"]\npark_after = 600\n'
-    _restart_parked(tmp_path, broker, power + "park_upload = 1\n", ignition=True)
+    _restart_parked(tmp_path, broker, IGNITION + "park_upload = 1\n", ignition=True)
 
 
 def test_restart_with_every_bus_silent_stays_parked(tmp_path: Path, broker: Mosquitto) -> None:

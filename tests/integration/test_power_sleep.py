@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -27,17 +26,16 @@ from tests.support.e2e import DATA_TOPIC
 from tests.support.power import (
     BODY,
     ENGINE,
+    IGNITION,
     OFF,
     RUN,
     WAIT,
+    car_bus,
     decoded,
     frame,
-    modem,
-    power_config,
+    modem_car,
     power_events,
-    publishing,
     running,
-    sleep_command,
     sleep_pids,
     state,
     values,
@@ -81,23 +79,13 @@ class Car:
 
 @contextmanager
 def car(tmp_path: Path, broker: Mosquitto, mode: str, timeout: float) -> Iterator[Car]:
-    channel = f"power-{uuid.uuid4().hex[:8]}"
-    calls = tmp_path / "sleep-calls"
+    power = IGNITION + f"park_upload = 1\nsleep_timeout = {timeout}\n"
     with ExitStack() as stack:
-        sim = stack.enter_context(ModemSimulator("healthy", ident=1))
-        cfg = power_config(
-            tmp_path,
-            channel,
-            publishing(broker.port, tmp_path)
-            + modem(sim.port, tmp_path)
-            + '[power]\nignition = "Body.Ignition"\nignition_on = ["Run"]\npark_after = 600\n'
-            + f"park_upload = 1\nsleep_timeout = {timeout}\n"
-            + sleep_command(tmp_path, calls, mode),
-        )
+        rig = stack.enter_context(modem_car(tmp_path, broker.port, power, sleep_mode=mode))
         data = stack.enter_context(Subscriber(broker, DATA_TOPIC, client_id="sub-d"))
-        agent, _ = stack.enter_context(running(cfg, dry_run=False))
-        bus = stack.enter_context(can.Bus(interface="virtual", channel=channel, ignore_config=True))
-        yield Car(agent, sim, data, bus)
+        agent, _ = stack.enter_context(running(rig.cfg, dry_run=False))
+        bus = stack.enter_context(car_bus(rig.channel))
+        yield Car(agent, rig.sim, data, bus)
 
 
 def _sleep_errors(caplog: pytest.LogCaptureFixture) -> list[str]:

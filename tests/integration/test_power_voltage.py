@@ -10,7 +10,6 @@ command that records its calls.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -24,18 +23,17 @@ from tests.support.e2e import DATA_TOPIC
 from tests.support.power import (
     BATTERY,
     BODY,
+    IGNITION,
     OFF,
     RUN,
     WAIT,
+    car_bus,
     decoded,
     frame,
-    modem,
-    power_config,
+    modem_car,
     power_events,
-    publishing,
     running,
     sleep_calls,
-    sleep_command,
     state,
 )
 from tests.support.wait import wait_for
@@ -58,24 +56,14 @@ class Car:
 
 @contextmanager
 def car(tmp_path: Path, broker: Mosquitto) -> Iterator[tuple[Car, Path]]:
-    channel = f"power-{uuid.uuid4().hex[:8]}"
-    calls = tmp_path / "sleep-calls"
+    power = IGNITION + 'park_upload = 1\nvoltage = "Battery.Volts"\ncutoff_volts = 12.2\n'
+    power += "cutoff_after = 0.3\nresume_volts = 12.6\n"
     with ExitStack() as stack:
-        sim = stack.enter_context(ModemSimulator("healthy", ident=1))
-        cfg = power_config(
-            tmp_path,
-            channel,
-            publishing(broker.port, tmp_path)
-            + modem(sim.port, tmp_path)
-            + '[power]\nignition = "Body.Ignition"\nignition_on = ["Run"]\npark_after = 600\n'
-            + 'park_upload = 1\nvoltage = "Battery.Volts"\ncutoff_volts = 12.2\n'
-            + "cutoff_after = 0.3\nresume_volts = 12.6\n"
-            + sleep_command(tmp_path, calls),
-        )
+        rig = stack.enter_context(modem_car(tmp_path, broker.port, power))
         data = stack.enter_context(Subscriber(broker, DATA_TOPIC, client_id="sub-d"))
-        agent, _ = stack.enter_context(running(cfg, dry_run=False))
-        bus = stack.enter_context(can.Bus(interface="virtual", channel=channel, ignore_config=True))
-        yield Car(agent, sim, data, bus), calls
+        agent, _ = stack.enter_context(running(rig.cfg, dry_run=False))
+        bus = stack.enter_context(car_bus(rig.channel))
+        yield Car(agent, rig.sim, data, bus), rig.calls
 
 
 def test_a_sag_while_driving_cuts_off_holds_in_the_band_and_resumes_driving(

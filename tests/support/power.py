@@ -1,27 +1,30 @@
 """Lifecycle test support: a small car (a counter and an ignition with labels, a battery
-voltage), the agent run in this process on python-can's ``virtual`` bus, a sleep command that
-records its calls (and can fail or hang), and readers of the power state in status and data.
+voltage), its config (publishing, a simulated modem, [power]: ``modem_car``), the agent run in
+this process on python-can's ``virtual`` bus, a sleep command that records its calls (and can
+fail or hang), and readers of the power state in status and data.
 
-Nothing here mocks the agent: ``running`` starts the real ``Agent`` in a thread; frames go over
-a real (virtual) python-can bus; the sleep command is a real child process.
+Nothing here mocks the agent: ``running`` starts the real ``Agent`` in a thread
+(tests.support.agentrun); frames go over a real (virtual) python-can bus; the modem is the
+simulator on a pseudo-terminal; the sleep command is a real child process.
 """
 
 from __future__ import annotations
 
-import threading
+import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import can
 
 from agent.catalog import POWER_SIGNAL
-from agent.config import load_config
-from agent.daemon import Agent, RunResult, prepare
+from agent.daemon import Agent
+from agent.modem.simulator import ModemSimulator
 from agent.spime import decode_update
 from agent.spime.schema import Schema
-from tests.support.agentrun import write_config
+from tests.support.agentrun import Running, write_config
 from tests.support.broker import Received
 from tests.support.wait import wait_for
 
@@ -40,6 +43,8 @@ BO_ 768 Battery: 8 ECU
 """
 ENGINE, BODY, BATTERY = 0x100, 0x200, 0x300
 OFF, RUN = 0, 2
+# The lifecycle by the ignition: parked only once it is switched off (more [power] keys follow).
+IGNITION = '[power]\nignition = "Body.Ignition"\nignition_on = ["Run"]\npark_after = 600\n'
 # The sleep command, a shell script (it starts at once, so even a quick wake finds its call
 # recorded): appends its pid per call to the file $1; $2 "fail" makes it exit 3 after saying
 # why, "hang" makes it outlive any timeout (exec: the pid recorded is the one that hangs).
@@ -78,11 +83,15 @@ def sleep_pids(calls: Path) -> list[int]:
     return [int(n) for n in calls.read_text().split()] if calls.exists() else []
 
 
-def publishing(port: int, tmp_path: Path, mqtt: str = "") -> str:
-    """[mqtt] and [outbox] TOML for a broker on 127.0.0.1:port, with quick reconnects;
-    ``mqtt``: more lines for [mqtt]."""
+def publishing(
+    port: int, tmp_path: Path, mqtt: str = "", reconnect: tuple[float, float] = (0.1, 0.5)
+) -> str:
+    """[mqtt] and [outbox] TOML for a broker on 127.0.0.1:port, with quick reconnects (or the
+    ``reconnect`` delays); ``mqtt``: more lines for [mqtt]."""
+    low, high = reconnect
     return (
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nreconnect_min = 0.1\nreconnect_max = 0.5\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
+        + f"reconnect_min = {low}\nreconnect_max = {high}\n"
         + mqtt
         + f'[outbox]\npath = "{tmp_path / "outbox.db"}"\ncommit_interval = 0.05\n'
     )
@@ -96,27 +105,61 @@ def modem(port: str, tmp_path: Path) -> str:
     )
 
 
+def new_channel() -> str:
+    """A virtual bus channel of this test alone."""
+    return f"power-{uuid.uuid4().hex[:8]}"
+
+
+def car_bus(channel: str) -> can.BusABC:
+    """The car's end of the virtual bus ``channel``: frames sent on it reach the agent."""
+    return can.Bus(interface="virtual", channel=channel, ignore_config=True)
+
+
+@dataclass(frozen=True)
+class ModemCar:
+    """The config of the small car with a modem, and what the test watches of it."""
+
+    cfg: Path
+    channel: str  # its virtual bus
+    sim: ModemSimulator
+    calls: Path  # the sleep command's calls (``sleep_calls``, ``sleep_pids``)
+
+
+@contextmanager
+def modem_car(
+    tmp_path: Path,
+    broker_port: int,
+    power: str,
+    *,
+    sleep_mode: str = "",
+    mqtt: str = "",
+    updates: str = "",
+    **sim: Any,
+) -> Iterator[ModemCar]:
+    """The small car publishing to the broker on ``broker_port`` through a healthy simulated
+    modem, with the ``power`` TOML ([power] and its keys) and a sleep command recording its
+    calls (``sleep_mode`` as for ``sleep_command``); ``mqtt``, ``updates``: more lines for
+    [mqtt] and [updates]; ``sim``: the simulated modem's state (agent.modem.simat)."""
+    channel = new_channel()
+    calls = tmp_path / "sleep-calls"
+    with ModemSimulator("healthy", ident=1, **sim) as modem_sim:
+        extra = publishing(broker_port, tmp_path, mqtt) + modem(modem_sim.port, tmp_path) + power
+        extra += sleep_command(tmp_path, calls, sleep_mode)
+        yield ModemCar(power_config(tmp_path, channel, extra, updates), channel, modem_sim, calls)
+
+
 @contextmanager
 def running(
     cfg_path: Path, *, dry_run: bool, wait_bus: bool = True
 ) -> Iterator[tuple[Agent, list[dict[str, Any]]]]:
     """The agent of ``cfg_path`` in a thread; yields it and (dry run) the updates decoded.
     Stopped on exit, which must end with exit code 0."""
-    cfg = load_config(cfg_path)
-    seen: list[dict[str, Any]] = []
-    agent = Agent(cfg, prepare(cfg), dry_run=dry_run, on_json=seen.append if dry_run else None)
-    result: list[RunResult] = []
-    thread = threading.Thread(target=lambda: result.append(agent.run()), daemon=True)
-    thread.start()
-    try:
+    with Running(cfg_path, dry_run=dry_run) as run:
+        agent = run.agent
         if wait_bus:
             wait_for(lambda: agent.pipeline.source_states().get("car") == "up", WAIT, "bus up")
-        yield agent, seen
-    finally:
-        agent.request_stop()
-        thread.join(WAIT)
-    assert not thread.is_alive()
-    assert result and result[0].exit_code == 0
+        yield agent, run.updates
+    assert run.result is not None and run.result.exit_code == 0
 
 
 def state(agent: Agent) -> str:
