@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -52,8 +53,10 @@ def test_a_drive_through_gpsd_gives_private_sampled_fixes(gpsd: FakeGpsd) -> Non
     assert_private_drive(src)
 
 
-def test_a_gpsd_that_stops_talking_is_gnss_down_until_it_talks_again(gpsd: FakeGpsd) -> None:
-    # The source's time passes only when the test says: each state holds until it looks.
+@contextmanager
+def fixed(gpsd: FakeGpsd) -> Iterator[tuple[GpsdSource, TestClock]]:
+    """A source watching ``gpsd``, its first fix read; its time passes only when the test
+    says (each state holds until the test looks), ``down_after`` 0.5 s. Stopped on exit."""
     clock = TestClock()
     src = GpsdSource(
         "127.0.0.1",
@@ -67,6 +70,13 @@ def test_a_gpsd_that_stops_talking_is_gnss_down_until_it_talks_again(gpsd: FakeG
         wait_for(lambda: gpsd.watching == 1, 10, "the watch request")
         gpsd.send(tpv(1, *position(1)))
         wait_for(lambda: src.state == "fix", 10, "a fix")
+        yield src, clock
+    finally:
+        src.stop()
+
+
+def test_a_gpsd_that_stops_talking_is_gnss_down_until_it_talks_again(gpsd: FakeGpsd) -> None:
+    with fixed(gpsd) as (src, clock):
         clock.advance(1.0)
         wait_for(lambda: src.state == "gnss down", 10, "gnss down while gpsd is silent")
         gpsd.send(tpv(2, None, None, mode=1))
@@ -74,35 +84,19 @@ def test_a_gpsd_that_stops_talking_is_gnss_down_until_it_talks_again(gpsd: FakeG
         gpsd.send(tpv(3, *position(3)))
         wait_for(lambda: src.state == "fix", 10, "a fix again")
         assert gpsd.connections == 1
-    finally:
-        src.stop()
     assert [f.t % 100_000 for f in src.take()] == [1000, 3000]
 
 
 def test_gpsd_closing_the_connection_is_gnss_down_then_a_reconnect(gpsd: FakeGpsd) -> None:
-    # The source's time passes only while the test waits for what needs it (down_after, the
-    # reconnect's backoff): the fixes' states hold until the test looks.
-    clock = TestClock()
-    src = GpsdSource(
-        "127.0.0.1",
-        gpsd.port,
-        down_after=0.5,
-        clock=clock,
-        **every_fix(),  # type: ignore[arg-type]
-    )
-    src.start()
-    try:
-        wait_for(lambda: gpsd.watching == 1, 10, "the watch request")
-        gpsd.send(tpv(1, *position(1)))
-        wait_for(lambda: src.state == "fix", 10, "a fix")
+    # Time passes only while the test waits for what needs it (down_after, the reconnect's
+    # backoff).
+    with fixed(gpsd) as (src, clock):
         gpsd.drop()
         wait_for(clock.passing(lambda: src.state == "gnss down"), 10, "gnss down")
         wait_for(clock.passing(lambda: gpsd.watching == 1), 20, "a new watch after the reconnect")
         assert src.connects == 2
         gpsd.send(tpv(2, *position(2)))
         wait_for(lambda: src.state == "fix", 10, "a fix after the reconnect")
-    finally:
-        src.stop()
     assert len(src.take()) == 2
 
 
