@@ -14,15 +14,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import can
-
 from agent.daemon import Agent
 from agent.modem.simulator import ModemSimulator
 from agent.spime import decode_update
 from tests.support.agentrun import Running
 from tests.support.broker import Mosquitto, Subscriber, wait_until
 from tests.support.e2e import DATA_TOPIC, STATUS_TOPIC, retained_status
-from tests.support.power import car_bus, power_config, publishing
+from tests.support.power import ENGINE, car_bus, frame, power_config, publishing
 
 WAIT = 30.0
 WEAK_CHECKS = 2
@@ -102,18 +100,9 @@ def test_primary_fades_the_agent_switches_modem_and_data_keeps_flowing(
             mgr.on_switch = spy
             assert wait_until(lambda: mgr.active() == "a", WAIT)
 
-            def send(value: int) -> None:
-                car.send(
-                    can.Message(
-                        arbitration_id=0x100,
-                        data=value.to_bytes(2, "little") + bytes(6),
-                        is_extended_id=False,
-                    )
-                )
-
             before = set(range(1, 21))
             for v in sorted(before):
-                send(v)
+                frame(car, ENGINE, v)
             values.wait(before)
 
             sims["a"].set(rssi=2)  # -109 dBm, under the -105 dBm minimum
@@ -122,14 +111,14 @@ def test_primary_fades_the_agent_switches_modem_and_data_keeps_flowing(
             v = 100
             # Frames keep coming while the manager decides (bounded: the wait below fails first).
             while mgr.active() == "a" and v < 100 + 20_000:
-                send(v)
+                frame(car, ENGINE, v)
                 during.add(v)
                 v += 1
                 time.sleep(0.005)  # pacing the frames, like a real bus
             assert mgr.active() == "b"
             after = set(range(30_000, 30_020))
             for x in sorted(after):
-                send(x)
+                frame(car, ENGINE, x)
             values.wait(before | during | after)
             assert during, "no frame was sent while the switch was being decided"
 

@@ -17,6 +17,7 @@ from tests.support.agentrun import VIN, Running, write_config
 from tests.support.broker import Subscriber
 from tests.support.data import SPEED_FD_DBC
 from tests.support.ecusim import Ecu, EcuSim, RequestLog
+from tests.support.power import frame
 from tests.support.wait import wait_for
 
 
@@ -67,13 +68,7 @@ def test_pids_and_dtcs_arrive_decoded_and_no_broadcast_frame_is_lost(
         def broadcast() -> None:
             nonlocal sent
             sent += 1
-            car.send(
-                can.Message(
-                    arbitration_id=0x100,
-                    data=sent.to_bytes(2, "little") + bytes(6),
-                    is_extended_id=False,
-                )
-            )
+            frame(car, 0x100, sent)
 
         def have(name: str) -> bool:
             broadcast()
