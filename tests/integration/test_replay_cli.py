@@ -10,6 +10,7 @@ import pytest
 
 from agent.cli import main
 from tests.support.agentrun import cli, json_lines, write_config
+from tests.support.data import ENGINE_DBC
 
 J1939_DBC = "dbc/css-electronics/CSS-Electronics-SAE-J1939-DEMO.dbc"
 
@@ -50,17 +51,13 @@ def test_j1939_matches_by_pgn_whatever_the_source_address(
     assert json_lines(capsys.readouterr().out) == []  # exact ids: nothing matches
 
 
-DBC = """VERSION ""
-NS_ :
-BS_:
-BU_: ECU
-BO_ 256 Engine: 8 ECU
- SG_ Speed : 0|16@1+ (0.01,0) [0|655.35] "km/h" Vector__XXX
- SG_ Temp : 56|8@1- (1,-40) [-40|200] "degC" Vector__XXX
-BO_ 512 Doors: 1 ECU
+DBC = (
+    ENGINE_DBC
+    + """BO_ 512 Doors: 1 ECU
  SG_ Driver : 0|1@1+ (1,0) [0|1] "" Vector__XXX
 VAL_ 512 Driver 0 "closed" 1 "open" ;
 """
+)
 
 
 @pytest.fixture()

@@ -23,19 +23,15 @@ from agent.daemon import prepare
 from agent.pipeline import Pipeline
 from agent.updates import Update
 from tests.support.agentrun import write_config
-from tests.support.data import DEMO_DBC, REPO, make_demo_drive
+from tests.support.data import DEMO_DBC, ENGINE_DBC, REPO, make_demo_drive
 from tests.support.wait import wait_for
 
-DBC = """VERSION ""
-NS_ :
-BS_:
-BU_: ECU
-BO_ 256 Engine: 8 ECU
- SG_ Speed : 0|16@1+ (0.01,0) [0|655.35] "km/h" Vector__XXX
- SG_ Temp : 56|8@1- (1,-40) [-40|200] "degC" Vector__XXX
-BO_ 2147484160 Body: 8 ECU
+DBC = (
+    ENGINE_DBC
+    + """BO_ 2147484160 Body: 8 ECU
  SG_ Door : 0|1@1+ (1,0) [0|1] "" Vector__XXX
 """
+)
 EVERY_SIGNAL = '[[signal]]\nmatch = "*.*"\n'
 
 

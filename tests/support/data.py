@@ -34,6 +34,17 @@ BO_ 2566844926 Fd: 16 ECU
  SG_ Wide : 96|32@1+ (1,0) [0|4294967295] "" Vector__XXX
 """
 
+# Engine.Speed and Engine.Temp (a signed byte with an offset) on one classic frame: the replay
+# tests' car, to which each adds a second message of its own.
+ENGINE_DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 256 Engine: 8 ECU
+ SG_ Speed : 0|16@1+ (0.01,0) [0|655.35] "km/h" Vector__XXX
+ SG_ Temp : 56|8@1- (1,-40) [-40|200] "degC" Vector__XXX
+"""
+
 
 def make_demo_drive(out: Path, seconds: float) -> Path:
     """Write a demo drive (candump log of the demo vehicle) of ``seconds`` to ``out``."""
