@@ -33,6 +33,7 @@ from agent.backoff import Backoff
 from agent.config import MqttConfig
 from agent.mqttclient import PahoLog
 from agent.ratelimit import RateLimitedLog
+from agent.uplink import netloop
 from agent.uplink.pacing import TokenBucket, publish_size
 from agent.uplink.stats import Counters
 from agent.uplink.wakeup import Wakeup
@@ -147,7 +148,7 @@ class Session:
                 self.lost = why
             elif self._clock() >= deadline:
                 self.lost = "no CONNACK from the broker in time"
-            elif self.client.loop(IDLE_WAIT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            elif netloop.turn(self.client, IDLE_WAIT) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self.lost = self.lost or "connection closed before CONNACK"
         if self.connack is not None and self.connack.is_failure:
             return f"refused by broker: {self.connack}"
@@ -179,7 +180,7 @@ class Session:
             timeout = IDLE_WAIT if wait is None else min(wait, IDLE_WAIT)
         else:
             timeout = -1.0  # idle: wait on the outbox rather than the socket
-        rc = self.client.loop(max(timeout, 0.0))
+        rc = netloop.turn(self.client, max(timeout, 0.0))
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.lost = self.lost or f"connection lost ({mqtt.error_string(rc)})"
         self._report_in_flight()
@@ -413,13 +414,13 @@ class Session:
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.ctrl_in_flight.add(info.mid)
             while info.mid in self.ctrl_in_flight and self._clock() < deadline:
-                if self.client.loop(0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                if netloop.turn(self.client, 0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
         self.flush_acks()
         self.client.disconnect()
         deadline = self._clock() + _CLOSE_WAIT
         while self.lost is None and self._clock() < deadline:
-            if self.client.loop(0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            if netloop.turn(self.client, 0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 break
         self.drop()
 
