@@ -3,7 +3,8 @@
 A background thread writes, in one transaction, whatever is due: the memory buffer when the
 group-commit window (``commit_interval``, on the monotonic clock from the first buffered put)
 expires, at once for an event or when the buffer reaches half of ``memory_bytes``; acked and
-purged rows within ``_ACK_DELAY``; rows past their maximum age every ``_expire_every`` seconds.
+purged rows within ``_ACK_DELAY`` (``_DRAIN_ACK_DELAY`` while a backlog drains); rows past their
+maximum age every ``_expire_every`` seconds.
 ``cycle(force=True)`` writes everything now (flush, purge, close).
 
 If a commit fails (disk full, read-only, I/O error) the transaction is rolled back, the updates
@@ -32,6 +33,12 @@ log = logging.getLogger("agent.outbox")
 
 # Acks are deleted in batches: one commit (one fsync) per this many seconds at most.
 _ACK_DELAY = 0.02
+# While a backlog drains (this many acks or more waiting when the batch falls due), the batch
+# waits on until it is this old: a fifth of the commits, the WAL pages and fsyncs they write,
+# and of the commit thread's turns. Bounded, because acked rows that are not yet deleted are
+# sent again after a crash (duplicates of the same (boot, seq), never lost, never new data).
+_DRAIN_ACKS = 256
+_DRAIN_ACK_DELAY = 0.1
 
 
 class Committer:
@@ -163,7 +170,8 @@ class Committer:
     def _acks_due(self) -> float:
         if self.write_error is not None:
             return self._retry_at
-        return self._ack_since + _ACK_DELAY
+        draining = len(self._acks) >= _DRAIN_ACKS
+        return self._ack_since + (_DRAIN_ACK_DELAY if draining else _ACK_DELAY)
 
     # ------------------------------------------------------------------------------ writing
 

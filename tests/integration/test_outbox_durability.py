@@ -7,6 +7,7 @@ import os
 import random
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -245,3 +246,69 @@ def test_rows_reported_committed_survive_sigkill(tmp_path: Path) -> None:
         new_ids = [e.id for e in rows if e.payload.startswith(f"{run}:".encode())]
         assert all(i > max_id for i in new_ids), f"id reused (seed {seed}, run {run})"
         max_id = max([max_id, *(e.id for e in rows)])
+
+
+# ------------------------------------------------------------------ crash between ack and delete
+
+_ACKING_CHILD = """
+import sys
+from pathlib import Path
+from agent.config import OutboxConfig
+from agent.outbox import Outbox
+
+ob = Outbox(OutboxConfig(path=Path(sys.argv[1]), commit_interval=600))
+ob.open()
+print("open", flush=True)
+sys.stdin.readline()  # the parent now holds the file's write lock
+rows = ob.next_batch(100)
+acked = rows[:8] + rows[9:20]
+ob.ack(e.id for e in acked)
+left = ob.next_batch(100)
+print("acked", " ".join(str(e.id) for e in acked), flush=True)
+print("hidden", int([e.id for e in left] == [e.id for e in rows if e not in acked]),
+      ob.stats().acked, flush=True)
+sys.stdin.readline()  # killed here
+"""
+
+
+def test_rows_acked_but_not_deleted_at_a_crash_are_kept_and_sent_again(tmp_path: Path) -> None:
+    path = tmp_path / "outbox.db"
+    with make(path, commit_interval=600) as ob:
+        for i in range(30):
+            ob.put(f"update {i}".encode())
+        ob.flush()
+        before = [(e.id, e.payload) for e in ob.next_batch(100)]
+    child = subprocess.Popen(
+        [sys.executable, "-c", _ACKING_CHILD, str(path)],
+        cwd=ROOT,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    lock = sqlite3.connect(path, isolation_level=None, timeout=WAIT)
+    try:
+        assert child.stdout.readline().split() == ["open"]
+        # The child's commit thread cannot delete the acked rows while this lock is held: the
+        # kill lands between the acks and their deletion for certain.
+        lock.execute("BEGIN IMMEDIATE")
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        acked = [int(i) for i in child.stdout.readline().split()[1:]]
+        assert len(acked) == 19
+        assert child.stdout.readline().split() == ["hidden", "1", "0"]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(WAIT)
+        child.stdin.close()
+        child.stdout.close()
+        lock.close()
+    with make(path, commit_interval=600) as ob:
+        after = [(e.id, e.payload) for e in ob.next_batch(100)]
+        # Every acked row is there again, with its id and bytes: sent again, a duplicate of
+        # the same update (the same boot and seq), not new data.
+        assert after == before
+        ob.ack(acked)
+        ob.flush()
+        assert [e.id for e in ob.next_batch(100)] == [i for i, _ in before if i not in acked]

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from agent.config import OutboxConfig
 from agent.outbox import ROW_OVERHEAD, Outbox, OutboxEntry
+from agent.outbox.table import id_runs
 from tests.support.wait import wait_until
 
 WAIT = 10.0  # generous: the suite must pass on a loaded 2-core machine
@@ -413,3 +414,45 @@ def test_replace_rewrites_in_place_keeping_id_order_and_byte_count(box: Outbox) 
     box.ack([ids[1]])
     assert wait_until(lambda: box.stats().rows == 2, WAIT)
     assert box.replace(ids[1], b"gone") is False
+
+
+@given(st.sets(st.integers(min_value=1, max_value=200), max_size=120))
+def test_id_runs_cover_exactly_the_ids(ids: set[int]) -> None:
+    runs, single = id_runs(ids)
+    covered = [i for first, last in runs for i in range(first, last + 1)]
+    # Every id in a range is one of the ids: deleting the range deletes nothing else.
+    assert set(covered) <= ids
+    assert len(covered) == len(set(covered))
+    assert sorted(covered + single) == sorted(ids)
+    assert single == sorted(single)
+    assert all(last > first for first, last in runs)
+
+
+def test_acks_with_gaps_delete_only_the_acked_rows(box: Outbox) -> None:
+    for i in range(40):
+        box.put(bytes([i]))
+    box.flush()
+    rows = drain(box)
+    # Runs with rows in flight between them, a lone id, and ids already gone.
+    acked = rows[0:10] + rows[11:20] + rows[22:23] + rows[25:39]
+    box.ack(e.id for e in acked)
+    box.ack([rows[0].id, rows[-1].id + 1000])
+    box.flush()
+    kept = drain(box)
+    assert [e.id for e in kept] == [e.id for e in rows if e not in acked]
+    assert payloads(kept) == [bytes([i]) for i in (10, 20, 21, 23, 24, 39)]
+    stats = box.stats()
+    assert stats.acked == len(acked)
+    assert stats.rows == 6
+    assert stats.bytes == sum(len(e.payload) + ROW_OVERHEAD for e in kept)
+
+
+def test_a_backlog_of_acks_is_hidden_at_once_and_deleted(box: Outbox) -> None:
+    for i in range(600):
+        box.put(i.to_bytes(2, "big"))
+    box.flush()
+    rows = drain(box)
+    box.ack(e.id for e in rows[:500])
+    assert len(drain(box)) == 100  # hidden at once
+    assert wait_until(lambda: box.stats().acked == 500, WAIT)
+    assert box.stats().rows == 100
