@@ -7,9 +7,13 @@ successful PUBACK. When the link drops, everything in flight is simply no longer
 rows are still in the outbox and are sent again on the next connection (duplicates possible,
 losses not). Reconnects wait with exponential backoff and full jitter (agent.backoff).
 
-The parts: ``uplink`` (the worker thread, public API, reconnects, link reports), ``session``
-(one connection's state, created fresh per connection, with the PUBACK watchdog), ``pacing``
-(drain rate, PUBLISH size) and ``stats`` (counters read by other threads).
+The parts: ``uplink`` (the worker thread, public API, reconnects), ``requests`` (what other
+threads ask of the worker), ``waits`` (reconnect delays, the pause, the stop), ``wire`` (topics,
+status documents, the paho client), ``session`` (one connection's state, created fresh per
+connection), ``window`` (what is in flight, the PUBACK watchdog), ``readahead`` (outbox rows read
+ahead), ``netloop`` (one turn of paho's network loop), ``pacing`` (drain rate, refusal pause,
+PUBLISH size), ``linkreport`` (link up/down reports), ``stats`` (counters read by other threads)
+and ``wakeup`` (the idle wait with a downlink).
 
 It leaves to others: what goes into the outbox (pipeline), its storage (agent.outbox), choosing
 a modem (agent.modem, told of link changes through ``on_link``) and wiring (agent.daemon).

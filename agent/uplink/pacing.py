@@ -1,13 +1,15 @@
 """Publishing policy of the uplink: how fast a backlog drains and what a PUBLISH costs.
 
 Pure: no paho, no I/O; the clock is passed in. The session (agent.uplink.session) asks the
-bucket before each telemetry publish; events are never held back.
+bucket before each telemetry publish (events are never held back by it) and the refusal pause
+before publishing any data row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from agent.backoff import Backoff
 from agent.spime.codec import uvarint_len
 
 
@@ -47,3 +49,24 @@ def publish_size(topic_len: int, payload_len: int, v5: bool) -> int:
     + (MQTT 5) 1-byte empty property length + payload."""
     remaining = 2 + topic_len + 2 + (1 if v5 else 0) + payload_len
     return 1 + uvarint_len(remaining) + remaining
+
+
+class RefusalPause:
+    """After a refused data publish, data waits: refusals (e.g. an ACL) usually hit every row,
+    so all data pauses for a backoff delay, growing while refusals go on and starting over
+    after an accepted publish; never a hot loop. One per connection."""
+
+    def __init__(self, shortest: float, longest: float) -> None:
+        self._backoff = Backoff(shortest, longest)
+        self._until = 0.0
+
+    def left(self, now: float) -> float:
+        """Seconds data must still wait (0 or less: none)."""
+        return self._until - now
+
+    def refused(self, now: float) -> None:
+        if now >= self._until:
+            self._until = now + self._backoff.next_delay()
+
+    def accepted(self) -> None:
+        self._backoff.reset()

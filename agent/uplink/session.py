@@ -1,16 +1,13 @@
 """One MQTT connection of the uplink and everything that lives and dies with it.
 
 A ``Session`` is made for every connection attempt, around a fresh paho client: the CONNACK,
-the broker's limits (Receive Maximum, Maximum Packet Size), the in-flight window, the queue of
-control messages (schemas, status, responses), the read-ahead of outbox rows, the rows skipped
-as oversize, the pause after refused publishes and the PUBACK watchdog. When the connection
-ends the object is dropped, so no per-connection state can leak into the next one; paho's own
-queue of unacknowledged messages dies with its client, and only the outbox decides what is
-re-sent (duplicates possible, losses not).
-
-The PUBACK watchdog: while anything is in flight, a PUBACK must arrive within ``ack_timeout``
-seconds of the last one (or of the window filling from empty). A cellular link that dies without
-a FIN would otherwise be noticed only by keepalive, about two keepalives later.
+the broker's limits (Receive Maximum, Maximum Packet Size), the in-flight window with its PUBACK
+watchdog (agent.uplink.window), the queue of control messages (schemas, status, responses), the
+read-ahead of outbox rows with the rows skipped as oversize (agent.uplink.readahead) and the
+pause after refused publishes (agent.uplink.pacing). When the connection ends the object is
+dropped, so no per-connection state can leak into the next one; paho's own queue of
+unacknowledged messages dies with its client, and only the outbox decides what is re-sent
+(duplicates possible, losses not). paho's network loop runs through agent.uplink.netloop.
 
 Every method runs on the uplink's worker thread, paho's callbacks included. It leaves to
 ``agent.uplink.uplink.Uplink`` connecting, reconnecting, link reports and the public API.
@@ -29,28 +26,23 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import MQTTErrorCode
 
-from agent.backoff import Backoff
 from agent.config import MqttConfig
 from agent.mqttclient import PahoLog
 from agent.ratelimit import RateLimitedLog
 from agent.uplink import netloop
-from agent.uplink.pacing import TokenBucket, publish_size
+from agent.uplink.pacing import RefusalPause, TokenBucket, publish_size
+from agent.uplink.readahead import ReadAhead
 from agent.uplink.stats import Counters
 from agent.uplink.wakeup import Wakeup
+from agent.uplink.window import Window
 
 log = logging.getLogger("agent.uplink")
 
-# Rows are read from the outbox a few windows at a time and published from memory as PUBACKs
-# free the window: one SQLite read per many messages, not one per PUBACK. The read-ahead is
-# short-lived so that new events and purged rows are noticed within a fraction of a second.
-# Each read continues after the last row read, unless rows were committed since (a new event
-# sorts before it): passing again the rows in flight and those acked but not yet deleted, a
-# read from the start would cost more than the rows it reads.
+# Rows are read from the outbox this many windows at a time (agent.uplink.readahead) and
+# published from memory as PUBACKs free the window.
 _PREFETCH_WINDOWS = 4
-_PREFETCH_MAX_AGE = 0.25
 IDLE_WAIT = 0.5
 _CLOSE_WAIT = 3.0
-_MAX_OVERSIZE_IDS = 1024
 
 MessageHandler = Callable[[str, bytes, Any], None]
 
@@ -112,24 +104,13 @@ class Session:
 
         self.connack: Any = None
         self.lost: str | None = None  # why this connection is over, once it is
-        self.window = cfg.max_inflight
+        self.window = Window(cfg.max_inflight, cfg.ack_timeout, counters, clock)
         self.max_packet: int | None = None
-        self.in_flight: dict[int, int] = {}  # mid -> outbox row id
-        self.ctrl_in_flight: set[int] = set()
         self.ctrl: deque[Outgoing] = deque()
         self._to_ack: list[int] = []
         self.acked = 0  # outbox rows the broker acknowledged on this connection
-        self._prefetch: deque[Any] = deque()
-        self._prefetch_at = 0.0
-        # Where the next read continues: the last row read while all before it were published
-        # (None: from the start), and the outbox's generation when reading began from the start.
-        self._read_last: Any = None
-        self._read_generation = -1
-        self._oversize: set[int] = set()
-        self._paused_until = 0.0
-        self._refusal = Backoff(cfg.reconnect_min, cfg.reconnect_max)
-        self._progress_at = clock()
-        self._reported_in_flight = 0
+        self._ahead = ReadAhead(outbox)
+        self._refusal = RefusalPause(cfg.reconnect_min, cfg.reconnect_max)
 
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -171,23 +152,26 @@ class Session:
         idle. False once the connection is over (``lost`` says why)."""
         sent = self._send_ctrl()
         pumped, wait = self._pump(iteration)
-        self._watch_acks()
+        dead = self.window.dead()
+        if dead is not None and self.lost is None:
+            self.lost = dead
+            self._counters.add(dead_links=1)
         if self.lost is not None:
             return False
         if sent or pumped:
             timeout = 0.0
-        elif self.in_flight or self.ctrl_in_flight or wait is not None:
+        elif self.window.busy() or wait is not None:
             timeout = IDLE_WAIT if wait is None else min(wait, IDLE_WAIT)
         else:
             timeout = -1.0  # idle: wait on the outbox rather than the socket
         rc = netloop.turn(self.client, max(timeout, 0.0))
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.lost = self.lost or f"connection lost ({mqtt.error_string(rc)})"
-        self._report_in_flight()
+        self.window.report()
         if self.lost is not None:
             return False
-        if timeout < 0 and not self.in_flight:
-            if self._oversize:  # the outbox would report those rows at once: no spin
+        if timeout < 0 and not self.window.rows:
+            if self._ahead.skipped:  # the outbox would report those rows at once: no spin
                 self._stop.wait(IDLE_WAIT)
             elif self._wakeup is not None:
                 # A downlink: a command on the socket, its answer or a new row ends the wait.
@@ -196,30 +180,9 @@ class Session:
                 self._outbox.wait_for_data(IDLE_WAIT)
         return True
 
-    def _watch_acks(self) -> None:
-        now = self._clock()
-        if not (self.in_flight or self.ctrl_in_flight):
-            self._progress_at = now
-            return
-        limit = self.cfg.ack_timeout
-        if limit and now - self._progress_at > limit and self.lost is None:
-            n = len(self.in_flight) + len(self.ctrl_in_flight)
-            self.lost = f"no PUBACK for {limit:g} s with {n} in flight: link presumed dead"
-            self._counters.add(dead_links=1)
-
-    def _report_in_flight(self) -> None:
-        # Once per turn, not per PUBLISH or PUBACK: the counters sit behind a lock.
-        n = len(self.in_flight)
-        if n != self._reported_in_flight:
-            self._reported_in_flight = n
-            self._counters.set(in_flight=n)
-
-    def _free(self) -> int:
-        return self.window - len(self.in_flight) - len(self.ctrl_in_flight)
-
     def _send_ctrl(self) -> bool:
         sent = False
-        while self.ctrl and self._free() > 0:
+        while self.ctrl and self.window.free() > 0:
             msg = self.ctrl.popleft()
             props = msg.properties if self.v5 else None
             info = self.client.publish(
@@ -228,7 +191,7 @@ class Session:
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self.lost = self.lost or f"publish failed ({mqtt.error_string(info.rc)})"
                 return sent
-            self.ctrl_in_flight.add(info.mid)
+            self.window.ctrl.add(info.mid)
             self._count_sent(len(msg.topic.encode()), len(msg.payload))
             sent = True
         return sent
@@ -237,29 +200,28 @@ class Session:
         """Publish outbox rows into the free window. Returns (published any, seconds to wait
         before trying again when held back by a refusal pause or the rate limit)."""
         now = self._clock()
-        if now < self._paused_until:
-            self._drop_prefetch()
-            return False, self._paused_until - now
-        if self._free() <= 0:
+        ahead = self._ahead
+        held = self._refusal.left(now)
+        if held > 0:
+            ahead.drop()
+            return False, held
+        if self.window.free() <= 0:
             return False, None
-        if not self._prefetch or now - self._prefetch_at > _PREFETCH_MAX_AGE:
-            self._drop_prefetch()
-            batch = self._read_ahead()
-            if not batch:
-                if not (self.in_flight or self.ctrl_in_flight or self.ctrl):
+        if not ahead.fresh(now):
+            limit = self.window.size * _PREFETCH_WINDOWS
+            if not ahead.read(limit, set(self.window.rows.values()), now):
+                if not (self.window.busy() or self.ctrl):
                     self._counters.saw_drained(iteration)
                 return False, None
-            self._prefetch.extend(batch)
-            self._prefetch_at = now
         published = 0
         sent_bytes = 0
         try:
-            while self._prefetch and self._free() > 0:
-                entry = self._prefetch[0]
+            while ahead and self.window.free() > 0:
+                entry = ahead.first()
                 is_event = entry.priority == "event"
                 if not is_event and self._bucket.available() < 1.0:
                     return bool(published), max(self._bucket.time_to_token(), 0.005)
-                self._prefetch.popleft()
+                ahead.take()
                 size = publish_size(self._data_topic_len, len(entry.payload), self.v5)
                 if self.max_packet is not None and size > self.max_packet:
                     self._skip_oversize(entry.id, size)
@@ -268,7 +230,7 @@ class Session:
                 if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     self.lost = self.lost or f"publish failed ({mqtt.error_string(info.rc)})"
                     return bool(published), None
-                self.in_flight[info.mid] = entry.id
+                self.window.rows[info.mid] = entry.id
                 if not is_event:
                     self._bucket.take()
                 published += 1
@@ -277,32 +239,13 @@ class Session:
             # Counted once per call, not per PUBLISH: the counters sit behind a lock.
             if published:
                 self._counters.add(bytes_sent=sent_bytes, published=published)
-                self._report_in_flight()
+                self.window.report()
         return bool(published), None
-
-    def _drop_prefetch(self) -> None:
-        if self._prefetch:
-            self._prefetch.clear()
-            self._read_last = None  # rows before the last one read were not published
-
-    def _read_ahead(self) -> list[Any]:
-        exclude = set(self.in_flight.values()) | self._oversize
-        limit = self.window * _PREFETCH_WINDOWS
-        generation = self._outbox.generation()
-        batch: list[Any] = []
-        if self._read_last is not None and generation == self._read_generation:
-            batch = self._outbox.next_batch(limit, exclude=exclude, after=self._read_last)
-        if not batch:
-            batch = self._outbox.next_batch(limit, exclude=exclude)
-            self._read_generation = generation
-        self._read_last = batch[-1] if batch else None
-        return batch
 
     def _skip_oversize(self, row_id: int, size: int) -> None:
         # Sending it would make the broker drop the connection, again and again: leave the row
         # in the outbox and skip it for this connection (the limit may differ on the next).
-        if len(self._oversize) < _MAX_OVERSIZE_IDS:
-            self._oversize.add(row_id)
+        self._ahead.skip(row_id)
         self._counters.add(refused=1)
         self._ratelog.warning(
             "oversize",
@@ -338,7 +281,7 @@ class Session:
             self.max_packet = int(mps) if mps else None
             # MQTT 5 says an absent Receive Maximum means 65535.
             broker_max = int(rm) if rm else (65535 if self.v5 else None)
-            self.window = min(self.cfg.max_inflight, broker_max or self.cfg.max_inflight)
+            self.window.size = min(self.cfg.max_inflight, broker_max or self.cfg.max_inflight)
             self._counters.set(receive_maximum=broker_max)
         except Exception as err:
             self._count_error("on_connect", err)
@@ -355,33 +298,31 @@ class Session:
         self, client: mqtt.Client, userdata: object, mid: int, reason_code: Any, properties: Any
     ) -> None:
         try:
-            self._progress_at = self._clock()
-            if mid in self.ctrl_in_flight:
-                self.ctrl_in_flight.discard(mid)
+            window = self.window
+            window.progress()
+            if mid in window.ctrl:
+                window.ctrl.discard(mid)
                 if reason_code.is_failure:
                     self._ratelog.warning(
                         "ctrl-refused", "broker refused a control publish: %s", reason_code
                     )
                 return
-            row_id = self.in_flight.pop(mid, None)
+            row_id = window.rows.pop(mid, None)
             if row_id is None:
                 return
             if reason_code.is_failure:
                 self._refused_row(row_id, reason_code)
             else:
                 self._to_ack.append(row_id)
-                self._refusal.reset()
+                self._refusal.accepted()
         except Exception as err:
             self._count_error("on_publish", err)
 
     def _refused_row(self, row_id: int, reason_code: Any) -> None:
         self._counters.add(refused=1)
         self._counters.set(last_error=f"publish refused by broker: {reason_code}")
-        self._read_last = None  # the row is to be sent again: the next read starts over
-        now = self._clock()
-        if now >= self._paused_until:
-            # Refusals (e.g. an ACL) usually hit every row: pause all data, never a hot loop.
-            self._paused_until = now + self._refusal.next_delay()
+        self._ahead.start_over()  # the row is to be sent again
+        self._refusal.refused(self._clock())
         self._ratelog.warning(
             "refused",
             "broker refused data publish of outbox row %d: %s; kept in the outbox, retrying later",
@@ -412,8 +353,8 @@ class Session:
         info = self.client.publish(offline.topic, offline.payload, qos=1, retain=offline.retain)
         deadline = self._clock() + _CLOSE_WAIT
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self.ctrl_in_flight.add(info.mid)
-            while info.mid in self.ctrl_in_flight and self._clock() < deadline:
+            self.window.ctrl.add(info.mid)
+            while info.mid in self.window.ctrl and self._clock() < deadline:
                 if netloop.turn(self.client, 0.1) != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
         self.flush_acks()
@@ -430,10 +371,7 @@ class Session:
         try:
             self.flush_acks()
         finally:
-            self.in_flight.clear()
-            self.ctrl_in_flight.clear()
-            self._reported_in_flight = 0
-            self._counters.set(in_flight=0)
+            self.window.clear()
             try:
                 self.client.disconnect()
             except Exception as err:

@@ -25,27 +25,23 @@ data-path failure); repeats are counted and summed up when the link comes back.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
-from agent import __version__
-from agent.backoff import Backoff
 from agent.config import MqttConfig
 from agent.mqttclient import PahoLog, describe_error, tls_context
 from agent.ratelimit import RateLimitedLog
 from agent.uplink.linkreport import LinkReport
 from agent.uplink.pacing import TokenBucket
+from agent.uplink.requests import Requests
 from agent.uplink.session import MessageHandler, OutboxLike, Outgoing, Session
 from agent.uplink.stats import Counters, UplinkStats
+from agent.uplink.waits import Waits
 from agent.uplink.wakeup import Wakeup
+from agent.uplink.wire import Topics, new_client, status_doc
 
 log = logging.getLogger("agent.uplink")
 
@@ -56,7 +52,6 @@ _CLOSE_WAIT = 3.0
 # or one that lasted this long: a broker that accepts and drops every connection keeps being
 # backed off.
 _STABLE_AFTER = 30.0
-MAX_PENDING = 256  # control messages queued by publish() while not connected
 
 
 class Uplink:
@@ -89,12 +84,7 @@ class Uplink:
         self._status_fn = status
         self._subscriptions = tuple(subscriptions)
         self._on_message = on_message
-        base = f"{cfg.topic_prefix}/{vin}"
-        self.data_topic = f"{base}/data"
-        self.status_topic = f"{base}/status"
-        self.schema_topic = f"{base}/schema/{schema_id}"
-        # The schema in force also on a fixed topic, for consumers that want only the latest.
-        self.current_schema_topic = f"{base}/schema"
+        self.topics = Topics(f"{cfg.topic_prefix}/{vin}")
         tls = cfg.tls_config
         self._tls = tls_context(tls) if tls is not None else None
 
@@ -102,24 +92,14 @@ class Uplink:
         self._ratelog = RateLimitedLog(log)
         self._paho_log = PahoLog(logging.getLogger("agent.uplink.paho"))
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
-        self._stop_deadline = float("inf")
         self._status_requested = threading.Event()
         self._drained_at_stop = False
-        # Ends the worker's waits between attempts and while paused: stop, pause, resume,
-        # reconnect requests.
-        self._kick = threading.Event()
+        # Reconnect delays (reset when a connection proved healthy, see _STABLE_AFTER), the
+        # pause, the stop; kicked by stop, pause, resume and reconnect requests.
+        self._waits = Waits(cfg.reconnect_min, cfg.reconnect_max, self._counters)
 
-        # Shared with other threads, guarded by _lock: schemas, reconnect requests, publish().
-        self._lock = threading.Lock()
-        self._schemas: dict[str, bytes] = {schema_id: bytes(schema_json)}
-        self._current_schema = schema_id
-        self._new_schemas: deque[str] = deque()
-        self._reconnects = 0  # reconnect() requests so far
-        self._reconnect_reason = ""
-        self._pending: deque[Outgoing] = deque()
-        self._pending_dropped = 0
-        self._paused: str | None = None  # why radio traffic is stopped, until resume()
+        # Shared with other threads: schemas, reconnect requests, the pause, publish().
+        self._requests = Requests(schema_id, schema_json)
         # With a downlink the idle wait watches the socket too, woken by publish() and commits.
         self._wakeup: Wakeup | None = None
         if self._subscriptions:
@@ -135,8 +115,6 @@ class Uplink:
             on_link,
             self._count_error,
         )
-        # Reset by _serve when a connection proved healthy (see _STABLE_AFTER), not by time.
-        self._backoff = Backoff(cfg.reconnect_min, cfg.reconnect_max)
         self._bucket = TokenBucket(cfg.drain_rate, time.monotonic)
 
     # ---- public API -------------------------------------------------------------------------
@@ -153,9 +131,7 @@ class Uplink:
         if self._thread is None:
             self._counters.set(state="stopped")
             return False
-        self._stop_deadline = time.monotonic() + timeout
-        self._stop.set()
-        self._kick.set()
+        self._waits.stop(timeout)
         # Beyond the drain time: one connect attempt and the clean close may still be running.
         self._thread.join(timeout + _CONNACK_TIMEOUT + 2 * _CLOSE_WAIT)
         if self._thread.is_alive():
@@ -174,31 +150,23 @@ class Uplink:
         """Publish another schema (retained, on its own topic), now if connected and after every
         reconnect: rows written under an earlier schema stay decodable after a reload.
         ``current``: it replaces the schema in force (also on ``<prefix>/<vin>/schema``)."""
-        with self._lock:
-            if current:
-                self._current_schema = schema_id
-            if schema_id not in self._schemas or current:
-                self._schemas[schema_id] = bytes(schema_json)
-                self._new_schemas.append(schema_id)
+        self._requests.add_schema(schema_id, schema_json, current=current)
 
     def reconnect(self, reason: str) -> None:
         """Drop the connection and connect again (e.g. another modem now carries the data).
 
         A request made while a connection is being set up is kept: that connection may be
         going over the old route, so it is dropped as soon as it is up."""
-        with self._lock:
-            self._reconnects += 1
-            self._reconnect_reason = reason
-        self._kick.set()
+        self._requests.reconnect(reason)
+        self._waits.kick()
 
     def pause(self, reason: str, timeout: float = 10.0) -> bool:
         """Stop radio traffic: publish the retained status (``offline``, reason ``paused:
         <reason>``) if connected, disconnect cleanly, and attempt no connection until
         ``resume``. Waits until the link is closed: True, or False after ``timeout``. Rows
         committed meanwhile stay in the outbox; a later ``pause`` only changes the reason."""
-        with self._lock:
-            self._paused = reason
-        self._kick.set()
+        self._requests.set_paused(reason)
+        self._waits.kick()
         if self._wakeup is not None:
             self._wakeup.set()
         if self._thread is None:
@@ -208,20 +176,16 @@ class Uplink:
 
     def resume(self) -> None:
         """End a pause: connect at once, without waiting for a reconnect delay."""
-        with self._lock:
-            self._paused = None
-        self._kick.set()
+        self._requests.set_paused(None)
+        self._waits.kick()
 
     def publish(
         self, topic: str, payload: bytes, *, retain: bool = False, properties: Any = None
     ) -> bool:
         """Queue a QoS 1 message (e.g. a response) ahead of data rows, on the current or the
         next connection. Not durable: at most MAX_PENDING wait; False (and counted) if full."""
-        with self._lock:
-            if len(self._pending) >= MAX_PENDING:
-                self._pending_dropped += 1
-                return False
-            self._pending.append(Outgoing(topic, bytes(payload), retain, properties))
+        if not self._requests.queue(Outgoing(topic, bytes(payload), retain, properties)):
+            return False
         if self._wakeup is not None:
             self._wakeup.set()
         return True
@@ -237,36 +201,34 @@ class Uplink:
             logging.ERROR, ("error", where), "uplink: unexpected error in %s: %r", where, err
         )
 
-    def _stopping_done(self) -> bool:
-        return self._stop.is_set() and time.monotonic() >= self._stop_deadline
-
     def _should_end(self) -> bool:
-        return self._stop.is_set() and (self._stopping_done() or not self._outbox.next_batch(1))
+        waits = self._waits
+        return waits.stopping() and (waits.stopping_done() or not self._outbox.next_batch(1))
 
     def _run(self) -> None:
+        cfg = self.cfg
         while True:
             try:
                 if self._should_end():
                     break
-                if self._pause_reason() is not None:
-                    if not self._wait_paused():
+                if self._requests.paused() is not None:
+                    if not self._waits.paused(self._requests.paused, f"{cfg.host}:{cfg.port}"):
                         break
                     continue
-                # Any kick so far is answered by this attempt.
-                self._kick.clear()
-                seen = self._reconnect_count()
+                self._waits.clear_kick()
+                seen = self._requests.reconnect_count()
                 session = self._connect(seen)
                 if session is None:
-                    if self._pause_reason() is None:
-                        self._retry_wait()
+                    if self._requests.paused() is None:
+                        self._waits.retry_wait()
                     continue
                 if self._serve(session, seen):
                     # Dropped by the broker or the link, or an internal error: a broker that
                     # accepts and drops every connection must not get a reconnect storm.
-                    self._retry_wait()
+                    self._waits.retry_wait()
             except Exception as err:  # the worker must outlive any single failure
                 self._count_error("worker", err)
-                self._retry_wait()
+                self._waits.retry_wait()
         try:
             self._drained_at_stop = not self._outbox.next_batch(1)
         except Exception as err:
@@ -274,92 +236,24 @@ class Uplink:
         self._counters.set(state="stopped")
         self._counters.wake()
 
-    def _retry_wait(self) -> None:
-        """One backoff delay before the next attempt, shown in the stats while it lasts."""
-        delay = self._backoff.next_delay()
-        self._counters.set(retries=self._backoff.attempts, retry_delay=round(delay, 3))
-        self._sleep(delay)
-        self._counters.set(retry_delay=None)
-
-    def _reset_backoff(self) -> None:
-        self._backoff.reset()
-        self._counters.set(retries=0)
-
-    def _sleep(self, seconds: float) -> None:
-        """Wait before the next attempt; a kick (stop, pause, resume, reconnect) ends it."""
-        until = min(time.monotonic() + seconds, self._stop_deadline)
-        while not self._stopping_done():
-            left = until - time.monotonic()
-            if left <= 0 or self._kick.wait(left):
-                return
-
-    def _pause_reason(self) -> str | None:
-        with self._lock:
-            return self._paused
-
-    def _wait_paused(self) -> bool:
-        """Disconnected and paused: block (no timer) until resume() or stop(). False on stop."""
-        reason = self._pause_reason()
-        log.info("MQTT paused (%s): no connection until resumed", reason)
-        while reason is not None:
-            self._counters.set(paused=reason, state="paused", closed_for=reason)
-            if self._stop.is_set():
-                return False
-            self._kick.wait()
-            self._kick.clear()
-            reason = self._pause_reason()
-        self._counters.set(paused=None, state="disconnected", closed_for=None)
-        # The radio was off, not the broker failing: the first attempt goes at once, and the
-        # delays after it start from the shortest.
-        self._reset_backoff()
-        log.info("MQTT resumed: connecting to %s:%d", self.cfg.host, self.cfg.port)
-        return True
-
-    def _reconnect_count(self) -> int:
-        with self._lock:
-            return self._reconnects
-
-    def _reconnect_requested(self, seen: int) -> str | None:
-        """The reason of a reconnect() made since ``seen`` requests, if any."""
-        with self._lock:
-            return self._reconnect_reason if self._reconnects > seen else None
-
     # ---- connecting ---------------------------------------------------------------------------
 
-    def _new_client(self) -> mqtt.Client:
-        cfg = self.cfg
-        kwargs: dict[str, Any] = {"client_id": cfg.client_id or self.vin}
-        if cfg.protocol == "5":
-            kwargs["protocol"] = mqtt.MQTTv5
-        else:
-            kwargs.update(protocol=mqtt.MQTTv311, clean_session=True)
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
-        # Our window is the limit; paho must never hold messages back in its own queue.
-        client.max_inflight_messages_set(65535)
-        if self._tls is not None:
-            client.tls_set_context(self._tls)
-        if cfg.username is not None:
-            client.username_pw_set(cfg.username, cfg.password)
-        will = {"state": "offline", "boot": self.boot, "reason": "connection lost"}
-        client.will_set(self.status_topic, json.dumps(will), qos=1, retain=True)
-        return client
-
     def _connect(self, seen: int) -> Session | None:
-        cfg = self.cfg
+        cfg, t = self.cfg, self.topics
         self._counters.add(attempts=1)
         self._counters.set(state="connecting")
-        client = self._new_client()
+        client = new_client(cfg, vin=self.vin, boot=self.boot, status_topic=t.status, tls=self._tls)
         session = Session(
             client,
             cfg,
-            data_topic=self.data_topic,
+            data_topic=t.data,
             outbox=self._outbox,
             counters=self._counters,
             bucket=self._bucket,
             paho_log=self._paho_log,
             ratelog=self._ratelog,
             count_error=self._count_error,
-            stop=self._stop,
+            stop=self._waits.stop_event,
             subscriptions=self._subscriptions,
             on_message=self._on_message,
             wakeup=self._wakeup,
@@ -376,11 +270,11 @@ class Uplink:
             return None
 
         def abort() -> str | None:
-            if self._stopping_done():
+            if self._waits.stopping_done():
                 return "stopping"
-            if self._pause_reason() is not None:
+            if self._requests.paused() is not None:
                 return "paused"
-            return self._reconnect_requested(seen)
+            return self._requests.reconnect_requested(seen)
 
         why = session.wait_connack(time.monotonic() + _CONNACK_TIMEOUT, abort)
         if why is not None and self._tls is None and "before CONNACK" in why:
@@ -397,15 +291,13 @@ class Uplink:
     def _serve(self, session: Session, seen: int) -> bool:
         """Publish until the connection ends. True if it ended by itself (the broker or the
         link dropped it, an internal error), False for a stop, a pause or reconnect()."""
-        self._link.up(f"MQTT {self.cfg.protocol}, window {session.window}")
-        with self._lock:
-            schemas = list(self._schemas.items())
-            current = self._current_schema
-            self._new_schemas.clear()
+        self._link.up(f"MQTT {self.cfg.protocol}, window {session.window.size}")
+        t = self.topics
+        schemas, current = self._requests.all_schemas()
         for sid, doc in schemas:
-            session.ctrl.append(Outgoing(self._schema_topic_of(sid), doc, retain=True))
-        session.ctrl.append(Outgoing(self.current_schema_topic, dict(schemas)[current], True))
-        session.ctrl.append(Outgoing(self.status_topic, self._status_doc("online"), True))
+            session.ctrl.append(Outgoing(t.schema(sid), doc, retain=True))
+        session.ctrl.append(Outgoing(t.current_schema, dict(schemas)[current], True))
+        session.ctrl.append(Outgoing(t.status, self._status_doc("online"), True))
         began = time.monotonic()
         next_status = began + self.cfg.status_interval
         healthy = False
@@ -417,17 +309,15 @@ class Uplink:
                     # The broker took stored updates, or the link held: the next delay after
                     # this connection ends is again the shortest.
                     healthy = True
-                    self._reset_backoff()
+                    self._waits.reset_backoff()
                 if self._should_end():
-                    session.close(
-                        Outgoing(self.status_topic, self._status_doc("offline", "shutdown"), True)
-                    )
+                    session.close(Outgoing(t.status, self._status_doc("offline", "shutdown"), True))
                     self._counters.set(state="disconnected")
                     log.info(
                         "MQTT disconnected from %s:%d (shutdown)", self.cfg.host, self.cfg.port
                     )
                     return False
-                paused = self._pause_reason()
+                paused = self._requests.paused()
                 if paused is not None:
                     self._close_paused(session, paused)
                     return False
@@ -436,10 +326,8 @@ class Uplink:
                 if self._status_requested.is_set() or now >= next_status:
                     self._status_requested.clear()
                     next_status = now + self.cfg.status_interval
-                    session.ctrl.append(
-                        Outgoing(self.status_topic, self._status_doc("online"), True)
-                    )
-                session.lost = session.lost or self._reconnect_requested(seen)
+                    session.ctrl.append(Outgoing(t.status, self._status_doc("online"), True))
+                session.lost = session.lost or self._requests.reconnect_requested(seen)
                 if not session.step(iteration):
                     break
         except Exception as err:  # e.g. the outbox failing: end this session cleanly, retry
@@ -448,34 +336,26 @@ class Uplink:
         why = session.reason()
         session.drop()
         if not healthy and session.acked:  # PUBACKs read in the turn the connection ended
-            self._reset_backoff()
+            self._waits.reset_backoff()
         self._link.down(f"{self.cfg.host}:{self.cfg.port}: {why}")
-        return self._reconnect_requested(seen) is None
+        return self._requests.reconnect_requested(seen) is None
 
     def _close_paused(self, session: Session, reason: str) -> None:
         """The clean pause: the retained status says why, then DISCONNECT (no last will)."""
         self._counters.set(paused=reason, state="paused")
         doc = self._status_doc("offline", f"paused: {reason}")
-        session.close(Outgoing(self.status_topic, doc, True))
+        session.close(Outgoing(self.topics.status, doc, True))
         log.info("MQTT disconnected from %s:%d (paused: %s)", self.cfg.host, self.cfg.port, reason)
         self._counters.set(closed_for=reason)
 
     def _queue_shared(self, session: Session) -> None:
         """Hand schemas added and messages published from other threads to the session."""
-        with self._lock:
-            fresh = [(i, self._schemas[i]) for i in self._new_schemas]
-            self._new_schemas.clear()
-            current = self._current_schema
-            pending = list(self._pending)
-            self._pending.clear()
-        for sid, doc in fresh:
-            session.ctrl.append(Outgoing(self._schema_topic_of(sid), doc, retain=True))
-            if sid == current:
-                session.ctrl.append(Outgoing(self.current_schema_topic, doc, retain=True))
-        session.ctrl.extend(pending)
-
-    def _schema_topic_of(self, schema_id: str) -> str:
-        return f"{self.cfg.topic_prefix}/{self.vin}/schema/{schema_id}"
+        fresh = self._requests.take()
+        for sid, doc in fresh.schemas:
+            session.ctrl.append(Outgoing(self.topics.schema(sid), doc, retain=True))
+            if sid == fresh.current:
+                session.ctrl.append(Outgoing(self.topics.current_schema, doc, retain=True))
+        session.ctrl.extend(fresh.pending)
 
     # ---- status documents -----------------------------------------------------------------------
 
@@ -485,24 +365,6 @@ class Uplink:
             extra = dict(self._status_fn())
         except Exception as err:
             self._count_error("status()", err)
-        s = self.stats()
-        # The caller's counters come first; the identity and state keys are ours and win.
-        doc: dict[str, Any] = {
-            "uplink": {
-                "connects": s.connects,
-                "attempts": s.attempts,
-                "retries": s.retries,
-                "published": s.published,
-                "acked": s.acked,
-                "refused": s.refused,
-            },
-            **extra,
-            "state": state,
-            "version": __version__,
-            "boot": self.boot,
-            "vin": self.vin,
-            "ts": round(time.time(), 3),
-        }
-        if reason is not None:
-            doc["reason"] = reason
-        return json.dumps(doc, default=str, separators=(",", ":")).encode()
+        return status_doc(
+            self.stats(), extra, state=state, vin=self.vin, boot=self.boot, reason=reason
+        )
