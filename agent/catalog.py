@@ -16,7 +16,7 @@ import difflib
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.config import COARSE_LOCATION, BusConfig, Config, SignalConfig
 from agent.decode import DbcFile, Message, load_dbc
@@ -25,6 +25,9 @@ from agent.locationschema import LocationPlan, add_location
 from agent.policy.expr import parse as parse_condition
 from agent.policy.trigger import TriggerSpec
 from agent.spime import Schema, SignalDef
+
+if TYPE_CHECKING:
+    from agent.canposition import PositionPlan
 
 EXTENDED = 1 << 31
 # SocketCAN takes at most this many filters per socket (CAN_RAW_FILTER_MAX).
@@ -73,6 +76,8 @@ class Selected:
     definition: SignalDef
     # In the schema only for triggered captures: never sampled on its own.
     capture_only: bool = False
+    # "latitude" or "longitude": a coordinate of the CAN position (agent.canposition).
+    position: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,6 +147,8 @@ class Catalog:
     location: LocationPlan | None = None
     # Wire name -> schema id of the diagnostics' signals (agent.diag.signals).
     diag_ids: dict[str, int] = field(default_factory=dict)
+    # The CAN position checked against the privacy zones (agent.canposition).
+    position: PositionPlan | None = None
 
     @property
     def message_count(self) -> int:
@@ -302,6 +309,9 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
             f"{src}: signal[{i}].match {entry.match!r} matches no signal{where} "
             f"(patterns are Message.Signal as in the DBC, case-sensitive){hint}"
         )
+    from agent import canposition
+
+    positions = canposition.roles(cfg, candidates, lambda q, e: _category(cfg, q, e), problems)
     # Consent: signals of categories the owner did not grant are not selected at all, so
     # their frames are never decoded and their values never stored or sent.
     consented: list[tuple[BusConfig, Message, Any, SignalConfig | None, str | None, bool]] = []
@@ -342,6 +352,7 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
                 definition=_definition(
                     sid, wire, f"{bus.name}:{qualified}", sig, policy.event, category
                 ),
+                position=positions.get((bus.name, msg.name, sig.name), ""),
             )
         )
     origins: list[tuple[BusConfig, Message]] = [(c[0], c[1]) for c in consented]
@@ -402,6 +413,20 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
     if cfg.gnss is not None:
         grid = cfg.consent.coarse_grid if cfg.consent is not None else 0.0
         location = add_location(defs, _consent(cfg, "location"), grid, src)
+    position = None
+    if sum(1 for s in selected if s.position) == 2:
+        if location is not None:
+            state_sid = location.state_sid
+        elif canposition.STATE_SIGNAL in names:
+            raise ConfigError(
+                f"{src}: {canposition.STATE_SIGNAL}: the CAN position's state signal is named "
+                "so; the name is given to another signal ([[signal]] name): choose another"
+            )
+        else:
+            state_sid = len(defs)
+            defs.append(canposition.state_definition(state_sid))
+        private = frozenset(s.sid for s in selected if s.category in canposition.PRIVATE_CATEGORIES)
+        position = canposition.PositionPlan(state_sid, private)
     diag_ids: dict[str, int] = {}
     if cfg.diagnostics:
         from agent.diag.signals import definitions
@@ -426,6 +451,7 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
         power_sid=power_sid,
         location=location,
         diag_ids=diag_ids,
+        position=position,
     )
 
 

@@ -201,6 +201,9 @@ class SignalConfig(_Model):
     max_interval: NonNegSeconds = 0.0
     priority: Priority = "telemetry"
     consent: str | None = None
+    # This signal is one coordinate of the car's position (degrees once decoded): it is
+    # checked against the privacy zones before anything of it is sampled (agent.canposition).
+    location: Literal["latitude", "longitude"] | None = None
 
     @model_validator(mode="after")
     def _intervals(self) -> SignalConfig:
@@ -208,6 +211,8 @@ class SignalConfig(_Model):
             raise ValueError("max_interval must be 0 (off) or at least min_interval")
         if self.name is not None and any(c in self.match for c in "*?["):
             raise ValueError("name can only be given to a match that names one signal (no glob)")
+        if self.location is not None and any(c in self.match for c in "*?["):
+            raise ValueError("location is given to a match that names one signal (no glob)")
         return self
 
     def matches(self, bus: str, qualified: str) -> bool:

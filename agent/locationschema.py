@@ -24,6 +24,8 @@ from agent.spime import SignalDef
 CATEGORY = "location"
 SOURCE = "gnss"
 STATE_SIGNAL = "Vehicle.CurrentLocation.State"
+# The source of STATE_SIGNAL when a CAN position has it without a receiver (agent.canposition).
+CAN_STATE_SOURCE = "can:state"
 # Codes are wire values: new states are appended.
 STATES = ("fix", "no fix", "gnss down", "in privacy zone", "paused")
 STATE_CHOICES = dict(enumerate(STATES))

@@ -34,6 +34,7 @@ from agent.can_source import (
     paced_batches,
 )
 from agent.canlog import ROW, Row
+from agent.canposition import CanPositions
 from agent.catalog import EXTENDED, Catalog, MessagePlan, PowerRead
 from agent.config import Config
 from agent.decode import DecodeError, raw_decoder
@@ -41,6 +42,7 @@ from agent.errors import SourceError
 from agent.policy.trigger import Capture, TriggerEngine
 from agent.ratelimit import RateLimitedLog
 from agent.sampling import Group, Sampler, SignalState, grid_snapper
+from agent.sources import zones
 from agent.updates import Sink, UpdateBuilder
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,8 @@ class _Plan:
         "values",
         "taps",
         "power",
+        "position",
+        "private",
     )
 
     def __init__(self, name: str, length: int, decode: Callable[[bytes], dict[str, Any]]) -> None:
@@ -107,6 +111,10 @@ class _Plan:
         self.taps: dict[str, tuple[tuple[int, ...], float, float, int]] | None = None
         # [power] signals in this message (ignition, voltage), handed to ``on_power``.
         self.power: tuple[PowerRead, ...] = ()
+        # The CAN position's coordinates in this message, and its location signals' names
+        # (agent.canposition).
+        self.position: tuple[tuple[str, bool, float, float], ...] = ()
+        self.private: frozenset[str] = frozenset()
 
 
 class Pipeline:
@@ -123,6 +131,8 @@ class Pipeline:
         self.sink = sink
         self.clock = clock
         self.stats = PipelineStats()
+        # Kept across reloads: where the car was is still where it is.
+        self.positions = CanPositions()
         self.frame_clock = cfg.all_replay
         self.stop_event = threading.Event()
         # Bounded in batches of at most BATCH frames: so at most the sum of the buses'
@@ -201,6 +211,14 @@ class Pipeline:
                 if self.triggers is not None:
                     plan.taps = _taps(mp, captured)
                 plan.power = mp.power
+                if catalog.position is not None:
+                    private = catalog.position.private
+                    plan.private = frozenset(s.signal for s in mp.signals if s.sid in private)
+                    plan.position = tuple(
+                        (s.signal, s.position == "latitude", d.scale, d.offset)
+                        for s in mp.signals
+                        if s.position and (d := s.definition)
+                    )
                 for sel in mp.signals:
                     if sel.capture_only:
                         continue
@@ -216,6 +234,15 @@ class Pipeline:
                 plans[key] = plan
             self._plans.append(plans)
             self._masks.append(bp.config.id_mask)
+        gnss_state = catalog.location.state_sid if catalog.location is not None else None
+        pos = catalog.position
+        self.positions.load(
+            pos,
+            zones(cfg.privacy),
+            [p for plans in self._plans for p in plans.values()],
+            self.states,
+            own_state=pos is not None and pos.state_sid != gnss_state,
+        )
         self.states.sort(key=lambda s: s.sid)
 
     def request_reload(self, cfg: Config, catalog: Catalog) -> None:
@@ -246,8 +273,15 @@ class Pipeline:
         if pending is None:
             return
         cfg, catalog = pending
+        if self.positions.zones_change(zones(cfg.privacy)):
+            # What is held was judged under the old zones: it may lie in a new one.
+            self.positions.drop_held()
+            if self.triggers is not None and self.catalog.position is not None:
+                self.triggers.forget(self.catalog.position.private)
         self.finish()
         self._load(cfg, catalog, seq=self.builder.seq)
+        # Where the car stands under the new zones, in the new schema's state signal.
+        self.positions.report(self.data_time_ms(), self.now, self.sampler)
         for src, bp in zip(self.sources, catalog.buses, strict=True):
             src.set_filters(bp.can_filters, bp.messages)
         self._reschedule()
@@ -581,6 +615,8 @@ class Pipeline:
                 changed: Any = [item for item in values.items() if item not in seen]
             else:
                 changed = values.items()
+            if plan.private:
+                changed = self.positions.filter(plan, values, changed, t_ms, now, sampler)
             plan.values = values
             offer_changed(changed, plan.signals, t_ms, now)
             if plan.power and self.on_power is not None:

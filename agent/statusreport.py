@@ -45,6 +45,9 @@ def build(agent: Agent) -> dict[str, Any]:
         doc["power"] = agent.power.status()
     if agent.location is not None:
         doc["gnss"] = agent.location.status()
+    can_position = p.positions.status()
+    if can_position is not None:
+        doc["can_position"] = can_position
     if agent.diag is not None:
         doc["diagnostics"] = agent.diag.status()
     plan = agent.selection.planner.book.status_doc()

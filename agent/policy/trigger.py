@@ -171,6 +171,16 @@ class TriggerEngine:
             else:
                 win.dropped += 1
 
+    def forget(self, sids: frozenset[int]) -> None:
+        """Drop every recorded value of these signals, from the rings and the open windows
+        (privacy zones changed: a position recorded before may lie in a new zone)."""
+        for sid in sids & self.rings.keys():
+            ring = self.rings[sid]
+            ring.changes.clear()
+            ring.last = None
+        for win in self.open:
+            win.samples = [s for s in win.samples if s[1] not in sids]
+
     def evaluate(self, t_ms: int, now: float) -> None:
         """Evaluate the conditions whose inputs changed (and level triggers that hold)."""
         if self._dirty:

@@ -16,9 +16,10 @@ update may close between two values of one fix) when that one was seen first. Th
   already): when in doubt, drop. With coarse positions (a schema with latitude and
   longitude only: ``coarse_location``) a grid point is dropped when any point of its grid cell
   could lie in a zone, since the zone applied to the exact fix before snapping.
-* Other signals of category ``location`` or ``coarse_location`` (CAN positions named by the
-  DBC, whose meaning the agent cannot know) are kept only at a time stamp where the same
-  update has a GNSS position outside every zone; otherwise dropped.
+* Other signals of category ``location`` or ``coarse_location`` (CAN positions, whose pairs
+  the stored schema does not name) are kept only at a time stamp where the same update has a
+  GNSS position outside every zone; otherwise dropped. The CAN position's own state
+  (``in privacy zone``, ``fix``: agent.canposition) stays.
 * The twin sees what the zone would have shown live: where a run of fixes is dropped, an
   ``in privacy zone`` state sample takes the place of its first fix, and ``fix`` comes back at
   the next position kept (in this or a later update; a state the receiver itself sent in
@@ -33,7 +34,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from agent.locationschema import STATES
+from agent.locationschema import CAN_STATE_SOURCE, STATES
 from agent.policy.geo import EARTH_RADIUS_M, distance_m
 from agent.policy.privacy import Zone
 from agent.spime import Header, Sample, Schema
@@ -69,7 +70,9 @@ def _roles(schema: Schema) -> _Roles:
     other = frozenset(
         s.id
         for s in schema.signals
-        if s.category in LOCATION_CATEGORIES and not s.source.startswith("gnss:")
+        if s.category in LOCATION_CATEGORIES
+        and not s.source.startswith("gnss:")
+        and s.source != CAN_STATE_SOURCE  # says where the car was not: never taken back
     )
     fields = {s.source for s in schema.signals if s.id in gnss}
     return _Roles(

@@ -1,0 +1,249 @@
+"""Privacy zones for positions decoded from CAN: which signals form the position, and the values
+withheld while the car is inside a zone, before anything reaches the sampler.
+
+Which signals: a ``[[signal]]`` entry with ``location = "latitude"`` or ``"longitude"``, or one
+whose wire ``name`` is the VSS ``Vehicle.CurrentLocation.Latitude`` / ``.Longitude``; one pair
+per config (the two may sit in different messages or on different buses), each of category
+``location``. ``roles`` checks this against the candidates of the catalog and names every
+problem by its ``signal[i]`` field.
+
+In the data path (``CanPositions``, in the pipeline's thread, before sampling and before the
+trigger engine records anything): every frame that carries a coordinate places the car
+(agent.policy.canposition); while the position is inside a zone, or not known yet, no value of
+a ``location`` (or ``coarse_location``) CAN signal passes, exact or to be snapped to the coarse
+grid, position or not (heading, altitude, speed over ground of the same receiver). On entering,
+the current values of those signals are forgotten (no heartbeat nor snapshot repeats them);
+on leaving, every location value is offered again. The twin sees ``Vehicle.CurrentLocation.State``
+(``in privacy zone``, ``fix``): the GNSS receiver's signal when ``[gnss]`` is configured, else
+one of its own with the same value table. A change of zones (reload, remote consent) drops the
+held values and the triggers' recorded history of those signals: they were judged under the
+old zones. Trip-end withholding (``trip_end_radius``) is not applied to CAN positions.
+
+It does not decode frames (agent.pipeline) nor purge stored updates (agent.purge).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent.catalog import Policy
+from agent.config import Config, SignalConfig
+from agent.locationschema import CAN_STATE_SOURCE, STATE_CHOICES, STATE_SIGNAL, STATES
+from agent.policy.canposition import PositionGuard
+from agent.policy.privacy import Zone
+from agent.sampling import Group, Sampler, SignalState
+from agent.spime import SignalDef
+
+log = logging.getLogger(__name__)
+
+CATEGORY = "location"
+PRIVATE_CATEGORIES = frozenset({"location", "coarse_location"})
+VSS_ROLES = {
+    "Vehicle.CurrentLocation.Latitude": "latitude",
+    "Vehicle.CurrentLocation.Longitude": "longitude",
+}
+_FIX, _IN_ZONE = STATES.index("fix"), STATES.index("in privacy zone")
+
+# (bus name, message name, signal name)
+Key = tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class PositionPlan:
+    """The selected CAN position: the state signal's id and the ids of every CAN signal of a
+    location category (sampled or captured)."""
+
+    state_sid: int
+    private: frozenset[int]
+
+
+def roles(
+    cfg: Config,
+    candidates: Iterable[tuple[Any, Any, Any, SignalConfig | None]],
+    category: Callable[[str, SignalConfig], str | None],
+    problems: list[str],
+) -> dict[Key, str]:
+    """``latitude``/``longitude`` of the candidate signals (bus config, message, cantools
+    signal, the ``[[signal]]`` entry that matched) that form the position; problems appended."""
+    src = str(cfg.source or "config")
+    index = {id(e): i for i, e in enumerate(cfg.signal)}
+    found: dict[str, list[tuple[str, Key]]] = {"latitude": [], "longitude": []}
+    for bus, msg, sig, entry in candidates:
+        if entry is None:
+            continue
+        vss = VSS_ROLES.get(entry.name or "")
+        where = f"{src}: signal[{index[id(entry)]}]"
+        if entry.location is not None and vss is not None and entry.location != vss:
+            problems.append(
+                f"{where}.location: {entry.location!r}, but its name {entry.name!r} is the "
+                f"{vss}: fix one of them"
+            )
+            continue
+        role = entry.location or vss
+        if role is None:
+            continue
+        qualified = f"{msg.name}.{sig.name}"
+        field = "location" if entry.location else "name"
+        cat = category(qualified, entry)
+        if cat != CATEGORY and (cat is not None or cfg.consent is not None):
+            problems.append(
+                f"{where}.{field}: {qualified} is a {role} but of category "
+                f'{cat or "none"}: a position signal needs consent = "location"'
+            )
+        found[role].append((f"{where}.{field}", (bus.name, msg.name, sig.name)))
+    for role, other in (("latitude", "longitude"), ("longitude", "latitude")):
+        hits = found[role]
+        if len(hits) > 1:
+            listed = ", ".join(f"{w} ({k[0]}: {k[1]}.{k[2]})" for w, k in hits)
+            problems.append(
+                f"{src}: two signals are the {role}: {listed}; one position pair per config "
+                "(give `bus` where the match is on several buses)"
+            )
+        if hits and not found[other]:
+            problems.append(
+                f"{hits[0][0]}: a {role} without a {other}: mark the {other} signal with "
+                f'location = "{other}"'
+            )
+    return {k: role for role, hits in found.items() for _, k in hits}
+
+
+def state_definition(sid: int) -> SignalDef:
+    """``Vehicle.CurrentLocation.State`` of the CAN position when no receiver provides it."""
+    return SignalDef(
+        id=sid,
+        name=STATE_SIGNAL,
+        choices=STATE_CHOICES,
+        priority="event",
+        source=CAN_STATE_SOURCE,
+        category=CATEGORY,
+    )
+
+
+class PlanLike(Protocol):
+    """What ``CanPositions`` touches of the pipeline's per-message state."""
+
+    last: bytes | None
+    values: dict[str, Any]
+    # (signal, is latitude, scale, offset) of the coordinates the message carries.
+    position: tuple[tuple[str, bool, float, float], ...]
+    # Names of the message's signals of a location category.
+    private: frozenset[str]
+
+
+class CanPositions:
+    """The CAN position against the zones in force, across reloads (see the module
+    docstring). Lives in the pipeline's thread."""
+
+    def __init__(self) -> None:
+        self.guard = PositionGuard()
+        self.withheld = 0  # frames whose location values were withheld
+        self.plan: PositionPlan | None = None
+        self._plans: list[PlanLike] = []
+        self._states: list[SignalState] = []  # the CAN location signals' sampler states
+        self._state: SignalState | None = None  # our own state signal (no [gnss])
+        self._all: list[SignalState] = []
+
+    def load(
+        self,
+        plan: PositionPlan | None,
+        zones: tuple[Zone, ...],
+        plans: Sequence[PlanLike],
+        states: list[SignalState],
+        own_state: bool,
+    ) -> None:
+        """A new selection: its messages with location signals, its sampler states (``states``:
+        every state of the pipeline; the state signal's is added when ``own_state``)."""
+        self.plan = plan
+        self._plans = [p for p in plans if p.private]
+        self._all = states
+        self._states = []
+        self._state = None
+        if plan is None:
+            return
+        self._states = [s for s in states if s.sid in plan.private]
+        if own_state:
+            self._state = SignalState(plan.state_sid, Policy(event=True), 1, Group())
+            states.append(self._state)
+        # A new schema: the twin learns the state again (``report``), where the car is known.
+        self.guard.inside = None
+        self.guard.set_zones(zones)
+
+    def zones_change(self, zones: tuple[Zone, ...]) -> bool:
+        """Whether ``zones`` differ from those in force (the caller then drops what was held
+        under the old ones: ``drop_held``)."""
+        return self.plan is not None and zones != self.guard.zones
+
+    def drop_held(self) -> None:
+        for st in self._states:
+            st.pending = None
+            st.cur = None
+
+    def filter(
+        self,
+        plan: PlanLike,
+        values: dict[str, Any],
+        changed: Any,
+        t_ms: int,
+        now: float,
+        sampler: Sampler,
+    ) -> Any:
+        """The changed values of one frame that may be sampled (``changed`` itself when
+        nothing is withheld)."""
+        guard = self.guard
+        if plan.position:
+            lat = lon = None
+            for name, is_lat, scale, offset in plan.position:
+                raw = values.get(name)
+                if raw is not None:
+                    if is_lat:
+                        lat = raw * scale + offset
+                    else:
+                        lon = raw * scale + offset
+            if guard.place(lat, lon):
+                self._crossed(t_ms, now, sampler)
+                if guard.outside:
+                    changed = values.items()  # this message's values, all of them again
+        if guard.outside:
+            return changed
+        self.withheld += 1
+        private = plan.private
+        return [item for item in changed if item[0] not in private]
+
+    def _crossed(self, t_ms: int, now: float, sampler: Sampler) -> None:
+        if self.guard.inside:
+            log.info("CAN position: in privacy zone: location values withheld")
+            # Nothing of a place the car left for a zone is repeated (heartbeat, snapshot).
+            for st in self._states:
+                st.cur = None
+        else:
+            log.info("CAN position: outside the privacy zones: location values sent")
+            for p in self._plans:
+                # Their next frame offers every location value again, changed or not.
+                p.last = None
+                p.values = {}
+        self.report(t_ms, now, sampler)
+
+    def report(self, t_ms: int, now: float, sampler: Sampler) -> None:
+        """The state at ``t_ms`` as an event sample (nothing while the position is unknown)."""
+        if self.plan is None or self.guard.inside is None:
+            return
+        code = _IN_ZONE if self.guard.inside else _FIX
+        st = self._state
+        if st is None:
+            # The receiver's state signal: its sampler state is the location input's.
+            st = next((s for s in self._all if s.sid == self.plan.state_sid), None)
+        if st is None:
+            sampler.out.append((t_ms, self.plan.state_sid, code))
+            sampler.event = True
+            return
+        st.group.last_t = max(st.group.last_t, t_ms)
+        sampler.offer(st, code, t_ms, now)
+
+    def status(self) -> dict[str, Any] | None:
+        if self.plan is None:
+            return None
+        state = {None: "unknown", True: "in privacy zone", False: "fix"}[self.guard.inside]
+        return {"state": state, "withheld_frames": self.withheld}
