@@ -75,37 +75,37 @@ def roles(
         if entry is None:
             continue
         vss = VSS_ROLES.get(entry.name or "")
-        where = f"{src}: signal[{index[id(entry)]}]"
+        where = f"signal[{index[id(entry)]}]"
         if entry.location is not None and vss is not None and entry.location != vss:
             problems.append(
-                f"{where}.location: {entry.location!r}, but its name {entry.name!r} is the "
-                f"{vss}: fix one of them"
+                f"{src}: {where}.location: {entry.location!r}, but its name {entry.name!r} is "
+                f"the {vss}: fix one of them"
             )
             continue
         role = entry.location or vss
         if role is None:
             continue
         qualified = f"{msg.name}.{sig.name}"
-        field = "location" if entry.location else "name"
+        field = f"{where}.{'location' if entry.location else 'name'}"
         cat = category(qualified, entry)
         if cat != CATEGORY and (cat is not None or cfg.consent is not None):
             problems.append(
-                f"{where}.{field}: {qualified} is a {role} but of category "
-                f'{cat or "none"}: a position signal needs consent = "location"'
+                f"{src}: {field}: {qualified} is a {role} but of category {cat or 'none'}: a "
+                'position signal needs consent = "location"'
             )
-        found[role].append((f"{where}.{field}", (bus.name, msg.name, sig.name)))
+        found[role].append((field, (bus.name, msg.name, sig.name)))
     for role, other in (("latitude", "longitude"), ("longitude", "latitude")):
         hits = found[role]
         if len(hits) > 1:
-            listed = ", ".join(f"{w} ({k[0]}: {k[1]}.{k[2]})" for w, k in hits)
+            listed = ", ".join(f"{f} ({k[0]}: {k[1]}.{k[2]})" for f, k in hits)
             problems.append(
                 f"{src}: two signals are the {role}: {listed}; one position pair per config "
                 "(give `bus` where the match is on several buses)"
             )
         if hits and not found[other]:
             problems.append(
-                f"{hits[0][0]}: a {role} without a {other}: mark the {other} signal with "
-                f'location = "{other}"'
+                f"{src}: {hits[0][0]}: a {role} without a {other}: mark the {other} signal "
+                f'with location = "{other}"'
             )
     return {k: role for role, hits in found.items() for _, k in hits}
 

@@ -1,0 +1,359 @@
+"""Privacy zones for a CAN position, as `run` wires the agent: frames on python-can's `virtual`
+bus, a real mosquitto, the SQLite outbox. A small DBC puts latitude and longitude in one
+message and heading and altitude in another (both `location`). The drive crosses a zone of the
+config with a trigger firing inside it, heartbeats, a value held by `min_interval` and
+snapshots; then zones come while the car stands inside them, by a reloaded config (SIGHUP's
+path) and by the signed remote `consent` command. Every published payload and every byte of the
+outbox's files (database, write-ahead log, index) is scanned for each position inside a zone
+in every encoding it could take (the frame's 32-bit integers, the update's zigzag varint, the
+decimal raw and degree texts, also inside compressed bodies), and every update is decoded: no
+location sample of a frame inside a zone, and the twin saw `in privacy zone` and `fix`."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+import zlib
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import can
+
+from agent.daemon import Agent
+from agent.policy.geo import distance_m
+from agent.spime import Schema, decode_update, peek_header
+from tests.integration.test_commands import NO_DATA_ACL, PREFIX, Car
+from tests.support.agentrun import VIN
+from tests.support.broker import Mosquitto, Subscriber
+from tests.support.wait import wait_for
+
+DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 256 Health: 8 ECU
+ SG_ Coolant : 0|8@1+ (1,-40) [-40|215] "degC" Vector__XXX
+BO_ 257 Pos: 8 ECU
+ SG_ Lat : 0|32@1- (1E-007,0) [-90|90] "deg" Vector__XXX
+ SG_ Lon : 32|32@1- (1E-007,0) [-180|180] "deg" Vector__XXX
+BO_ 258 Nav: 4 ECU
+ SG_ Heading : 0|16@1+ (0.01,0) [0|655.35] "deg" Vector__XXX
+ SG_ Altitude : 16|16@1+ (0.1,0) [0|6553.5] "m" Vector__XXX
+"""
+LAT0, LON0 = 52.5, 13.4
+DLAT, DLON = 0.0003, 0.0002  # per frame: about 36 m north-north-east
+STEP_MS = 100  # data time between frames
+WAIT = 60.0
+STATE = "Vehicle.CurrentLocation.State"
+LOCATION = {"Pos.Lat", "Vehicle.CurrentLocation.Longitude", "Nav.Heading", "Nav.Altitude"}
+Key = tuple[str, int]
+
+SIGNALS = """
+[[signal]]
+match = "Health.Coolant"
+
+[[signal]]
+match = "Pos.Lat"
+location = "latitude"
+
+[[signal]]
+match = "Pos.Lon"
+name = "Vehicle.CurrentLocation.Longitude"
+min_interval = 2
+
+[[signal]]
+match = "Nav.*"
+consent = "location"
+max_interval = 0.3
+
+[[trigger]]
+name = "hot"
+when = "Health.Coolant > 100"
+before = 1
+after = 30
+capture = ["Pos.*", "Nav.*", "Health.*"]
+"""
+
+
+def raw(i: int) -> tuple[int, int]:
+    """Latitude and longitude of frame ``i`` as the DBC's raw integers (1e-7 degree)."""
+    return round((LAT0 + i * DLAT) * 1e7), round((LON0 + i * DLON) * 1e7)
+
+
+def degrees(i: int) -> tuple[float, float]:
+    lat, lon = raw(i)
+    return lat * 1e-7, lon * 1e-7
+
+
+def zone(name: str, centre: int, radius: float) -> dict[str, Any]:
+    lat, lon = degrees(centre)
+    return {"name": name, "lat": round(lat, 7), "lon": round(lon, 7), "radius": radius}
+
+
+def inside(zones: Iterable[dict[str, Any]], i: int) -> bool:
+    lat, lon = degrees(i)
+    return any(distance_m(z["lat"], z["lon"], lat, lon) <= z["radius"] for z in zones)
+
+
+def toml_zones(zones: Iterable[dict[str, Any]]) -> str:
+    return ", ".join(
+        f'{{name = "{z["name"]}", lat = {z["lat"]!r}, lon = {z["lon"]!r}, radius = {z["radius"]}}}'
+        for z in zones
+    )
+
+
+class Drive:
+    """Sends the drive's frames with their own data times (one position, then heading and
+    altitude, then the coolant per step) and waits until the pipeline took them."""
+
+    def __init__(self, car: Car, agent: Agent, hot: tuple[int, ...]) -> None:
+        self.bus = can.Bus(
+            interface="virtual", channel=car.channel, ignore_config=True, preserve_timestamps=True
+        )
+        self.agent = agent
+        self.hot = hot
+        self.base_ms = (int(time.time()) - 3600) * 1000
+        self.sent = 0
+
+    def frame_of(self, t: float) -> int:
+        """The drive's step of a sample's time (seconds)."""
+        return (round(t * 1000) - self.base_ms) // STEP_MS
+
+    def go(self, steps: range) -> None:
+        for i in steps:
+            t = (self.base_ms + i * STEP_MS) / 1000
+            lat, lon = raw(i)
+            nav = (1000 + i).to_bytes(2, "little") + (2000 + 3 * i).to_bytes(2, "little")
+            coolant = 150 if i in self.hot else 130
+            for k, (fid, data) in enumerate(
+                (
+                    (
+                        0x101,
+                        lat.to_bytes(4, "little", signed=True)
+                        + lon.to_bytes(4, "little", signed=True),
+                    ),
+                    (0x102, nav),
+                    (0x100, bytes([coolant])),
+                )
+            ):
+                self.bus.send(
+                    can.Message(
+                        arbitration_id=fid, data=data, is_extended_id=False, timestamp=t + k / 1000
+                    )
+                )
+            self.sent += 3
+        stats = self.agent.pipeline.stats
+        wait_for(lambda: stats.frames >= self.sent, WAIT, "the frames processed")
+
+    def close(self) -> None:
+        self.bus.shutdown()
+
+
+def encodings(i: int) -> list[bytes]:
+    """Every form a position of frame ``i`` could take in a stored or published byte string."""
+    out = []
+    for value, deg in zip(raw(i), degrees(i), strict=True):
+        out += [
+            value.to_bytes(4, "little", signed=True),
+            value.to_bytes(4, "big", signed=True),
+            svarint(value),
+            str(value).encode(),
+            f"{deg:.7f}".rstrip("0").encode(),
+        ]
+    return out
+
+
+def svarint(n: int) -> bytes:
+    z = (n << 1) if n >= 0 else ((-n) << 1) - 1
+    out = bytearray()
+    while z > 0x7F:
+        out.append((z & 0x7F) | 0x80)
+        z >>= 7
+    out.append(z)
+    return bytes(out)
+
+
+def plain(payload: bytes) -> bytes:
+    """The payload with its body inflated when it is compressed (flag bit 1): the header's
+    fields as the wire format gives them (README, Update)."""
+    if not payload[1] & 0x02:
+        return payload
+    pos = 18
+
+    def uvarint() -> int:
+        nonlocal pos
+        n = shift = 0
+        while True:
+            b = payload[pos]
+            pos += 1
+            n |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return n
+
+    uvarint()  # seq
+    vin = uvarint()
+    pos += vin
+    if payload[1] & 0x08:
+        name = uvarint()
+        pos += name
+        uvarint()  # firing time
+    return payload[:pos] + zlib.decompress(payload[pos:], -15)
+
+
+def scan(blobs: Iterable[tuple[str, bytes]], forbidden: list[int]) -> None:
+    needles = {n: i for i in forbidden for n in encodings(i)}
+    for where, blob in blobs:
+        found = [(needles[n], n) for n in needles if n in blob]
+        assert not found, (where, found[:5])
+
+
+def docs(payloads: Iterable[bytes], schemas: Path) -> dict[Key, dict[str, Any]]:
+    out = {}
+    for payload in payloads:
+        sid = peek_header(payload).schema_id
+        doc = decode_update(payload, Schema.from_json((schemas / f"{sid}.json").read_bytes()))
+        out[(doc["boot"], doc["seq"])] = doc
+    return out
+
+
+def outbox_rows(path: Path) -> list[bytes]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+    try:
+        return [bytes(r[0]) for r in conn.execute("SELECT payload FROM outbox ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def check(
+    tmp_path: Path, published: list[bytes], drive: Drive, zones: list[dict[str, Any]], n: int
+) -> dict[Key, dict[str, Any]]:
+    """Scans and decodes everything published and stored; the decoded updates."""
+    db = tmp_path / "outbox.db"
+    stored = outbox_rows(db)
+    forbidden = [i for i in range(n) if inside(zones, i)]
+    assert forbidden
+    files = [(f.name, f.read_bytes()) for f in sorted(tmp_path.glob("outbox.db*")) if f.is_file()]
+    assert any(name == "outbox.db-wal" for name, _ in files) or stored == []
+    rows = [(f"row {k}", plain(p)) for k, p in enumerate(stored)]
+    sent = [(f"published {k}", plain(p)) for k, p in enumerate(published)]
+    scan([*files, *rows, *sent], forbidden)
+    # The scan would see them: positions outside the zones are found in what was sent.
+    allowed = [i for i in range(n) if not inside(zones, i)]
+    seen = b"".join(p for _, p in sent)
+    assert any(svarint(raw(i)[0]) in seen for i in allowed)
+    final = {
+        **docs(stored, tmp_path / "outbox.db.schemas"),
+        **docs(published, tmp_path / "outbox.db.schemas"),
+    }
+    for doc in final.values():
+        for s in doc["samples"]:
+            if s["signal"] in LOCATION:
+                i = drive.frame_of(s["t"])
+                assert 0 <= i < n and not inside(zones, i), (doc.get("trigger"), s, i)
+    return final
+
+
+def states(final: dict[Key, dict[str, Any]]) -> list[str]:
+    """The states the twin saw, in order (snapshots repeat them: left out)."""
+    return [
+        s["value"]
+        for k in sorted(final)
+        if not final[k]["snapshot"]
+        for s in final[k]["samples"]
+        if s["signal"] == STATE
+    ]
+
+
+def _car(tmp_path: Path, broker: Mosquitto, zones: list[dict[str, Any]]) -> Car:
+    car = Car(tmp_path, broker)
+    (tmp_path / "car.dbc").write_text(DBC)
+    own = car.config.read_text().replace("max_age = 0.05\n", "max_age = 0.3\n")
+    privacy = f"\n[privacy]\nzones = [{toml_zones(zones)}]\n"
+    car.config.write_text(own + privacy + SIGNALS)
+    return car
+
+
+def test_a_drive_through_a_zone_sends_no_position_inside_it(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    depot = zone("depot", 20, 200.0)
+    car = _car(tmp_path, broker, [depot])
+    sub = Subscriber(broker, f"{PREFIX}/{VIN}/data", client_id="sub-data")
+    agent = car.start()
+    drive = Drive(car, agent, hot=(12, 22))
+    try:
+        entered = min(i for i in range(60) if inside([depot], i))
+        drive.go(range(entered + 3))
+        # Inside the zone: heartbeats are due, a snapshot is asked for.
+        wait_for(lambda: agent.request_snapshot(WAIT) is not None, WAIT, "a snapshot")
+        drive.go(range(entered + 3, 60))
+        schemas = tmp_path / "outbox.db.schemas"
+
+        def arrived() -> set[int]:
+            got = docs([m.payload for m in sub.messages], schemas)
+            return {drive.frame_of(s["t"]) for d in got.values() for s in d["samples"]}
+
+        wait_for(lambda: 59 in arrived(), WAIT, "the last frame's values sent")
+        assert agent.status()["can_position"]["state"] == "fix"
+        assert agent.status()["can_position"]["withheld_frames"] >= 10
+    finally:
+        drive.close()
+        car.stop()
+        sub.close()
+    final = check(tmp_path, [m.payload for m in sub.messages], drive, [depot], 60)
+    seen = states(final)
+    assert seen.count("in privacy zone") == 1 and seen.count("fix") == 2, seen
+    captures = [d for d in final.values() if "trigger" in d]
+    assert len(captures) == 1  # the second firing falls inside the first one's window
+    # It began outside the zone and went on through it: what it holds lies outside.
+    names = {s["signal"] for s in captures[0]["samples"]}
+    assert {"Pos.Lat", "Nav.Heading", "Health.Coolant"} <= names
+
+
+def test_zones_that_come_while_the_car_is_inside_them(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "broker", acl=NO_DATA_ACL)
+    broker.start()
+    shop, home = zone("shop", 57, 150.0), zone("home", 97, 120.0)
+    car = _car(tmp_path, broker, [])
+    sub = Subscriber(broker, f"{PREFIX}/{VIN}/data", client_id="sub-data")
+    agent = car.start()
+    drive = Drive(car, agent, hot=(56,))
+    try:
+        drive.go(range(60))  # the capture of frame 56 is open, the longitude held
+        assert inside([shop], 59)
+        base = car.config.read_text()
+        car.config.write_text(base.replace("zones = []", f"zones = [{toml_zones([shop])}]"))
+        assert agent.reload() is True
+        assert agent.status()["can_position"]["state"] == "in privacy zone"
+        drive.go(range(60, 98))
+        assert inside([home], 97)
+        rc, ans, err = car.command("consent", "--add-zone", f"home={home['lat']},{home['lon']},120")
+        assert rc == 0 and ans is not None, err
+        assert agent.status()["can_position"]["state"] == "in privacy zone"
+        assert agent.request_snapshot(WAIT) is not None
+        drive.go(range(98, 140))
+        agent.outbox.flush()
+        stored = {row.payload for row in agent.outbox.iter_rows()}
+        broker.acl = NO_DATA_ACL + f"topic readwrite {PREFIX}/{VIN}/data\n"
+        broker.reload()
+        wait_for(
+            lambda: stored <= {m.payload for m in sub.messages}, WAIT, "the stored updates sent"
+        )
+    finally:
+        drive.close()
+        car.stop()
+        sub.close()
+        broker.stop()
+    final = check(tmp_path, [m.payload for m in sub.messages], drive, [shop, home], 140)
+    seen = states(final)
+    assert seen.count("in privacy zone") >= 2 and seen.count("fix") >= 2, seen
+    # Positions flow again after the last zone.
+    lats = {
+        drive.frame_of(s["t"])
+        for d in final.values()
+        for s in d["samples"]
+        if s["signal"] == "Pos.Lat"
+    }
+    assert {i for i in range(100, 140) if not inside([shop, home], i)} <= lats

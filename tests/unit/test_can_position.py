@@ -1,0 +1,237 @@
+"""The CAN position: which signals form it (config errors named by field), where it lies against
+the zones, and what is dropped when zones change (held values, the triggers' history)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent.canposition import CanPositions, PositionPlan
+from agent.catalog import Policy, build_catalog
+from agent.config import load_config
+from agent.errors import ConfigError
+from agent.locationschema import CAN_STATE_SOURCE, STATE_SIGNAL
+from agent.policy.canposition import PositionGuard
+from agent.policy.expr import parse
+from agent.policy.privacy import Zone
+from agent.policy.trigger import TriggerEngine, TriggerSpec
+from agent.sampling import Group, Sampler, SignalState
+from tests.support.agentrun import cli
+
+DBC = """VERSION ""
+NS_ :
+BS_:
+BU_: ECU
+BO_ 256 Health: 8 ECU
+ SG_ Coolant : 0|8@1+ (1,-40) [-40|215] "degC" Vector__XXX
+BO_ 257 Pos: 8 ECU
+ SG_ Lat : 0|32@1- (1E-007,0) [-90|90] "deg" Vector__XXX
+ SG_ Lon : 32|32@1- (1E-007,0) [-180|180] "deg" Vector__XXX
+BO_ 258 Nav: 4 ECU
+ SG_ Heading : 0|16@1+ (0.01,0) [0|655.35] "deg" Vector__XXX
+ SG_ Lat2 : 16|16@1- (0.01,0) [-90|90] "deg" Vector__XXX
+"""
+
+BASE = """
+[vehicle]
+vin = "WVWZZZ1JZXW000001"
+
+[[bus]]
+name = "car"
+interface = "virtual"
+channel = "x"
+dbc = ["car.dbc"]
+
+[consent]
+granted = ["location", "vehicle_health"]
+rules = [{ match = "Pos.*", category = "location" }, { match = "Nav.*", category = "location" }]
+default_category = "vehicle_health"
+"""
+
+PAIR = """
+[[signal]]
+match = "Pos.Lat"
+location = "latitude"
+
+[[signal]]
+match = "Pos.Lon"
+location = "longitude"
+
+[[signal]]
+match = "*"
+"""
+
+
+def _catalog(tmp_path: Path, text: str, base: str = BASE) -> object:
+    (tmp_path / "car.dbc").write_text(DBC)
+    p = tmp_path / "agent.toml"
+    p.write_text(base + text)
+    return build_catalog(load_config(p))
+
+
+def _problems(tmp_path: Path, text: str, base: str = BASE) -> list[str]:
+    with pytest.raises(ConfigError) as exc:
+        _catalog(tmp_path, text, base)
+    return list(exc.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        (
+            '[[signal]]\nmatch = "Pos.Lat"\nlocation = "latitude"\n',
+            "signal[0].location: a latitude without a longitude: mark the longitude signal with "
+            'location = "longitude"',
+        ),
+        (
+            PAIR.replace(
+                '[[signal]]\nmatch = "*"', '[[signal]]\nmatch = "Nav.Lat2"\nlocation = "latitude"'
+            ),
+            "agent.toml: two signals are the latitude: signal[0].location (car: Pos.Lat), "
+            "signal[2].location (car: Nav.Lat2)",
+        ),
+        (
+            PAIR.replace('location = "longitude"', 'location = "longitude"\nconsent = "driving"'),
+            "signal[1].location: Pos.Lon is a longitude but of category driving: a position "
+            'signal needs consent = "location"',
+        ),
+        (
+            PAIR.replace(
+                'location = "latitude"',
+                'name = "Vehicle.CurrentLocation.Longitude"\nlocation = "latitude"',
+            ),
+            "signal[0].location: 'latitude', but its name 'Vehicle.CurrentLocation.Longitude' "
+            "is the longitude",
+        ),
+    ],
+)
+def test_a_position_that_does_not_add_up_is_refused_by_field(
+    tmp_path: Path, text: str, words: str
+) -> None:
+    problems = _problems(tmp_path, text)
+    assert any(words in p for p in problems), problems
+
+
+def test_location_is_for_one_signal(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"signal\[0\].*location is given to a match that names"):
+        _catalog(tmp_path, '[[signal]]\nmatch = "Pos.*"\nlocation = "latitude"\n')
+
+
+def test_the_vss_names_make_a_pair_with_a_state_signal_of_its_own(tmp_path: Path) -> None:
+    text = PAIR.replace('location = "latitude"', 'name = "Vehicle.CurrentLocation.Latitude"')
+    text = text.replace('location = "longitude"', 'name = "Vehicle.CurrentLocation.Longitude"')
+    catalog = _catalog(tmp_path, text)
+    pos = catalog.position  # type: ignore[attr-defined]
+    schema = catalog.schema  # type: ignore[attr-defined]
+    assert isinstance(pos, PositionPlan)
+    state = schema.by_id[pos.state_sid]
+    assert (state.name, state.source, state.category) == (
+        STATE_SIGNAL,
+        CAN_STATE_SOURCE,
+        "location",
+    )
+    assert state.choices[3] == "in privacy zone"
+    roles = {s.wire: s.position for s in catalog.selected}  # type: ignore[attr-defined]
+    assert roles["Vehicle.CurrentLocation.Latitude"] == "latitude"
+    assert roles["Vehicle.CurrentLocation.Longitude"] == "longitude"
+    private = {schema.by_id[sid].name for sid in pos.private}
+    assert private == {
+        "Vehicle.CurrentLocation.Latitude",
+        "Vehicle.CurrentLocation.Longitude",
+        "Nav.Heading",
+        "Nav.Lat2",
+    }
+
+
+def test_with_a_receiver_the_pair_shares_its_state_signal(tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path, PAIR + '\n[gnss]\nport = "/dev/ttyUSB1"\n')
+    assert catalog.position.state_sid == catalog.location.state_sid  # type: ignore[attr-defined]
+
+
+def test_without_location_consent_there_is_no_pair(tmp_path: Path) -> None:
+    base = BASE.replace('granted = ["location", "vehicle_health"]', 'granted = ["vehicle_health"]')
+    catalog = _catalog(tmp_path, PAIR, base)
+    assert catalog.position is None  # type: ignore[attr-defined]
+    assert STATE_SIGNAL not in {s.name for s in catalog.schema.signals}  # type: ignore[attr-defined]
+
+
+def test_check_names_the_field_and_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "car.dbc").write_text(DBC)
+    p = tmp_path / "agent.toml"
+    p.write_text(BASE + '[[signal]]\nmatch = "Pos.Lon"\nlocation = "longitude"\n')
+    r = cli("check", "--config", str(p))
+    assert r.returncode == 2, r.stdout
+    assert "signal[0].location: a longitude without a latitude" in r.stderr
+
+
+HOME = Zone("home", 52.5, 13.4, 300.0)
+
+
+@pytest.mark.parametrize(
+    ("steps", "inside"),
+    [
+        ([(52.5, None)], None),  # one coordinate: not placed yet
+        ([(52.5, 13.4)], True),
+        ([(52.5, 13.5)], False),
+        ([(52.5, 13.5), (None, 13.4)], True),  # the other coordinate from an earlier frame
+        ([(52.5, 13.4), (float("nan"), float("inf"))], True),  # no number: places nothing
+        ([(52.5026, 13.4)], True),  # 289 m north
+        ([(52.5027, 13.4)], False),  # 300.2 m north
+    ],
+)
+def test_the_guard_places_the_latest_pair(
+    steps: list[tuple[float | None, float | None]], inside: bool | None
+) -> None:
+    guard = PositionGuard(zones=(HOME,))
+    for lat, lon in steps:
+        guard.place(lat, lon)
+    assert guard.inside is inside
+    assert guard.outside is (inside is False)
+
+
+def test_a_zone_that_comes_moves_the_car_in_and_one_that_goes_out() -> None:
+    guard = PositionGuard()
+    assert guard.place(52.5, 13.4) is True and guard.outside
+    assert guard.set_zones((HOME,)) is True and guard.inside
+    assert guard.set_zones((HOME,)) is False
+    assert guard.set_zones(()) is True and guard.outside
+
+
+def test_values_held_under_old_zones_are_dropped() -> None:
+    sampler = Sampler()
+    group = Group()
+    held = SignalState(7, Policy(min_interval=10.0), 1e-7, group)
+    positions = CanPositions()
+    plan = PositionPlan(state_sid=9, private=frozenset({7}))
+    positions.load(plan, (), [], [held], own_state=True)
+    sampler.offer(held, 525000000, 1000, 0.0)
+    sampler.offer(held, 525000300, 1100, 1.0)  # held: within min_interval
+    assert held.pending == 525000300
+    assert positions.zones_change((HOME,))
+    positions.drop_held()
+    sampler.flush_held(2.0)
+    sampler.tick(20.0)
+    samples, _ = sampler.take()
+    assert samples == [(1000, 7, 525000000)]  # the first, sent before; nothing held comes out
+    assert Sampler.snapshot([held]) == []
+
+
+def test_a_trigger_forgets_what_it_recorded_of_the_signals_named() -> None:
+    spec = TriggerSpec("t", parse("x > 1"), before=10.0, after=10.0, capture=(1, 2))
+    engine = TriggerEngine([spec], ["x"])
+    engine.record(1, 1000, 525000000)
+    engine.record(2, 1000, 42)
+    engine.set_value(0, 5)
+    engine.evaluate(1000, 0.0)
+    engine.record(1, 1100, 525000300)
+    engine.forget(frozenset({1}))
+    engine.record(2, 1200, 43)
+    (capture,) = engine.close_all()
+    assert [s[1] for s in capture.samples] == [2, 2]
+    engine.set_value(0, 0)
+    engine.evaluate(2000, 30.0)
+    engine.set_value(0, 5)
+    engine.evaluate(2100, 31.0)
+    (capture,) = engine.close_all()
+    assert {s[1] for s in capture.samples} == {2}  # the ring of signal 1 is empty too
