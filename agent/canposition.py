@@ -162,6 +162,8 @@ class CanPositions:
         self._states = []
         self._state = None
         if plan is None:
+            # Its frames are no longer decoded: where the car was is no longer known.
+            self.guard.lat = self.guard.lon = None
             return
         self._states = [s for s in states if s.sid in plan.private]
         if own_state:
@@ -205,7 +207,12 @@ class CanPositions:
             if guard.place(lat, lon):
                 self._crossed(t_ms, now, sampler)
                 if guard.outside:
-                    changed = values.items()  # this message's values, all of them again
+                    # This message's location values, all of them again.
+                    private = plan.private
+                    return [
+                        *(item for item in values.items() if item[0] in private),
+                        *(item for item in changed if item[0] not in private),
+                    ]
         if guard.outside:
             return changed
         self.withheld += 1
