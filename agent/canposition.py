@@ -9,9 +9,11 @@ problem by its ``signal[i]`` field.
 
 In the data path (``CanPositions``, in the pipeline's thread, before sampling and before the
 trigger engine records anything): every frame that carries a coordinate places the car
-(agent.policy.canposition); while the position is inside a zone, or not known yet, no value of
-a ``location`` (or ``coarse_location``) CAN signal passes, exact or to be snapped to the coarse
-grid, position or not (heading, altitude, speed over ground of the same receiver). On entering,
+(agent.policy.canposition). A value of a ``location`` (or ``coarse_location``) CAN signal,
+position or not (heading, altitude, speed over ground of the same receiver), exact or to be
+snapped to the coarse grid, passes only when the position in force at its frame and the first
+position at least as new as it both lie outside every zone: it waits here for the latter
+(bounded; the pipeline samples what is ``released``). On entering,
 the current values of those signals are forgotten (no heartbeat nor snapshot repeats them);
 on leaving, every location value is offered again. The twin sees ``Vehicle.CurrentLocation.State``
 (``in privacy zone``, ``fix``): the GNSS receiver's signal when ``[gnss]`` is configured, else
@@ -25,6 +27,7 @@ It does not decode frames (agent.pipeline) nor purge stored updates (agent.purge
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -133,14 +136,23 @@ class PlanLike(Protocol):
     private: frozenset[str]
 
 
+# A frame's location values waiting for a position at least as new as they are.
+Waiting = tuple[PlanLike, list[tuple[str, Any]], int]
+MAX_WAITING = 4096
+
+
 class CanPositions:
     """The CAN position against the zones in force, across reloads (see the module
     docstring). Lives in the pipeline's thread."""
 
     def __init__(self) -> None:
         self.guard = PositionGuard()
-        self.withheld = 0  # frames whose location values were withheld
+        self.withheld = 0  # frames whose location values were dropped for a zone
+        self.overflow = 0  # frames whose location values waited beyond MAX_WAITING
         self.plan: PositionPlan | None = None
+        # Location values judged to pass after they waited, for the pipeline to sample.
+        self.released: list[Waiting] = []
+        self._waiting: deque[Waiting] = deque()
         self._plans: list[PlanLike] = []
         self._states: list[SignalState] = []  # the CAN location signals' sampler states
         self._state: SignalState | None = None  # our own state signal (no [gnss])
@@ -155,22 +167,23 @@ class CanPositions:
         own_state: bool,
     ) -> None:
         """A new selection: its messages with location signals, its sampler states (``states``:
-        every state of the pipeline; the state signal's is added when ``own_state``)."""
+        every state of the pipeline; the state signal's is added when ``own_state``). Values
+        still waiting belong to the old selection: dropped."""
         self.plan = plan
         self._plans = [p for p in plans if p.private]
         self._all = states
         self._states = []
         self._state = None
+        self._waiting.clear()
+        self.released = []
         if plan is None:
             # Its frames are no longer decoded: where the car was is no longer known.
-            self.guard.lat = self.guard.lon = None
+            self.guard.forget()
             return
         self._states = [s for s in states if s.sid in plan.private]
         if own_state:
             self._state = SignalState(plan.state_sid, Policy(event=True), 1, Group())
             states.append(self._state)
-        # A new schema: the twin learns the state again (``report``), where the car is known.
-        self.guard.inside = None
         self.guard.set_zones(zones)
 
     def zones_change(self, zones: tuple[Zone, ...]) -> bool:
@@ -192,9 +205,11 @@ class CanPositions:
         now: float,
         sampler: Sampler,
     ) -> Any:
-        """The changed values of one frame that may be sampled (``changed`` itself when
-        nothing is withheld)."""
+        """The changed values of one frame that may be sampled now (``changed`` itself when
+        it has no location value); values that wait for the next position are kept here, and
+        those an arriving position lets pass are put in ``released``."""
         guard = self.guard
+        private = plan.private
         if plan.position:
             lat = lon = None
             for name, is_lat, scale, offset in plan.position:
@@ -204,20 +219,46 @@ class CanPositions:
                         lat = raw * scale + offset
                     else:
                         lon = raw * scale + offset
-            if guard.place(lat, lon):
+            if guard.place(lat, lon, t_ms):
                 self._crossed(t_ms, now, sampler)
                 if guard.outside:
                     # This message's location values, all of them again.
-                    private = plan.private
-                    return [
+                    changed = [
                         *(item for item in values.items() if item[0] in private),
                         *(item for item in changed if item[0] not in private),
                     ]
-        if guard.outside:
+            if self._waiting:
+                self._release()
+        mine = [item for item in changed if item[0] in private]
+        if not mine:
             return changed
-        self.withheld += 1
-        private = plan.private
-        return [item for item in changed if item[0] not in private]
+        rest = [item for item in changed if item[0] not in private]
+        if guard.inside:
+            self.withheld += 1
+            return rest
+        if guard.ready(t_ms):
+            if guard.outside:
+                return changed
+            self.withheld += 1
+            return rest
+        if len(self._waiting) >= MAX_WAITING:
+            self._waiting.popleft()
+            self.overflow += 1
+        self._waiting.append((plan, mine, t_ms))
+        return rest
+
+    def _release(self) -> None:
+        """Judge the waiting values the position now in force is new enough for."""
+        guard = self.guard
+        keep: deque[Waiting] = deque()
+        for waiting in self._waiting:
+            if not guard.ready(waiting[2]):
+                keep.append(waiting)
+            elif guard.outside:
+                self.released.append(waiting)
+            else:
+                self.withheld += 1
+        self._waiting = keep
 
     def _crossed(self, t_ms: int, now: float, sampler: Sampler) -> None:
         if self.guard.inside:
@@ -253,4 +294,9 @@ class CanPositions:
         if self.plan is None:
             return None
         state = {None: "unknown", True: "in privacy zone", False: "fix"}[self.guard.inside]
-        return {"state": state, "withheld_frames": self.withheld}
+        return {
+            "state": state,
+            "withheld_frames": self.withheld,
+            "waiting": len(self._waiting),
+            "overflow": self.overflow,
+        }

@@ -617,6 +617,8 @@ class Pipeline:
                 changed = values.items()
             if plan.private:
                 changed = self.positions.filter(plan, values, changed, t_ms, now, sampler)
+                if self.positions.released:
+                    self._released(now)
             plan.values = values
             offer_changed(changed, plan.signals, t_ms, now)
             if plan.power and self.on_power is not None:
@@ -631,6 +633,16 @@ class Pipeline:
             if frame_clock and builder.opened_at is None and sampler.out:
                 self._collect()
         self._collect()
+
+    def _released(self, now: float) -> None:
+        """Location values that waited for the position after them, judged to pass: sampled
+        (and recorded for triggers) with their own frames' times."""
+        released, self.positions.released = self.positions.released, []
+        for plan, items, t_ms in released:
+            assert isinstance(plan, _Plan)
+            self.sampler.offer_changed(items, plan.signals, t_ms, now)
+            if plan.taps is not None:
+                self._tap(plan.taps, items, t_ms, now)
 
     def _error_frame(self, index: int, arbitration_id: int) -> None:
         self.stats.error_frames += 1

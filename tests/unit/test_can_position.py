@@ -175,7 +175,7 @@ HOME = Zone("home", 52.5, 13.4, 300.0)
         ([(52.5, 13.4)], True),
         ([(52.5, 13.5)], False),
         ([(52.5, 13.5), (None, 13.4)], True),  # the other coordinate from an earlier frame
-        ([(52.5, 13.4), (float("nan"), float("inf"))], True),  # no number: places nothing
+        ([(52.5, 13.4), (float("nan"), None)], None),  # no number: the position is unknown
         ([(52.5026, 13.4)], True),  # 289 m north
         ([(52.5027, 13.4)], False),  # 300.2 m north
     ],
@@ -184,18 +184,28 @@ def test_the_guard_places_the_latest_pair(
     steps: list[tuple[float | None, float | None]], inside: bool | None
 ) -> None:
     guard = PositionGuard(zones=(HOME,))
-    for lat, lon in steps:
-        guard.place(lat, lon)
+    for t, (lat, lon) in enumerate(steps):
+        guard.place(lat, lon, t)
     assert guard.inside is inside
     assert guard.outside is (inside is False)
 
 
 def test_a_zone_that_comes_moves_the_car_in_and_one_that_goes_out() -> None:
     guard = PositionGuard()
-    assert guard.place(52.5, 13.4) is True and guard.outside
+    assert guard.place(52.5, 13.4, 0) is True and guard.outside
     assert guard.set_zones((HOME,)) is True and guard.inside
     assert guard.set_zones((HOME,)) is False
     assert guard.set_zones(()) is True and guard.outside
+
+
+def test_a_value_is_judged_when_the_position_is_as_new_as_it() -> None:
+    guard = PositionGuard(zones=(HOME,))
+    guard.place(52.5, 13.5, 100)
+    assert guard.outside and guard.ready(100) and not guard.ready(101)
+    guard.place(52.5, None, 200)  # a latitude alone: its longitude is older
+    assert not guard.ready(200)
+    assert guard.place(None, 13.4, 201) is True  # the pair now lies in the zone
+    assert guard.ready(200) and guard.inside
 
 
 def test_values_held_under_old_zones_are_dropped() -> None:
