@@ -484,6 +484,11 @@ def _summary(
     gnss = describe(cfg, catalog)
     if gnss is not None:
         lines.append(gnss)
+    from agent.canposition import describe as describe_position
+
+    position = describe_position(cfg, catalog)
+    if position is not None:
+        lines.append(position)
     if catalog.excluded:
         held = ", ".join(f"{why}: {n}" for why, n in sorted(catalog.excluded.items()))
         lines.append(f"not sent: {held}")

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.catalog import Policy
+from agent.catalog import Catalog, Policy
 from agent.config import Config, SignalConfig
 from agent.locationschema import CAN_STATE_SOURCE, STATE_CHOICES, STATE_SIGNAL, STATES
 from agent.policy.canposition import PositionGuard
@@ -111,6 +111,21 @@ def roles(
                 f'with location = "{other}"'
             )
     return {k: role for role, hits in found.items() for _, k in hits}
+
+
+def describe(cfg: Config, catalog: Catalog) -> str | None:
+    """One line on the CAN position and the zones it is held to (check, activate), or None."""
+    plan = catalog.position
+    if plan is None:
+        return None
+    coords = {s.position: f"{s.bus}:{s.message}.{s.signal}" for s in catalog.selected}
+    coarse = any(s.coarse for s in catalog.selected if s.position)
+    grid = f" (coarse, {cfg.consent.coarse_grid:g}-degree grid)" if coarse and cfg.consent else ""
+    zones = ", ".join(f"{z.name} {z.radius:g} m" for z in cfg.privacy.zones) or "none"
+    return (
+        f"can position {coords['latitude']} / {coords['longitude']}{grid}: "
+        f"{len(plan.private)} location signals withheld inside privacy zones: {zones}"
+    )
 
 
 def state_definition(sid: int) -> SignalDef:

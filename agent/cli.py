@@ -96,6 +96,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     gnss = describe(cfg, catalog)
     if gnss is not None:
         print(f"  {gnss}")
+    from agent.canposition import describe as describe_position
+
+    position = describe_position(cfg, catalog)
+    if position is not None:
+        print(f"  {position}")
     events = sum(1 for s in catalog.selected if s.policy.event)
     print(
         f"  {catalog.message_count} messages in DBC files, {len(catalog.selected)} signals "

@@ -245,3 +245,14 @@ def test_a_trigger_forgets_what_it_recorded_of_the_signals_named() -> None:
     engine.evaluate(2100, 31.0)
     (capture,) = engine.close_all()
     assert {s[1] for s in capture.samples} == {2}  # the ring of signal 1 is empty too
+
+
+def test_check_describes_the_pair_and_the_zones(tmp_path: Path) -> None:
+    (tmp_path / "car.dbc").write_text(DBC)
+    p = tmp_path / "agent.toml"
+    zones = '\n[privacy]\nzones = [{ name = "home", lat = 52.5, lon = 13.4, radius = 300.0 }]\n'
+    p.write_text(BASE + zones + PAIR)
+    r = cli("check", "--config", str(p))
+    assert r.returncode == 0, r.stderr
+    line = "can position car:Pos.Lat / car:Pos.Lon: 4 location signals withheld inside privacy"
+    assert f"{line} zones: home 300 m" in r.stdout
