@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from agent.catalog import Catalog, Policy
-from agent.config import Config, SignalConfig
+from agent.config import POSITION_NAMES, Config, SignalConfig
 from agent.locationschema import CAN_STATE_SOURCE, STATE_CHOICES, STATE_SIGNAL, STATES
 from agent.policy.canposition import PositionGuard
 from agent.policy.privacy import Zone
@@ -44,10 +44,6 @@ log = logging.getLogger(__name__)
 
 CATEGORY = "location"
 PRIVATE_CATEGORIES = frozenset({"location", "coarse_location"})
-VSS_ROLES = {
-    "Vehicle.CurrentLocation.Latitude": "latitude",
-    "Vehicle.CurrentLocation.Longitude": "longitude",
-}
 _FIX, _IN_ZONE = STATES.index("fix"), STATES.index("in privacy zone")
 
 # (bus name, message name, signal name)
@@ -77,19 +73,27 @@ def roles(
     for bus, msg, sig, entry in candidates:
         if entry is None:
             continue
-        vss = VSS_ROLES.get(entry.name or "")
+        vss = POSITION_NAMES.get(entry.name or "")
         where = f"signal[{index[id(entry)]}]"
+        qualified = f"{msg.name}.{sig.name}"
         if entry.location is not None and vss is not None and entry.location != vss:
             problems.append(
                 f"{src}: {where}.location: {entry.location!r}, but its name {entry.name!r} is "
                 f"the {vss}: fix one of them"
             )
             continue
-        role = entry.location or vss
-        if role is None:
-            continue
-        qualified = f"{msg.name}.{sig.name}"
-        field = f"{where}.{'location' if entry.location else 'name'}"
+        role: str
+        if entry.location is not None:
+            role, field = entry.location, f"{where}.location"
+        elif vss is not None:
+            role, field = vss, f"{where}.name"
+        else:
+            # Under a collection plan: the role the base config gives this signal.
+            base = next((e for e in cfg.base_positions if e.matches(bus.name, qualified)), None)
+            if base is None:
+                continue
+            role = base.location or POSITION_NAMES[base.name or ""]
+            field = f"{where}.match ({qualified}, a {role} in the base config)"
         cat = category(qualified, entry)
         if cat != CATEGORY and (cat is not None or cfg.consent is not None):
             problems.append(

@@ -24,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     ValidationError,
     ValidationInfo,
@@ -44,6 +45,11 @@ Priority = Literal["telemetry", "event"]
 PRIORITIES: tuple[Priority, ...] = ("telemetry", "event")
 CONSENT_CATEGORIES = ("location", "driving", "vehicle_health", "diagnostics")
 COARSE_LOCATION = "coarse_location"
+# [[signal]] wire names that make a signal a coordinate of the CAN position (agent.canposition).
+POSITION_NAMES = {
+    "Vehicle.CurrentLocation.Latitude": "latitude",
+    "Vehicle.CurrentLocation.Longitude": "longitude",
+}
 # What an owner (or, where allowed, the backend) may grant.
 GRANTABLE = (*CONSENT_CATEGORIES, COARSE_LOCATION)
 
@@ -658,6 +664,13 @@ class Config(_Model):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
     source: Path | None = Field(default=None, exclude=True)
+    # Under a collection plan: the base config's [[signal]] entries that name a coordinate of
+    # the CAN position (agent.canposition), which keep their role whatever the plan selects.
+    _base_positions: list[SignalConfig] = PrivateAttr(default_factory=list)
+
+    @property
+    def base_positions(self) -> list[SignalConfig]:
+        return self._base_positions
 
     @model_validator(mode="after")
     def _cross(self) -> Config:
@@ -724,7 +737,12 @@ def merge_plan(base: Config, plan: PlanModel) -> Config:
         merged = Config.model_validate(data)
     except ValidationError as err:
         raise ConfigError(*format_validation_error(f"plan {plan.id!r}", err)) from None
-    return merged.model_copy(update={"source": base.source})
+    merged = merged.model_copy(update={"source": base.source})
+    # A plan chooses what is sent, not whether the privacy zones apply to the car's position.
+    merged._base_positions = [
+        e for e in base.signal if e.location or e.name in POSITION_NAMES
+    ] + base.base_positions
+    return merged
 
 
 def _loc(loc: tuple[Any, ...]) -> str:

@@ -215,9 +215,14 @@ class Pipeline:
                     private = catalog.position.private
                     plan.private = frozenset(s.signal for s in mp.signals if s.sid in private)
                     plan.position = tuple(
-                        (s.signal, s.position == "latitude", d.scale, d.offset)
+                        (
+                            s.signal,
+                            s.position == "latitude",
+                            s.definition.scale,
+                            s.definition.offset,
+                        )
                         for s in mp.signals
-                        if s.position and (d := s.definition)
+                        if s.position
                     )
                 for sel in mp.signals:
                     if sel.capture_only:

@@ -9,7 +9,7 @@ import pytest
 
 from agent.canposition import CanPositions, PositionPlan
 from agent.catalog import Policy, build_catalog
-from agent.config import load_config
+from agent.config import PlanModel, load_config, merge_plan
 from agent.errors import ConfigError
 from agent.locationschema import CAN_STATE_SOURCE, STATE_SIGNAL
 from agent.policy.canposition import PositionGuard
@@ -166,6 +166,7 @@ def test_check_names_the_field_and_exits_2(tmp_path: Path) -> None:
 
 
 HOME = Zone("home", 52.5, 13.4, 300.0)
+LAT_NAME = "Vehicle.CurrentLocation.Latitude"
 
 
 @pytest.mark.parametrize(
@@ -256,3 +257,30 @@ def test_check_describes_the_pair_and_the_zones(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     line = "can position car:Pos.Lat / car:Pos.Lon: 4 location signals withheld inside privacy"
     assert f"{line} zones: home 300 m" in r.stdout
+
+
+def test_a_plan_keeps_the_roles_of_the_position_it_selects(tmp_path: Path) -> None:
+    (tmp_path / "car.dbc").write_text(DBC)
+    p = tmp_path / "agent.toml"
+    p.write_text(BASE + PAIR.replace('location = "latitude"', f'name = "{LAT_NAME}"'))
+    base = load_config(p)
+    glob = PlanModel(id="a", version=1, signal=[{"match": "Pos.*", "min_interval": 5.0}])
+    catalog = build_catalog(merge_plan(base, glob))
+    assert {s.wire: s.position for s in catalog.selected} == {
+        "Pos.Lat": "latitude",
+        "Pos.Lon": "longitude",
+    }
+    assert catalog.position is not None
+    assert all(s.policy.min_interval == 5.0 for s in catalog.selected)
+    # A plan that names the signal itself keeps its own name; the role is the base's.
+    own = PlanModel(
+        id="b", version=1, signal=[{"match": "Pos.Lat", "name": "lat"}, {"match": "Pos.Lon"}]
+    )
+    roles = {s.wire: s.position for s in build_catalog(merge_plan(base, own)).selected}
+    assert roles == {"lat": "latitude", "Pos.Lon": "longitude"}
+    # Without the position, there is none; half of it is refused.
+    other = PlanModel(id="c", version=1, signal=[{"match": "Health.*"}])
+    assert build_catalog(merge_plan(base, other)).position is None
+    half = PlanModel(id="d", version=1, signal=[{"match": "Pos.Lat"}])
+    with pytest.raises(ConfigError, match=r"signal\[0\]\.match \(Pos\.Lat, a latitude in the base"):
+        build_catalog(merge_plan(base, half))
