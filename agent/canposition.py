@@ -5,7 +5,8 @@ Which signals: a ``[[signal]]`` entry with ``location = "latitude"`` or ``"longi
 whose wire ``name`` is the VSS ``Vehicle.CurrentLocation.Latitude`` / ``.Longitude``; one pair
 per config (the two may sit in different messages or on different buses), each of category
 ``location``. ``roles`` checks this against the candidates of the catalog and names every
-problem by its ``signal[i]`` field.
+problem by its ``signal[i]`` field. Under a collection plan the base config's roles stay with
+their signals (``Config.base_positions``).
 
 In the data path (``CanPositions``, in the pipeline's thread, before sampling and before the
 trigger engine records anything): every frame that carries a coordinate places the car
@@ -13,9 +14,9 @@ trigger engine records anything): every frame that carries a coordinate places t
 position or not (heading, altitude, speed over ground of the same receiver), exact or to be
 snapped to the coarse grid, passes only when the position in force at its frame and the first
 position at least as new as it both lie outside every zone: it waits here for the latter
-(bounded; the pipeline samples what is ``released``). On entering,
-the current values of those signals are forgotten (no heartbeat nor snapshot repeats them);
-on leaving, every location value is offered again. The twin sees ``Vehicle.CurrentLocation.State``
+(bounded; the pipeline samples what is ``released``). On entering, the current values of
+those signals are forgotten (no heartbeat nor snapshot repeats them); on leaving, every
+location value is offered again. The twin sees ``Vehicle.CurrentLocation.State``
 (``in privacy zone``, ``fix``): the GNSS receiver's signal when ``[gnss]`` is configured, else
 one of its own with the same value table. A change of zones (reload, remote consent) drops the
 held values and the triggers' recorded history of those signals: they were judged under the

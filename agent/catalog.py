@@ -425,7 +425,11 @@ def build_catalog(cfg: Config, dbcs: dict[str, list[DbcFile]] | None = None) -> 
         else:
             state_sid = len(defs)
             defs.append(canposition.state_definition(state_sid))
-        private = frozenset(s.sid for s in selected if s.category in canposition.PRIVATE_CATEGORIES)
+        # The pair itself always (also unactivated, without categories), and every other
+        # signal of a location category.
+        private = frozenset(
+            s.sid for s in selected if s.position or s.category in canposition.PRIVATE_CATEGORIES
+        )
         position = canposition.PositionPlan(state_sid, private)
     diag_ids: dict[str, int] = {}
     if cfg.diagnostics:

@@ -41,6 +41,7 @@ class Car:
     frames: Callable[[int], list[tuple[str, dict[str, float]]]]
     signals: str  # the [[signal]] and [[trigger]] sections
     location: frozenset[str]  # wire names of the location signals
+    pair: frozenset[str]  # wire names of latitude and longitude
     trigger: str  # a signal the trigger reads and captures (not location)
 
 
@@ -117,6 +118,7 @@ capture = [
             "MCU_locationStatus2.MCU_elevation",
         }
     ),
+    frozenset({LAT, "MCU_locationStatus.MCU_longitude"}),
     "DI_torque2.DI_vehicleSpeed",
 )
 RACELOGIC = Car(
@@ -164,6 +166,7 @@ capture = ["RT_DL1MK3_GPS_*", "RT_IRTemp_Temp_7.*"]
             "RT_DL1MK3_GPS_Speed.GPS_Speed_2D",
         }
     ),
+    frozenset({LAT, "Vehicle.CurrentLocation.Longitude"}),
     "RT_IRTemp_Temp_7.IR_Temperature_7",
 )
 
@@ -194,8 +197,17 @@ def _drive(car: Car, dbc: DbcFile, out: Path, position_first: bool) -> Path:
     return out
 
 
-def _config(tmp_path: Path, car: Car, drive: Path, dbc: Path, granted: str) -> Path:
+def _config(tmp_path: Path, car: Car, drive: Path, dbc: Path, granted: str | None) -> Path:
     zone = ", ".join(f"{k} = {v!r}" if k != "name" else f'name = "{v}"' for k, v in ZONE.items())
+    consent = f"""
+[consent]
+granted = [{granted}, "driving"]
+rules = [
+  {{ match = "MCU_location*", category = "location" }},
+  {{ match = "RT_DL1MK3_GPS_*", category = "location" }},
+]
+default_category = "driving"
+"""
     return write_config(
         tmp_path / "agent.toml",
         [
@@ -211,15 +223,7 @@ def _config(tmp_path: Path, car: Car, drive: Path, dbc: Path, granted: str) -> P
 [updates]
 snapshot_interval = 3
 max_age = 1
-
-[consent]
-granted = [{granted}, "driving"]
-rules = [
-  {{ match = "MCU_location*", category = "location" }},
-  {{ match = "RT_DL1MK3_GPS_*", category = "location" }},
-]
-default_category = "driving"
-
+{consent if granted else ""}
 [privacy]
 zones = [{{ {zone} }}]
 {car.signals}""",
@@ -234,10 +238,12 @@ def _frame_of(t: float) -> int:
 
 @pytest.mark.parametrize("position_first", [True, False], ids=["position-first", "position-last"])
 @pytest.mark.parametrize("car", [TESLA, RACELOGIC], ids=["tesla", "racelogic"])
-@pytest.mark.parametrize("granted", ['"location"', '"coarse_location"'])
+@pytest.mark.parametrize("granted", ['"location"', '"coarse_location"', None])
 def test_no_location_of_a_frame_inside_a_zone_is_sent(
-    tmp_path: Path, corpus: Path, granted: str, car: Car, position_first: bool
+    tmp_path: Path, corpus: Path, granted: str | None, car: Car, position_first: bool
 ) -> None:
+    """``granted`` None: not activated (no consent, no categories): the pair is held to the
+    zones all the same; the other signals have no category that says what they are."""
     dbc_path = corpus / "dbc" / car.dbc
     drive = _drive(
         car, load_dbc(dbc_path, lenient=car.lenient), tmp_path / "drive.log", position_first
@@ -246,7 +252,8 @@ def test_no_location_of_a_frame_inside_a_zone_is_sent(
     assert r.returncode == 0, r.stderr
     updates = json_lines(r.stdout)
     assert sum(inside(i) for i in range(FRAMES)) >= 20  # the drive crosses the zone
-    exact = granted == '"location"'
+    exact = granted != '"coarse_location"'
+    location = car.location if granted else car.pair
     forbidden = {position(i)[0] for i in range(FRAMES) if inside(i)}
     entered = min(i for i in range(FRAMES) if inside(i))
     left = max(i for i in range(FRAMES) if inside(i)) + 1
@@ -258,7 +265,7 @@ def test_no_location_of_a_frame_inside_a_zone_is_sent(
                 if not doc["snapshot"]:
                     states.append((_frame_of(s["t"]), s["value"]))
                 continue
-            if s["signal"] not in car.location:
+            if s["signal"] not in location:
                 continue
             i = _frame_of(s["t"])
             assert not inside(i), (doc.get("trigger"), doc["snapshot"], s)
