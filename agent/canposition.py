@@ -267,6 +267,17 @@ class CanPositions:
         self._waiting.append((plan, mine, t_ms))
         return rest
 
+    def confirm(self, plan: PlanLike, t_ms: int) -> None:
+        """A frame of a position message at ``t_ms`` whose payload repeated the previous one:
+        the coordinates still hold then (a car standing still); what waited for them may go."""
+        lat = lon = False
+        for name, is_lat, _, _ in plan.position:
+            if name in plan.values:
+                lat, lon = lat or is_lat, lon or not is_lat
+        self.guard.confirm(lat, lon, t_ms)
+        if self._waiting:
+            self._release()
+
     def _release(self) -> None:
         """Judge the waiting values the position now in force is new enough for."""
         guard = self.guard

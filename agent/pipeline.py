@@ -590,6 +590,10 @@ class Pipeline:
                 self._write_captures(triggers.close(t_ms, now))
             if data == plan.last:
                 stats.unchanged += 1
+                if plan.position:
+                    self.positions.confirm(plan, t_ms)
+                    if self.positions.released:
+                        self._released(now)
                 continue
             # A copy: the frame's bytearray belongs to python-can.
             data = plan.last = bytes(data)

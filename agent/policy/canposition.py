@@ -55,6 +55,13 @@ class PositionGuard:
             self.lon_t = max(self.lon_t, t_ms)
         return self._judge()
 
+    def confirm(self, lat: bool, lon: bool, t_ms: int) -> None:
+        """A frame at ``t_ms`` repeated the coordinates it carries (an unchanged payload)."""
+        if lat:
+            self.lat_t = max(self.lat_t, t_ms)
+        if lon:
+            self.lon_t = max(self.lon_t, t_ms)
+
     def ready(self, t_ms: int) -> bool:
         """Whether the position in force is at least as new as a value of time ``t_ms``."""
         return self.lat_t >= t_ms and self.lon_t >= t_ms
