@@ -11,7 +11,6 @@ location sample of a frame inside a zone, and the twin saw `in privacy zone` and
 
 from __future__ import annotations
 
-import sqlite3
 import time
 import zlib
 from collections.abc import Iterable
@@ -22,10 +21,10 @@ import can
 
 from agent.daemon import Agent
 from agent.policy.geo import distance_m
-from agent.spime import Schema, decode_update, peek_header
-from tests.integration.test_commands import NO_DATA_ACL, PREFIX, Car
 from tests.support.agentrun import VIN
 from tests.support.broker import Mosquitto, Subscriber
+from tests.support.e2e import PREFIX, decode_updates, outbox_payloads
+from tests.support.remotecar import NO_DATA_ACL, Car
 from tests.support.wait import wait_for
 
 DBC = """VERSION ""
@@ -209,29 +208,12 @@ def scan(blobs: Iterable[tuple[str, bytes]], forbidden: list[int]) -> None:
         assert not found, (where, found[:5])
 
 
-def docs(payloads: Iterable[bytes], schemas: Path) -> dict[Key, dict[str, Any]]:
-    out = {}
-    for payload in payloads:
-        sid = peek_header(payload).schema_id
-        doc = decode_update(payload, Schema.from_json((schemas / f"{sid}.json").read_bytes()))
-        out[(doc["boot"], doc["seq"])] = doc
-    return out
-
-
-def outbox_rows(path: Path) -> list[bytes]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
-    try:
-        return [bytes(r[0]) for r in conn.execute("SELECT payload FROM outbox ORDER BY id")]
-    finally:
-        conn.close()
-
-
 def check(
     tmp_path: Path, published: list[bytes], drive: Drive, zones: list[dict[str, Any]], n: int
 ) -> dict[Key, dict[str, Any]]:
     """Scans and decodes everything published and stored; the decoded updates."""
     db = tmp_path / "outbox.db"
-    stored = outbox_rows(db)
+    stored = outbox_payloads(db)
     forbidden = [i for i in range(n) if inside(zones, i)]
     assert forbidden
     files = [(f.name, f.read_bytes()) for f in sorted(tmp_path.glob("outbox.db*")) if f.is_file()]
@@ -244,8 +226,8 @@ def check(
     seen = b"".join(p for _, p in sent)
     assert any(svarint(raw(i)[0]) in seen for i in allowed)
     final = {
-        **docs(stored, tmp_path / "outbox.db.schemas"),
-        **docs(published, tmp_path / "outbox.db.schemas"),
+        **decode_updates(stored, tmp_path / "outbox.db.schemas"),
+        **decode_updates(published, tmp_path / "outbox.db.schemas"),
     }
     for doc in final.values():
         for s in doc["samples"]:
@@ -292,7 +274,7 @@ def test_a_drive_through_a_zone_sends_no_position_inside_it(
         schemas = tmp_path / "outbox.db.schemas"
 
         def arrived() -> set[int]:
-            got = docs([m.payload for m in sub.messages], schemas)
+            got = decode_updates([m.payload for m in sub.messages], schemas)
             return {drive.frame_of(s["t"]) for d in got.values() for s in d["samples"]}
 
         wait_for(lambda: 59 in arrived(), WAIT, "the last frame's values sent")

@@ -12,7 +12,6 @@ and seq; the twin got `in privacy zone` where the positions went.
 from __future__ import annotations
 
 import os
-import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +19,9 @@ import can
 
 from agent.daemon import Agent
 from agent.policy.geo import distance_m
-from agent.spime import Schema, decode_update, peek_header
 from tests.support.agentrun import VIN
 from tests.support.broker import Mosquitto, Subscriber
-from tests.support.e2e import PREFIX
+from tests.support.e2e import PREFIX, decode_updates, outbox_payloads
 from tests.support.nmea import epoch, position
 from tests.support.remotecar import NO_DATA_ACL, Car
 from tests.support.wait import wait_for
@@ -59,15 +57,6 @@ def _gnss(sample: dict[str, Any]) -> bool:
     return bool(sample["signal"].startswith(GNSS) and sample["signal"] != STATE)
 
 
-def _docs(payloads: list[bytes], schemas: Path) -> dict[Key, dict[str, Any]]:
-    docs = {}
-    for payload in payloads:
-        sid = peek_header(payload).schema_id
-        doc = decode_update(payload, Schema.from_json((schemas / f"{sid}.json").read_bytes()))
-        docs[(doc["boot"], doc["seq"])] = doc
-    return docs
-
-
 def _lat_seconds(docs: dict[Key, dict[str, Any]]) -> set[int]:
     """The drive's seconds whose latitude the updates hold."""
     return {round(s["t"] - T0) for d in docs.values() for s in d["samples"] if s["signal"] == LAT}
@@ -80,7 +69,7 @@ def _states(docs: dict[Key, dict[str, Any]]) -> list[str]:
 def _stored(agent: Agent, schemas: Path) -> dict[Key, dict[str, Any]]:
     """Every update the pipeline closed so far (committed first), decoded."""
     agent.outbox.flush()
-    return _docs([row.payload for row in agent.outbox.iter_rows()], schemas)
+    return decode_updates([row.payload for row in agent.outbox.iter_rows()], schemas)
 
 
 def test_zones_added_while_updates_wait_take_back_the_positions_inside_them(
@@ -148,7 +137,7 @@ def test_zones_added_while_updates_wait_take_back_the_positions_inside_them(
         broker.reload()
 
         def published() -> dict[Key, dict[str, Any]]:
-            return _docs([m.payload for m in sub.messages], schemas)
+            return decode_updates([m.payload for m in sub.messages], schemas)
 
         wait_for(lambda: second.keys() <= published().keys(), WAIT, "the stored updates sent")
     finally:
@@ -158,7 +147,7 @@ def test_zones_added_while_updates_wait_take_back_the_positions_inside_them(
         broker.stop()
     zones = [LOCAL, REMOTE]
     # What was sent, and what the stop left in the outbox (every row of the file).
-    final = {**_docs(_outbox_payloads(tmp_path / "outbox.db"), schemas), **published()}
+    final = {**decode_updates(outbox_payloads(tmp_path / "outbox.db"), schemas), **published()}
     for doc in final.values():
         private = [s for s in doc["samples"] if _gnss(s) and _inside(zones, s["t"])]
         assert not private, (doc["seq"], private)
@@ -200,11 +189,3 @@ def _toml(z: dict[str, Any]) -> str:
     return (
         f'{{name = "{z["name"]}", lat = {z["lat"]!r}, lon = {z["lon"]!r}, radius = {z["radius"]}}}'
     )
-
-
-def _outbox_payloads(path: Path) -> list[bytes]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
-    try:
-        return [bytes(r[0]) for r in conn.execute("SELECT payload FROM outbox ORDER BY id")]
-    finally:
-        conn.close()

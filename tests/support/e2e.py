@@ -21,7 +21,7 @@ from typing import IO, Any
 
 import pytest
 
-from agent.spime import peek_header
+from agent.spime import Schema, decode_update, peek_header
 from tests.support.agentrun import VIN, write_config
 from tests.support.broker import Mosquitto, Subscriber, wait_until
 from tests.support.data import DEMO_DBC
@@ -142,6 +142,26 @@ def stored_keys(outbox: Path) -> list[Key]:
         return keys
     finally:
         conn.close()
+
+
+def outbox_payloads(outbox: Path) -> list[bytes]:
+    """Every row's payload in the outbox file, read-only, in row id order."""
+    conn = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True, timeout=30.0)
+    try:
+        return [bytes(r[0]) for r in conn.execute("SELECT payload FROM outbox ORDER BY id")]
+    finally:
+        conn.close()
+
+
+def decode_updates(payloads: list[bytes], schemas: Path) -> dict[Key, dict[str, Any]]:
+    """Updates decoded with the schemas stored in ``schemas`` (the outbox's ``.schemas``
+    folder), by (boot, seq): a later copy of the same update replaces an earlier one."""
+    docs = {}
+    for payload in payloads:
+        sid = peek_header(payload).schema_id
+        doc = decode_update(payload, Schema.from_json((schemas / f"{sid}.json").read_bytes()))
+        docs[(doc["boot"], doc["seq"])] = doc
+    return docs
 
 
 class DataCollector:

@@ -9,7 +9,7 @@ import pytest
 
 from agent.canposition import CanPositions, PositionPlan
 from agent.catalog import Policy, build_catalog
-from agent.config import PlanModel, load_config, merge_plan
+from agent.config import PlanModel, merge_plan
 from agent.errors import ConfigError
 from agent.locationschema import CAN_STATE_SOURCE, STATE_SIGNAL
 from agent.policy.canposition import PositionGuard
@@ -17,7 +17,7 @@ from agent.policy.expr import parse
 from agent.policy.privacy import Zone
 from agent.policy.trigger import TriggerEngine, TriggerSpec
 from agent.sampling import Group, Sampler, SignalState
-from tests.support.agentrun import cli
+from tests.support.agentrun import cli, load_text
 
 DBC = """VERSION ""
 NS_ :
@@ -65,9 +65,7 @@ match = "*"
 
 def _catalog(tmp_path: Path, text: str, base: str = BASE) -> object:
     (tmp_path / "car.dbc").write_text(DBC)
-    p = tmp_path / "agent.toml"
-    p.write_text(base + text)
-    return build_catalog(load_config(p))
+    return build_catalog(load_text(tmp_path, base + text))
 
 
 def _problems(tmp_path: Path, text: str, base: str = BASE) -> list[str]:
@@ -261,9 +259,7 @@ def test_check_describes_the_pair_and_the_zones(tmp_path: Path) -> None:
 
 def test_a_plan_keeps_the_roles_of_the_position_it_selects(tmp_path: Path) -> None:
     (tmp_path / "car.dbc").write_text(DBC)
-    p = tmp_path / "agent.toml"
-    p.write_text(BASE + PAIR.replace('location = "latitude"', f'name = "{LAT_NAME}"'))
-    base = load_config(p)
+    base = load_text(tmp_path, BASE + PAIR.replace('location = "latitude"', f'name = "{LAT_NAME}"'))
     glob = PlanModel(id="a", version=1, signal=[{"match": "Pos.*", "min_interval": 5.0}])
     catalog = build_catalog(merge_plan(base, glob))
     assert {s.wire: s.position for s in catalog.selected} == {
