@@ -30,17 +30,15 @@ from tests.integration.test_zone_purge import (
     T0,
     WAIT,
     Key,
-    _docs,
     _gnss,
     _inside,
     _lat_seconds,
-    _outbox_payloads,
     _toml,
     _zone,
 )
 from tests.support.agentrun import VIN
 from tests.support.broker import Mosquitto, Subscriber
-from tests.support.e2e import PREFIX, AgentProcess
+from tests.support.e2e import PREFIX, AgentProcess, decode_updates, outbox_payloads
 from tests.support.nmea import epoch, position
 from tests.support.remotecar import NO_DATA_ACL, Car
 from tests.support.wait import wait_for
@@ -101,8 +99,8 @@ def test_a_zone_added_while_the_agent_was_stopped_takes_back_stored_positions(
                         assert agent.request_snapshot(WAIT) is not None
         finally:
             car.stop()  # the open update is stored on the way out
-        stored = _outbox_payloads(db)
-        first = _docs(stored, schemas)
+        stored = outbox_payloads(db)
+        first = decode_updates(stored, schemas)
         assert _lat_seconds(first) == set(DRIVEN)
         boot = next(iter(first))[0]
         assert record.exists()
@@ -142,8 +140,8 @@ def test_a_zone_added_while_the_agent_was_stopped_takes_back_stored_positions(
         sub.close()
         broker.stop()
         notify.close()
-    published = _docs([m.payload for m in sub.messages], schemas)
-    final = {**_docs(_outbox_payloads(db), schemas), **published}
+    published = decode_updates([m.payload for m in sub.messages], schemas)
+    final = {**decode_updates(outbox_payloads(db), schemas), **published}
     for doc in final.values():
         private = [s for s in doc["samples"] if _gnss(s) and _inside([ZONE], s["t"])]
         assert not private, (doc["seq"], private)
@@ -175,7 +173,7 @@ def test_consent_revoked_while_the_agent_was_stopped_takes_back_stored_samples(
             wait_for(lambda: _names(_stored_docs(car, schemas)).count("Pos.Lat") >= 5, WAIT)
         finally:
             car.stop()
-        first = _docs(_outbox_payloads(db), schemas)
+        first = decode_updates(outbox_payloads(db), schemas)
         assert "Pos.Lat" in _names(first) and "Health.Coolant" in _names(first)
         boot = next(iter(first))[0]
         text = car.config.read_text()
@@ -193,16 +191,16 @@ def test_consent_revoked_while_the_agent_was_stopped_takes_back_stored_samples(
     finally:
         sub.close()
         broker.stop()
-    sent = _docs([m.payload for m in sub.messages], schemas)
+    sent = decode_updates([m.payload for m in sub.messages], schemas)
     assert "Pos.Lat" not in _names(sent)
     assert _names(sent).count("Health.Coolant") == _names(first).count("Health.Coolant")
-    assert "Pos.Lat" not in _names(_docs(_outbox_payloads(db), schemas))
+    assert "Pos.Lat" not in _names(decode_updates(outbox_payloads(db), schemas))
 
 
 def _stored_docs(car: Car, schemas: Path) -> dict[Key, dict[str, Any]]:
     assert car.agent is not None
     car.agent.outbox.flush()
-    return _docs([r.payload for r in car.agent.outbox.iter_rows()], schemas)
+    return decode_updates([r.payload for r in car.agent.outbox.iter_rows()], schemas)
 
 
 def _names(docs: dict[Key, dict[str, Any]]) -> list[str]:
