@@ -20,7 +20,9 @@ location value is offered again. The twin sees ``Vehicle.CurrentLocation.State``
 (``in privacy zone``, ``fix``): the GNSS receiver's signal when ``[gnss]`` is configured, else
 one of its own with the same value table. A change of zones (reload, remote consent) drops the
 held values and the triggers' recorded history of those signals: they were judged under the
-old zones. Trip-end withholding (``trip_end_radius``) is not applied to CAN positions.
+old zones. With ``trip_end_radius`` above 0 the values that pass the zones then wait for the
+trip's end to be judged (agent.cantrip: the trip's start and end withheld); the pipeline samples
+what comes out of it.
 
 It does not decode frames (agent.pipeline) nor purge stored updates (agent.purge).
 """
@@ -33,6 +35,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from agent.cantrip import TripHold
 from agent.catalog import Catalog, Policy
 from agent.config import POSITION_NAMES, Config, SignalConfig
 from agent.locationschema import CAN_STATE_SOURCE, STATE_CHOICES, STATE_SIGNAL, STATES
@@ -127,9 +130,11 @@ def describe(cfg: Config, catalog: Catalog) -> str | None:
     coarse = any(s.coarse for s in catalog.selected if s.position)
     grid = f" (coarse, {cfg.consent.coarse_grid:g}-degree grid)" if coarse and cfg.consent else ""
     zones = ", ".join(f"{z.name} {z.radius:g} m" for z in cfg.privacy.zones) or "none"
+    radius = cfg.privacy.trip_end_radius
+    trips = f"; trip ends withheld within {radius:g} m" if radius > 0 else ""
     return (
         f"can position {coords['latitude']} / {coords['longitude']}{grid}: "
-        f"{len(plan.private)} location signals withheld inside privacy zones: {zones}"
+        f"{len(plan.private)} location signals withheld inside privacy zones: {zones}{trips}"
     )
 
 
@@ -167,6 +172,7 @@ class CanPositions:
 
     def __init__(self) -> None:
         self.guard = PositionGuard()
+        self.trip = TripHold()
         self.withheld = 0  # frames whose location values were dropped for a zone
         self.overflow = 0  # frames whose location values waited beyond MAX_WAITING
         self.plan: PositionPlan | None = None
@@ -185,10 +191,13 @@ class CanPositions:
         plans: Sequence[PlanLike],
         states: list[SignalState],
         own_state: bool,
+        trip_end_radius: float = 0.0,
+        trip_gap: float | None = None,
     ) -> None:
         """A new selection: its messages with location signals, its sampler states (``states``:
-        every state of the pipeline; the state signal's is added when ``own_state``). Values
-        still waiting belong to the old selection: dropped."""
+        every state of the pipeline; the state signal's is added when ``own_state``), the trip
+        ends' radius and the silence of the pair that ends a trip (None: the lifecycle's park
+        does). Values still waiting belong to the old selection: dropped."""
         self.plan = plan
         self._plans = [p for p in plans if p.private]
         self._all = states
@@ -196,9 +205,12 @@ class CanPositions:
         self._state = None
         self._waiting.clear()
         self.released = []
+        self.trip.configure(zones, trip_end_radius, trip_gap)
         if plan is None:
             # Its frames are no longer decoded: where the car was is no longer known.
             self.guard.forget()
+            self.trip.end("no CAN position selected")
+            self.trip.take()
             return
         self._states = [s for s in states if s.sid in plan.private]
         if own_state:
@@ -230,7 +242,10 @@ class CanPositions:
         those an arriving position lets pass are put in ``released``."""
         guard = self.guard
         private = plan.private
+        trip = self.trip if self.trip.active else None
         if plan.position:
+            if trip is not None:
+                trip.heard(now)
             lat = lon = None
             for name, is_lat, scale, offset in plan.position:
                 raw = values.get(name)
@@ -247,6 +262,11 @@ class CanPositions:
                         *(item for item in values.items() if item[0] in private),
                         *(item for item in changed if item[0] not in private),
                     ]
+            if trip is not None:
+                if guard.lat is not None and guard.lon is not None:
+                    trip.move(guard.lat, guard.lon, t_ms)
+                if trip.released:
+                    self.released.extend(trip.take())
             if self._waiting:
                 self._release()
         mine = [item for item in changed if item[0] in private]
@@ -258,7 +278,10 @@ class CanPositions:
             return rest
         if guard.ready(t_ms):
             if guard.outside:
-                return changed
+                if trip is None:
+                    return changed
+                trip.add((plan, mine, t_ms))
+                return rest
             self.withheld += 1
             return rest
         if len(self._waiting) >= MAX_WAITING:
@@ -267,9 +290,13 @@ class CanPositions:
         self._waiting.append((plan, mine, t_ms))
         return rest
 
-    def confirm(self, plan: PlanLike, t_ms: int) -> None:
+    def confirm(self, plan: PlanLike, t_ms: int, now: float) -> None:
         """A frame of a position message at ``t_ms`` whose payload repeated the previous one:
         the coordinates still hold then (a car standing still); what waited for them may go."""
+        if self.trip.active:
+            self.trip.heard(now)
+            if self.trip.released:
+                self.released.extend(self.trip.take())
         lat = lon = False
         for name, is_lat, _, _ in plan.position:
             if name in plan.values:
@@ -285,11 +312,26 @@ class CanPositions:
         for waiting in self._waiting:
             if not guard.ready(waiting[2]):
                 keep.append(waiting)
-            elif guard.outside:
-                self.released.append(waiting)
-            else:
+            elif not guard.outside:
                 self.withheld += 1
+            elif self.trip.active:
+                self.trip.add(waiting)
+            else:
+                self.released.append(waiting)
         self._waiting = keep
+
+    def end_trip(self, why: str) -> None:
+        """The trip ended (park, wake, end of input): values held near its end are dropped;
+        those its last position lets out are ``released``."""
+        self.trip.end(why)
+        self.released.extend(self.trip.take())
+
+    def tick(self, now: float) -> None:
+        """Without ``[power]``: the pair silent for ``trip_gap`` ends the trip."""
+        if self.trip.active:
+            self.trip.tick(now)
+            if self.trip.released:
+                self.released.extend(self.trip.take())
 
     def _crossed(self, t_ms: int, now: float, sampler: Sampler) -> None:
         if self.guard.inside:
@@ -330,4 +372,5 @@ class CanPositions:
             "withheld_frames": self.withheld,
             "waiting": len(self._waiting),
             "overflow": self.overflow,
+            "trip": self.trip.status(),
         }

@@ -631,7 +631,7 @@ class PrivacyConfig(_Model):
     zones: list[ZoneConfig] = Field(default_factory=list, max_length=256)
     # Fixes within this distance of where a trip starts and ends are withheld (0: off).
     trip_end_radius: float = Field(default=500.0, ge=0, le=100_000)
-    # The receiver down this long ends a trip (its trailing fixes are then dropped).
+    # The receiver down (or, without [power], the CAN position silent) this long ends a trip.
     trip_gap: PositiveSeconds = 300.0
 
     @field_validator("zones")

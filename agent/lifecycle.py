@@ -53,6 +53,7 @@ class PipelineLike(Protocol):
     def commit(self) -> None: ...
     def write_power_state(self, value: int, t_ms: int) -> None: ...
     def data_time_ms(self) -> int: ...
+    def end_trip(self, why: str) -> None: ...
 
 
 class PowerController:
@@ -254,10 +255,16 @@ class PowerController:
                 self.pause_link(None)  # the radio is back: connect at once
         elif action is Action.SLEEP:
             self._sleep()
-        elif action is Action.GNSS_OFF and self.pause_gnss is not None:
-            self.pause_gnss("parked" if t.state == PARKED else "low voltage")
-        elif action is Action.GNSS_ON and self.pause_gnss is not None:
-            self.pause_gnss(None)
+        elif action is Action.GNSS_OFF:
+            # The trip ends at the park for the CAN position as for the receiver.
+            why = "parked" if t.state == PARKED else "low voltage"
+            self.pipeline.call_soon(lambda: self.pipeline.end_trip(why))
+            if self.pause_gnss is not None:
+                self.pause_gnss(why)
+        elif action is Action.GNSS_ON:
+            self.pipeline.call_soon(lambda: self.pipeline.end_trip("the car woke"))
+            if self.pause_gnss is not None:
+                self.pause_gnss(None)
 
     def _sleep(self) -> None:
         if self.sleeper is not None:

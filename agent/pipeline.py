@@ -96,6 +96,7 @@ class _Plan:
         "power",
         "position",
         "private",
+        "private_group",
     )
 
     def __init__(self, name: str, length: int, decode: Callable[[bytes], dict[str, Any]]) -> None:
@@ -115,6 +116,10 @@ class _Plan:
         # (agent.canposition).
         self.position: tuple[tuple[str, bool, float, float], ...] = ()
         self.private: frozenset[str] = frozenset()
+        # The location signals' group: their own while values wait for the trip's end, so
+        # heartbeats and snapshots stamp a value with the latest frame that let one out, not
+        # with the message's latest frame.
+        self.private_group = self.group
 
 
 class Pipeline:
@@ -224,6 +229,8 @@ class Pipeline:
                         for s in mp.signals
                         if s.position
                     )
+                    if plan.private and cfg.privacy.trip_end_radius > 0:
+                        plan.private_group = Group()
                 for sel in mp.signals:
                     if sel.capture_only:
                         continue
@@ -233,7 +240,8 @@ class Pipeline:
                         snap = grid_snapper(
                             d.scale, d.offset, cfg.consent.coarse_grid, d.kind == "int"
                         )
-                    st = SignalState(sel.sid, sel.policy, d.scale, plan.group, snap)
+                    group = plan.private_group if sel.signal in plan.private else plan.group
+                    st = SignalState(sel.sid, sel.policy, d.scale, group, snap)
                     plan.signals[sel.signal] = st
                     self.states.append(st)
                 plans[key] = plan
@@ -247,6 +255,9 @@ class Pipeline:
             [p for plans in self._plans for p in plans.values()],
             self.states,
             own_state=pos is not None and pos.state_sid != gnss_state,
+            trip_end_radius=cfg.privacy.trip_end_radius,
+            # With [power] the lifecycle's park and wake end trips (``end_trip``).
+            trip_gap=None if cfg.power is not None else cfg.privacy.trip_gap,
         )
         self.states.sort(key=lambda s: s.sid)
 
@@ -358,6 +369,14 @@ class Pipeline:
         self._collect()
         self.builder.flush()
 
+    def end_trip(self, why: str) -> None:
+        """In the pipeline's thread: the CAN position's trip ended (park, wake, end of input):
+        the location values held near its end are dropped."""
+        self.positions.end_trip(why)
+        if self.positions.released:
+            self._released(self.now)
+            self._collect()
+
     def data_time_ms(self) -> int:
         """Now on the data's clock: a replay's recording time (its latest frame), else wall
         time."""
@@ -429,6 +448,7 @@ class Pipeline:
         for src in self.sources:
             src.join(timeout=2.0)
         self._close_inputs()
+        self.end_trip("end of input")
         self.finish()
         self._end_calls()
 
@@ -462,6 +482,7 @@ class Pipeline:
             for src in self.sources:
                 src.stop_reading()
         self._close_inputs()
+        self.end_trip("end of input")
         self.finish()
         self._end_calls()
 
@@ -542,6 +563,9 @@ class Pipeline:
                 self._due = due
 
     def _tick(self) -> None:
+        self.positions.tick(self.now)
+        if self.positions.released:
+            self._released(self.now)
         self.sampler.tick(self.now)
         self._collect()
         if self.triggers is not None and self.triggers.open:
@@ -591,7 +615,7 @@ class Pipeline:
             if data == plan.last:
                 stats.unchanged += 1
                 if plan.position:
-                    self.positions.confirm(plan, t_ms)
+                    self.positions.confirm(plan, t_ms, now)
                     if self.positions.released:
                         self._released(now)
                 continue
@@ -649,6 +673,9 @@ class Pipeline:
         released, self.positions.released = self.positions.released, []
         for plan, items, t_ms in released:
             assert isinstance(plan, _Plan)
+            group = plan.private_group
+            if t_ms > group.last_t:
+                group.last_t = t_ms
             self.sampler.offer_changed(items, plan.signals, t_ms, now)
             if plan.taps is not None:
                 self._tap(plan.taps, items, t_ms, now)

@@ -50,8 +50,8 @@ class Action(StrEnum):
     MODEM_FULL = "modem_full_power"
     SLEEP = "sleep"  # run the sleep command (or simply wait)
     RESUME = "resume"  # input and uplink back to normal
-    GNSS_OFF = "gnss_off"  # the GNSS receiver paused; its trip ends
-    GNSS_ON = "gnss_on"  # the GNSS receiver read again
+    GNSS_OFF = "gnss_off"  # the GNSS receiver paused; its trip and the CAN position's end
+    GNSS_ON = "gnss_on"  # the GNSS receiver read again; a new CAN position trip
 
 
 # What each transition asks for, in the order it must be done.

@@ -24,6 +24,7 @@ It does not decide which fixes are worth sending (agent.policy.track) nor coarse
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -94,6 +95,11 @@ class PrivacyFilter:
             held.popleft()
             self.counters["overflow"] += 1
         return out
+
+    @property
+    def held(self) -> Sequence[Fix]:
+        """The fixes held for the trip's end, oldest first (to read, not to change)."""
+        return self._trip.held
 
     def set_zones(self, zones: tuple[Zone, ...]) -> int:
         """Zones from now on; held fixes inside one of them are dropped (counted as ``zone``):

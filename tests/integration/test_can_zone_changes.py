@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 import zlib
 from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +25,32 @@ from agent.policy.geo import distance_m
 from tests.support.agentrun import VIN
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.e2e import PREFIX, decode_updates, outbox_payloads
+from tests.support.power import DBC as POWER_DBC
+from tests.support.power import (
+    IGNITION,
+    OFF,
+    RUN,
+    car_bus,
+    frame,
+    new_channel,
+    power_config,
+    running,
+    state,
+)
 from tests.support.remotecar import NO_DATA_ACL, Car
 from tests.support.wait import wait_for
 
-DBC = """VERSION ""
+POS = """BO_ 257 Pos: 8 ECU
+ SG_ Lat : 0|32@1- (1E-007,0) [-90|90] "deg" Vector__XXX
+ SG_ Lon : 32|32@1- (1E-007,0) [-180|180] "deg" Vector__XXX
+"""
+DBC = f"""VERSION ""
 NS_ :
 BS_:
 BU_: ECU
 BO_ 256 Health: 8 ECU
  SG_ Coolant : 0|8@1+ (1,-40) [-40|215] "degC" Vector__XXX
-BO_ 257 Pos: 8 ECU
- SG_ Lat : 0|32@1- (1E-007,0) [-90|90] "deg" Vector__XXX
- SG_ Lon : 32|32@1- (1E-007,0) [-180|180] "deg" Vector__XXX
-BO_ 258 Nav: 4 ECU
+{POS}BO_ 258 Nav: 4 ECU
  SG_ Heading : 0|16@1+ (0.01,0) [0|655.35] "deg" Vector__XXX
  SG_ Altitude : 16|16@1+ (0.1,0) [0|6553.5] "m" Vector__XXX
 """
@@ -73,6 +87,12 @@ before = 1
 after = 30
 capture = ["Pos.*", "Nav.*", "Health.*"]
 """
+
+
+def pos_frame(i: int) -> tuple[int, bytes]:
+    """The id and payload of frame ``i``'s position."""
+    lat, lon = raw(i)
+    return 0x101, lat.to_bytes(4, "little", signed=True) + lon.to_bytes(4, "little", signed=True)
 
 
 def raw(i: int) -> tuple[int, int]:
@@ -122,16 +142,11 @@ class Drive:
     def go(self, steps: range) -> None:
         for i in steps:
             t = (self.base_ms + i * STEP_MS) / 1000
-            lat, lon = raw(i)
             nav = (1000 + i).to_bytes(2, "little") + (2000 + 3 * i).to_bytes(2, "little")
             coolant = 150 if i in self.hot else 130
             for k, (fid, data) in enumerate(
                 (
-                    (
-                        0x101,
-                        lat.to_bytes(4, "little", signed=True)
-                        + lon.to_bytes(4, "little", signed=True),
-                    ),
+                    pos_frame(i),
                     (0x102, nav),
                     (0x100, bytes([coolant])),
                 )
@@ -248,11 +263,14 @@ def states(final: dict[Key, dict[str, Any]]) -> list[str]:
     ]
 
 
-def _car(tmp_path: Path, broker: Mosquitto, zones: list[dict[str, Any]]) -> Car:
+def _car(
+    tmp_path: Path, broker: Mosquitto, zones: list[dict[str, Any]], trip_end_radius: float = 0.0
+) -> Car:
+    """The car with ``zones``; trip ends withheld within ``trip_end_radius`` (0: not)."""
     car = Car(tmp_path, broker)
     (tmp_path / "car.dbc").write_text(DBC)
     own = car.config.read_text().replace("max_age = 0.05\n", "max_age = 0.3\n")
-    privacy = f"\n[privacy]\nzones = [{toml_zones(zones)}]\n"
+    privacy = f"\n[privacy]\nzones = [{toml_zones(zones)}]\ntrip_end_radius = {trip_end_radius}\n"
     car.config.write_text(own + privacy + SIGNALS)
     return car
 
@@ -292,6 +310,48 @@ def test_a_drive_through_a_zone_sends_no_position_inside_it(
     # It began outside the zone and went on through it: what it holds lies outside.
     names = {s["signal"] for s in captures[0]["samples"]}
     assert {"Pos.Lat", "Nav.Heading", "Health.Coolant"} <= names
+
+
+def test_a_trip_sends_nothing_near_where_it_starts_and_ends(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """No [power]: the trip ends when the agent stops (the end of its input). What lies
+    within 500 m of the first and of the last position is found nowhere; the positions
+    between them arrive while the car drives."""
+    car = _car(tmp_path, broker, [], trip_end_radius=500.0)
+    sub = Subscriber(broker, f"{PREFIX}/{VIN}/data", client_id="sub-data")
+    agent = car.start()
+    drive = Drive(car, agent, hot=())
+    ends = [zone("start", 0, 500.0), zone("end", 59, 500.0)]
+    # A position is let out once a later one lies beyond the radius: those near the last
+    # but one position wait for the last, judged when the trip ends.
+    middle = {i for i in range(60) if not inside([*ends, zone("last", 58, 500.0)], i)}
+    try:
+        drive.go(range(60))
+        schemas = tmp_path / "outbox.db.schemas"
+
+        def arrived() -> set[int]:
+            got = decode_updates([m.payload for m in sub.messages], schemas)
+            lats = (s for d in got.values() for s in d["samples"] if s["signal"] == "Pos.Lat")
+            return {drive.frame_of(s["t"]) for s in lats}
+
+        wait_for(lambda: middle <= arrived(), WAIT, "the positions between the ends")
+        trip = agent.status()["can_position"]["trip"]
+        assert trip["trip_start"] >= 10 and trip["held"] >= 10, trip
+        assert agent.request_snapshot(WAIT) is not None
+    finally:
+        drive.close()
+        car.stop()
+        sub.close()
+    final = check(tmp_path, [m.payload for m in sub.messages], drive, ends, 60)
+    assert len(middle) >= 20
+    lats = {
+        drive.frame_of(s["t"])
+        for d in final.values()
+        for s in d["samples"]
+        if s["signal"] == "Pos.Lat"
+    }
+    assert lats == {i for i in range(60) if not inside(ends, i)}
 
 
 def test_zones_that_come_while_the_car_is_inside_them(tmp_path: Path) -> None:
@@ -339,3 +399,34 @@ def test_zones_that_come_while_the_car_is_inside_them(tmp_path: Path) -> None:
         if s["signal"] == "Pos.Lat"
     }
     assert {i for i in range(100, 140) if not inside([shop, home], i)} <= lats
+
+
+def test_the_park_ends_the_trip_of_a_can_position(tmp_path: Path) -> None:
+    """With [power] the lifecycle's park ends the trip: what waited near where the car
+    stopped is dropped; what the last position let out is sent."""
+    channel = new_channel()
+    signals = '[[signal]]\nmatch = "Pos.Lat"\nlocation = "latitude"\n'
+    signals += '[[signal]]\nmatch = "Pos.Lon"\nlocation = "longitude"\n'
+    privacy = "[privacy]\ntrip_end_radius = 500\n"
+    cfg = power_config(tmp_path, channel, privacy + IGNITION + signals)
+    (tmp_path / "car.dbc").write_text(POWER_DBC + POS)
+    ends = [zone("start", 0, 500.0), zone("end", 39, 500.0)]
+    with ExitStack() as stack:
+        agent, seen = stack.enter_context(running(cfg, dry_run=True))
+        car = stack.enter_context(car_bus(channel))
+        frame(car, 0x200, RUN)
+        wait_for(lambda: state(agent) == "driving", WAIT, "driving")
+
+        def trip() -> dict[str, int]:
+            return agent.status()["can_position"]["trip"]  # type: ignore[no-any-return]
+
+        for i in range(40):
+            fid, data = pos_frame(i)
+            car.send(can.Message(arbitration_id=fid, data=data, is_extended_id=False))
+        wait_for(lambda: trip()["held"] >= 10, WAIT, "the trip's end held")
+        assert trip()["trips"] == 0
+        frame(car, 0x200, OFF)
+        wait_for(lambda: trip()["trips"] == 1, WAIT, "the trip ended at the park")
+        assert trip()["held"] == 0 and trip()["trip_end"] >= 10
+    lats = {round(s["value"] * 1e7) for u in seen for s in u["samples"] if s["signal"] == "Pos.Lat"}
+    assert lats == {raw(i)[0] for i in range(40) if not inside(ends, i)}

@@ -10,7 +10,7 @@ or trigger capture) belongs to a frame whose position lies in a zone, and the tw
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,11 +189,14 @@ def inside(i: int) -> bool:
     return distance_m(ZONE["lat"], ZONE["lon"], lat, lon) <= ZONE["radius"]
 
 
-def _drive(car: Car, dbc: DbcFile, out: Path, position_first: bool) -> Path:
-    """A candump log of the drive: per step the car's messages, 1 ms apart."""
+def _drive(
+    car: Car, dbc: DbcFile, out: Path, position_first: bool, route: Sequence[int] = range(FRAMES)
+) -> Path:
+    """A candump log of the drive: per step the car's messages, 1 ms apart; step ``k`` is the
+    drive's step ``route[k]`` (a step repeated: the car waits there)."""
     by_name = {m.name: m for m in dbc.messages}
     lines = []
-    for i in range(FRAMES):
+    for k_step, i in enumerate(route):
         frames = car.frames(i)
         if not position_first:
             frames = frames[::-1]
@@ -201,12 +204,20 @@ def _drive(car: Car, dbc: DbcFile, out: Path, position_first: bool) -> Path:
             msg = by_name[name]
             data = msg.encode({sig.name: 0 for sig in msg.signals} | values, strict=False)
             fid = f"{msg.frame_id:08X}" if msg.is_extended_frame else f"{msg.frame_id:03X}"
-            lines.append(f"({T0 + i * STEP + k * 0.001:.6f}) can0 {fid}#{data.hex().upper()}")
+            t = T0 + k_step * STEP + k * 0.001
+            lines.append(f"({t:.6f}) can0 {fid}#{data.hex().upper()}")
     out.write_text("\n".join(lines) + "\n")
     return out
 
 
-def _config(tmp_path: Path, car: Car, drive: Path, dbc: Path, granted: str | None) -> Path:
+def _config(
+    tmp_path: Path,
+    car: Car,
+    drive: Path,
+    dbc: Path,
+    granted: str | None,
+    trip_end_radius: float = 0.0,
+) -> Path:
     zone = ", ".join(f"{k} = {v!r}" if k != "name" else f'name = "{v}"' for k, v in ZONE.items())
     consent = f"""
 [consent]
@@ -235,13 +246,14 @@ max_age = 1
 {consent if granted else ""}
 [privacy]
 zones = [{{ {zone} }}]
+trip_end_radius = {trip_end_radius}
 {car.signals}""",
     )
 
 
-def _frame_of(t: float) -> int:
+def _frame_of(t: float, steps: int = FRAMES) -> int:
     i = round((t - T0) / STEP)
-    assert 0 <= i < FRAMES and abs(T0 + i * STEP - t) < 0.01, t
+    assert 0 <= i < steps and abs(T0 + i * STEP - t) < 0.01, t
     return i
 
 
@@ -303,3 +315,52 @@ def test_no_location_of_a_frame_inside_a_zone_is_sent(
         assert LAT in captured and len(captured & car.location) >= 3
     else:
         assert not captured & car.location  # coarse positions are never captured
+
+
+RED = 150  # the step where the car waits at a red light
+TRIP_END_RADIUS = 500.0
+
+
+def near_an_end(i: int, margin: float = 0.0) -> bool:
+    """Whether step ``i``'s place lies within the trip-end radius (and ``margin``) of where the
+    drive starts or ends."""
+    lat, lon = position(i)
+    ends = (position(0), position(FRAMES - 1))
+    return any(distance_m(a, b, lat, lon) <= TRIP_END_RADIUS + margin for a, b in ends)
+
+
+@pytest.mark.parametrize("car", [TESLA, RACELOGIC], ids=["tesla", "racelogic"])
+def test_a_trip_sends_nothing_near_its_ends_and_a_red_light_lets_its_values_go(
+    tmp_path: Path, corpus: Path, car: Car
+) -> None:
+    """Trip ends withheld within 500 m: the car waits 15 s at a red light mid-way and stands
+    at its end until the replay ends (which ends the trip). No location value of a step near
+    the start or the end is sent; those of the red light are, once the car drove on."""
+    route = [*range(RED + 1), *[RED] * 30, *range(RED + 1, FRAMES)]
+    dbc_path = corpus / "dbc" / car.dbc
+    drive = _drive(
+        car, load_dbc(dbc_path, lenient=car.lenient), tmp_path / "drive.log", True, route
+    )
+    cfg = _config(tmp_path, car, drive, dbc_path, '"location"', TRIP_END_RADIUS)
+    r = cli("run", "--config", str(cfg), "--dry-run")
+    assert r.returncode == 0, r.stderr
+    sent: dict[int, set[str]] = {}
+    for doc in json_lines(r.stdout):
+        for s in doc["samples"]:
+            if s["signal"] not in car.location:
+                continue
+            i = route[_frame_of(s["t"], len(route))]
+            assert not near_an_end(i) and not inside(i), (doc.get("trigger"), doc["snapshot"], s)
+            sent.setdefault(i, set()).add(s["signal"])
+    assert sum(near_an_end(i) for i in range(FRAMES)) >= 40
+    # Between the ends, away from the zone's border, every step's position arrives.
+    zone = (ZONE["lat"], ZONE["lon"])
+    middle = {
+        i
+        for i in range(STOP.start)
+        if not near_an_end(i, 100.0) and distance_m(*zone, *position(i)) > ZONE["radius"] + 100
+    }
+    assert len(middle) >= 100
+    assert middle <= {i for i, names in sent.items() if LAT in names}, sorted(middle - sent.keys())
+    # The values of the red light waited there for the car to drive on.
+    assert car.other in sent[RED] and LAT in sent[RED]

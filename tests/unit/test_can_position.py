@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.canposition import CanPositions, PositionPlan
+from agent.cantrip import TripHold
 from agent.catalog import Policy, build_catalog
 from agent.config import PlanModel, merge_plan
 from agent.errors import ConfigError
@@ -280,3 +281,76 @@ def test_a_plan_keeps_the_roles_of_the_position_it_selects(tmp_path: Path) -> No
     half = PlanModel(id="d", version=1, signal=[{"match": "Pos.Lat"}])
     with pytest.raises(ConfigError, match=r"signal\[0\]\.match \(Pos\.Lat, a latitude in the base"):
         build_catalog(merge_plan(base, half))
+
+
+def _line(i: int) -> tuple[float, float]:
+    """Step ``i`` of a drive north: about 111 m per step."""
+    return 52.0 + i * 0.001, 13.4
+
+
+def test_a_trip_holds_its_start_and_its_end_and_lets_the_middle_go_with_its_times() -> None:
+    trip = TripHold()
+    trip.configure((), 500.0, None)
+    for i in range(30):
+        trip.move(*_line(i), 1000 * i)
+        trip.add(("plan", [("lat", i)], 1000 * i + 1))
+    out = trip.take()
+    # Steps within 500 m of the start are dropped; those since wait for the car to be 500 m on
+    # (a position is judged when the next one comes: step 29 is still in force).
+    assert [f[2] for f in out] == [1000 * i + 1 for i in range(5, 24)]
+    assert trip.status()["trip_start"] == 5
+    trip.end("parked")
+    assert [f[2] for f in trip.take()] == [24001] and trip.held == 0
+    assert trip.status()["trip_end"] == 5 and trip.status()["trips"] == 1
+
+
+def test_a_red_light_releases_what_waited_there_once_the_car_drives_on() -> None:
+    trip = TripHold()
+    trip.configure((), 500.0, None)
+    for i in range(10):
+        trip.move(*_line(i), 1000 * i)
+    for k in range(50):  # the car stands at step 9: the same position, other values change
+        trip.move(*_line(9), 10_000 + 1000 * k)
+        trip.add(("plan", [("heading", k)], 10_000 + 1000 * k))
+    assert trip.take() == [] and trip.held == 50
+    for i in range(10, 16):
+        trip.move(*_line(i), 60_000 + 1000 * i)
+    assert [f[1] for f in trip.take()] == [[("heading", k)] for k in range(50)]
+    assert trip.held == 0
+
+
+def test_a_value_whose_position_before_was_the_trips_start_is_dropped() -> None:
+    trip = TripHold()
+    trip.configure((), 500.0, None)
+    trip.move(*_line(0), 0)
+    trip.move(*_line(4), 4000)  # 444 m: the start
+    trip.move(*_line(6), 6000)
+    trip.add(("plan", [("heading", 1)], 5000))  # came while step 4 was in force
+    trip.add(("plan", [("heading", 2)], 6000))
+    for i in range(7, 20):
+        trip.move(*_line(i), 1000 * i)
+    assert [f[2] for f in trip.take()] == [6000]
+    assert trip.status()["trip_start"] == 1
+
+
+def test_a_silent_pair_ends_the_trip_and_held_values_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("agent.cantrip.MAX_HELD", 16)
+    trip = TripHold()
+    trip.configure((HOME,), 500.0, 300.0)
+    trip.heard(0.0)
+    for i in range(20):
+        trip.move(*_line(i), 1000 * i)
+    for k in range(40):
+        trip.add(("plan", [("heading", k)], 20_000 + k))
+    assert trip.held <= 16 and trip.status()["overflow"] == 40 - trip.held
+    trip.tick(299.0)
+    assert trip.status()["trips"] == 0
+    trip.tick(300.0)
+    assert trip.status()["trips"] == 1 and trip.held == 0
+    # A reload drops what waits, not the trip.
+    trip.move(*_line(40), 100_000)
+    trip.add(("plan", [("heading", 1)], 100_000))
+    trip.configure((HOME,), 500.0, 300.0)
+    assert trip.held == 0 and trip.status()["reload"] == 1
