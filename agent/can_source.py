@@ -18,49 +18,34 @@ import itertools
 import logging
 import os
 import queue
-import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import can
 
-from agent.backoff import Backoff
 from agent.canlog import ROW, Row, log_suffixes, open_log, readable_suffix
 from agent.config import BusConfig, Config
 from agent.errors import ConfigError, SourceError
 from agent.logchild import LogChild
 from agent.ratelimit import RateLimitedLog
-from agent.sources import bcm
-from agent.sources.socketcan import BatchReader
+from agent.sources import bcm, live
+from agent.sources.kernelsock import link_up
+from agent.sources.live import BATCH, IDLE_RECV
+
+if TYPE_CHECKING:
+    from agent.inline import Lender
 
 log = logging.getLogger(__name__)
 
 END = "end"  # queue item payload: this source has no more frames
-BATCH = 256
-# A live batch is handed over after this long even if not full, bounding added latency.
-BATCH_SECONDS = 0.005
 
 # A replay with reader = "auto" reads a log at least this large in a child process: below it the
 # overlap gains less than the child costs (forking, the pipe, its first frames before the
 # pipeline starts): measured, a 0.9 MB candump log took longer through a child, 2.3 MB less.
 PROCESS_MIN_BYTES = 2 * 1024 * 1024
-
-# How often a live SocketCAN bus's kernel drop counter is read.
-DROP_CHECK_SECONDS = 0.5
-# getsockopt(SOL_SOCKET, SO_MEMINFO) (linux/asm-generic/socket.h) gives the socket's memory
-# figures as u32s; index SK_MEMINFO_DROPS (linux/sock_diag.h) is its drop counter (absent on
-# old kernels, which return fewer figures).
-_SO_MEMINFO = 55
-_SK_MEMINFO_DROPS = 8
-_MEMINFO = struct.Struct("=9I")
-_AF_CAN = getattr(socket, "AF_CAN", -1)
-# SO_RCVBUFFORCE (linux/asm-generic/socket.h): not exported by the socket module.
-_SO_RCVBUFFORCE = 33
 
 Item = tuple[int, Any]
 rlog = RateLimitedLog(log)
@@ -99,25 +84,6 @@ def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _link_up(name: str | None) -> bool:
-    """Whether a network interface exists and is administratively and operationally up."""
-    folder = Path(f"/sys/class/net/{name}")
-    try:
-        flags = int((folder / "flags").read_text(), 16)
-        operstate = (folder / "operstate").read_text().strip()
-    except (OSError, ValueError):
-        return False
-    # sysfs "flags" holds the administrative flags only (IFF_RUNNING, 0x40, is never there):
-    # IFF_UP (0x1) says the link was set up; the operational state says whether it works
-    # (vcan reports "unknown", a CAN controller "up", or "down" once bus-off or unplugged).
-    return bool(flags & 0x1) and operstate not in (
-        "down",
-        "lowerlayerdown",
-        "notpresent",
-        "dormant",
-    )
-
-
 def paced_batches(
     frames: Iterable[tuple[float, Any, int]], clock: Callable[[], float], stop: threading.Event
 ) -> Iterator[tuple[int, list[Any]]]:
@@ -142,97 +108,6 @@ def paced_batches(
         batch.append(msg)
     if batch:
         yield index, batch
-
-
-class _KernelDrops:
-    """Frames the kernel dropped because a SocketCAN socket's receive buffer was full.
-
-    The socket's drop counter (the figure SO_RXQ_OVFL would attach to each frame) is read with
-    getsockopt(SO_MEMINFO), which leaves python-can's own receive path untouched. Each increase
-    is added to ``dropped_frames`` and ``kernel_dropped`` and logged, rate-limited.
-    """
-
-    def __init__(self, sock: socket.socket, name: str, status: SourceStatus) -> None:
-        self.sock = sock
-        self.name = name
-        self.status = status
-        self.seen = 0
-
-    @classmethod
-    def of(cls, bus: Any, name: str, status: SourceStatus) -> _KernelDrops | None:
-        """For a bus with a SocketCAN socket whose kernel reports drops, else None."""
-        sock = getattr(bus, "socket", None)
-        if not isinstance(sock, socket.socket) or sock.family != _AF_CAN:
-            return None
-        drops = cls(sock, name, status)
-        seen = drops.read()
-        if seen is None:
-            rlog.warning(
-                ("no-drop-counter", name),
-                "bus %s: this kernel does not report receive-buffer drops",
-                name,
-            )
-            return None
-        drops.seen = seen
-        return drops
-
-    def read(self) -> int | None:
-        try:
-            info = self.sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, _MEMINFO.size)
-        except OSError:
-            return None
-        if len(info) < _MEMINFO.size:
-            return None  # a kernel before the drop counter was added to SO_MEMINFO
-        return int(_MEMINFO.unpack_from(info)[_SK_MEMINFO_DROPS])
-
-    def check(self) -> None:
-        now = self.read()
-        if now is None or now <= self.seen:
-            return
-        lost, self.seen = now - self.seen, now
-        self.status.kernel_dropped += lost
-        self.status.dropped_frames += lost
-        rlog.warning(
-            ("kernel-drops", self.name),
-            "bus %s: the kernel dropped %d frames: its receive buffer was full (%d so far)",
-            self.name,
-            lost,
-            self.status.kernel_dropped,
-        )
-
-
-def _size_receive_buffer(bus: Any, name: str, size: int) -> None:
-    """Give a SocketCAN bus socket a receive buffer of ``size`` bytes.
-
-    SO_RCVBUFFORCE passes the system's rmem_max where the process may (CAP_NET_ADMIN); without
-    it SO_RCVBUF is capped at rmem_max, and the size the kernel granted is logged once.
-    """
-    sock = getattr(bus, "socket", None)
-    if not isinstance(sock, socket.socket) or sock.family != _AF_CAN:
-        return
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, size)
-    except OSError:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-        except OSError as err:
-            log.warning("bus %s: cannot size the receive buffer: %s", name, err)
-            return
-    # The kernel reports twice the usable size (it counts its bookkeeping).
-    granted = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // 2
-    if granted < size:
-        rlog.warning(
-            ("rcvbuf", name),
-            "bus %s: receive buffer %d bytes, less than the %d configured (net.core.rmem_max)",
-            name,
-            granted,
-            size,
-        )
-
-
-# An idle read's timeout while driving (stop requests are seen this fast), and at most while
-# parked.
-IDLE_RECV, IDLE_RECV_PARKED = 0.05, 5.0
 
 
 @dataclass
@@ -273,6 +148,9 @@ class Source:
         # The catalog's messages of this bus, for kernel-side change detection (agent.sources.bcm).
         self.messages = messages
         self._bcm: bcm.BcmReader | None = None
+        # Where a live SocketCAN reader is lent to the pipeline's thread (agent.inline); None:
+        # it is read on this source's own thread.
+        self.lender: Lender | None = None
         self.clock = clock
         self.status = SourceStatus(cfg.name, "replay" if cfg.is_replay else cfg.interface)
         self._last_frame = clock()
@@ -315,12 +193,20 @@ class Source:
         """
         st = self.status.state
         if st == "up" and self.clock() - self._last_frame > self.cfg.silent_after:
-            if self.cfg.interface == "socketcan" and not _link_up(self.cfg.channel):
+            if self.cfg.interface == "socketcan" and not link_up(self.cfg.channel):
                 return "down"
             return "silent"
         return st
 
-    def _set_state(self, state: str, why: str = "") -> None:
+    def heard(self, now: float | None = None) -> None:
+        """A frame arrived (``now``, else the clock's now): the bus is not silent."""
+        self._last_frame = self.clock() if now is None else now
+
+    def heard_until(self, when: float) -> None:
+        """Frames are known to have arrived until ``when`` (CAN_BCM's confirmations)."""
+        self._last_frame = max(self._last_frame, when)
+
+    def set_state(self, state: str, why: str = "") -> None:
         if state == self.status.state:
             return
         self.status.state = state
@@ -342,9 +228,9 @@ class Source:
             if self.cfg.is_replay:
                 self._replay()
             else:
-                self._live()
+                live.run(self)
         except Exception as err:  # a source must end visibly, never by a silent thread death
-            self._set_state("failed", f"{type(err).__name__}: {err}")
+            self.set_state("failed", f"{type(err).__name__}: {err}")
             self._put_blocking(SourceError(f"bus {self.cfg.name}: {err}"))
         finally:
             self.stop_reading()
@@ -415,7 +301,7 @@ class Source:
         path = self.cfg.log
         assert path is not None
         reader, close = open_log(path, self._unreadable_line)
-        self._set_state("up")
+        self.set_state("up")
         shift = self.cfg.time == "now"
         offset = None
         count = 0
@@ -449,7 +335,7 @@ class Source:
         count = 0
         try:
             child.open()
-            self._set_state("up")
+            self.set_state("up")
             stop, status = self.stop, self.status
             for chunk, bad in child.chunks():
                 for line in bad:
@@ -494,7 +380,7 @@ class Source:
             log.warning(
                 "bus %s: %s: %d frames read, %s", self.cfg.name, self.cfg.log, count, skipped
             )
-        self._set_state("finished")
+        self.set_state("finished")
 
     def frames(self) -> Iterator[tuple[float, Row, int]]:
         """The log's frames as ``(due, frame row, bus index)`` (rows: agent.canlog.ROW).
@@ -537,122 +423,3 @@ class Source:
     def _replay(self) -> None:
         for _, batch in paced_batches(self.frames(), self.clock, self.stop):
             self._put_blocking(batch)
-
-    # -- live --------------------------------------------------------------------------
-    def _open(self) -> Any:
-        kwargs: dict[str, Any] = dict(self.cfg.options)
-        if self.cfg.bitrate:
-            kwargs["bitrate"] = self.cfg.bitrate
-        if self.cfg.data_bitrate:
-            kwargs["data_bitrate"] = self.cfg.data_bitrate
-        if self.cfg.fd:
-            kwargs["fd"] = True
-        return can.Bus(
-            interface=self.cfg.interface,
-            channel=self.cfg.channel,
-            can_filters=self.can_filters,
-            ignore_config=True,
-            **kwargs,
-        )
-
-    def _live(self) -> None:
-        # The delays start over only once a bus stayed up as long as the longest wait: one that
-        # opens and fails at once (bus-off, a flapping adapter) keeps backing off.
-        backoff = Backoff(
-            self.cfg.reopen_min,
-            self.cfg.reopen_max,
-            stable_after=self.cfg.reopen_max,
-            clock=self.clock,
-        )
-        while not self.stop.is_set():
-            try:
-                bus = self._open()
-            except (can.CanError, OSError, ValueError) as err:
-                self._set_state("down", f"cannot open: {err}")
-                self.status.reopens += 1
-                if self.stop.wait(backoff.next_delay()):
-                    return
-                continue
-            backoff.succeeded()
-            self._last_frame = self.clock()
-            self._set_state("up")
-            self._bus = bus
-            try:
-                self._read(bus)
-            except (can.CanError, OSError, ValueError) as err:
-                self._set_state("down", str(err) or type(err).__name__)
-                self.status.reopens += 1
-                if self.stop.wait(backoff.next_delay()):
-                    return
-            finally:
-                self._bus = None
-                try:
-                    bus.shutdown()
-                except Exception as err:  # closing a broken bus may fail again; nothing to do
-                    log.debug("bus %s shutdown: %s", self.cfg.name, err)
-
-    def _read(self, bus: Any) -> None:
-        _size_receive_buffer(bus, self.cfg.name, self.cfg.receive_buffer)
-        if (reader := bcm.reader(self, bus)) is not None:
-            self._bcm = reader
-            try:
-                return reader.run()
-            finally:
-                self._bcm = None
-        drops = _KernelDrops.of(bus, self.cfg.name, self.status)
-        try:
-            # A SocketCAN bus's socket is read directly, in batches (agent.sources.socketcan).
-            if (batches := BatchReader.of(bus, size=BATCH)) is not None:
-                self._batch_loop(batches.read, drops)
-            else:
-                self._read_loop(bus, drops)
-        finally:
-            if drops is not None:
-                drops.check()
-
-    def _read_loop(self, bus: Any, drops: _KernelDrops | None) -> None:
-        batch: list[Any] = []
-        started = 0.0
-        clock, recv, stop = self.clock, bus.recv, self.stop
-        status = self.status
-        now = clock()
-        next_drop_check = now + DROP_CHECK_SECONDS
-        while not stop.is_set():
-            # Block long when idle; with a batch open, only until it is due.
-            msg = recv(max(0.0, started + BATCH_SECONDS - now) if batch else self.idle_recv)
-            now = clock()
-            if msg is not None:
-                if not batch:
-                    started = now
-                batch.append(msg)
-                self._last_frame = now
-                status.frames += 1
-                if len(batch) < BATCH and now - started < BATCH_SECONDS:
-                    continue
-            if batch and (msg is None or len(batch) >= BATCH or now - started >= BATCH_SECONDS):
-                try:
-                    self.out.put_nowait((self.index, batch))
-                except queue.Full:
-                    status.dropped_frames += len(batch)
-                batch = []
-            if drops is not None and now >= next_drop_check:
-                next_drop_check = now + DROP_CHECK_SECONDS
-                drops.check()
-
-    def _batch_loop(self, read: Callable[[float], list[Any]], drops: _KernelDrops | None) -> None:
-        """Hand on what ``read`` returns, a batch per call (it waits at most its argument)."""
-        clock, stop, status, out, index = self.clock, self.stop, self.status, self.out, self.index
-        next_drop_check = clock() + DROP_CHECK_SECONDS
-        while not stop.is_set():
-            batch = read(self.idle_recv)
-            now = clock()
-            if batch:
-                self._last_frame = now
-                status.frames += len(batch)
-                try:
-                    out.put_nowait((index, batch))
-                except queue.Full:
-                    status.dropped_frames += len(batch)
-            if drops is not None and now >= next_drop_check:
-                next_drop_check = now + DROP_CHECK_SECONDS
-                drops.check()

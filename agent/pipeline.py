@@ -16,33 +16,27 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import heapq
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from agent.can_source import (
-    BATCH,
-    END,
-    IDLE_RECV,
-    IDLE_RECV_PARKED,
-    Source,
-    paced_batches,
-)
-from agent.canlog import ROW, Row
+from agent import pipeline_run
+from agent.can_source import Source
+from agent.canlog import Row
 from agent.canposition import CanPositions
 from agent.catalog import EXTENDED, Catalog, MessagePlan, PowerRead
 from agent.config import Config
 from agent.decode import DecodeError, raw_decoder
-from agent.errors import SourceError
+from agent.inline import Inbox
 from agent.policy.trigger import Capture, TriggerEngine
 from agent.ratelimit import RateLimitedLog
 from agent.sampling import Group, Sampler, SignalState, grid_snapper
 from agent.sources import zones
+from agent.sources.live import BATCH, IDLE_RECV, IDLE_RECV_PARKED
 from agent.updates import Sink, UpdateBuilder
 
 log = logging.getLogger(__name__)
@@ -75,10 +69,6 @@ class PipelineStats:
     bus_off: int = 0
     remote_frames: int = 0
     source_errors: list[str] = field(default_factory=list)
-
-
-def _frame_time(item: tuple[float, Row, int]) -> float:
-    return item[1][0]
 
 
 class _Plan:
@@ -141,10 +131,13 @@ class Pipeline:
         self.frame_clock = cfg.all_replay
         self.stop_event = threading.Event()
         # Bounded in batches of at most BATCH frames: so at most the sum of the buses'
-        # queue_frames frames wait here.
-        self.queue: queue.Queue[tuple[int, Any]] = queue.Queue(
-            sum(max(1, b.queue_frames // BATCH) for b in cfg.bus)
+        # queue_frames frames wait here. Live SocketCAN buses are read in this thread
+        # (agent.inline): their readers are lent to the inbox's wait.
+        inline = [not b.is_replay and b.interface == "socketcan" for b in cfg.bus]
+        self.inbox = Inbox(
+            sum(max(1, b.queue_frames // BATCH) for b in cfg.bus), inline=any(inline), clock=clock
         )
+        self.queue: queue.Queue[tuple[int, Any]] = self.inbox.queue
         self._load(cfg, catalog, seq=0)
         self.sources = [
             Source(
@@ -157,6 +150,9 @@ class Pipeline:
             )
             for i, bp in enumerate(catalog.buses)
         ]
+        for src, lends in zip(self.sources, inline, strict=True):
+            if lends:
+                src.lender = self.inbox.lender
         self.now = 0.0
         self._due = 0.0
         self._reload: tuple[Config, Catalog] | None = None
@@ -314,6 +310,7 @@ class Pipeline:
         done, written = threading.Event(), [0]
         with self._reload_lock:
             self._snapshots.append((done, written))
+        self.wake()
         return written[0] if done.wait(timeout) else None
 
     def _write_snapshots(self) -> None:
@@ -411,84 +408,17 @@ class Pipeline:
             self._due = due
 
     def run(self) -> None:
-        """Process frames until every source ended (replays) or stop() was called."""
+        """Process frames until every source ended (replays) or stop() was called
+        (agent.pipeline_run), then send what is held."""
         if self.frame_clock:
-            self._run_replays()
-            return
-        for src in self.sources:
-            src.start()
-        active = len(self.sources)
-        live = [not src.cfg.is_replay for src in self.sources]
-        get = self.queue.get
-        self.now = 0.0 if self.frame_clock else self.clock()
-        self._reschedule()
-        while active:
-            if self.stop_event.is_set() and self.queue.empty():
-                break
-            if self.idle_timeout is not None:
-                timeout = self.idle_timeout
-            else:
-                timeout = max(0.0, min(0.1, self._due - self.clock()))
-            try:
-                index, payload = get(timeout=timeout)
-            except queue.Empty:
-                index, payload = -1, None
-            if not self.frame_clock:
-                self.now = self.clock()
-            if payload is END:
-                active -= 1
-            elif isinstance(payload, SourceError):
-                self.stats.source_errors.extend(payload.problems)
-            if not isinstance(payload, list):
-                payload = []
-            elif live[index]:
-                # A live bus hands python-can frames (a replay rows): the loop processes rows.
-                payload = list(map(ROW, payload))
-            self._turn(index, payload)
-        for src in self.sources:
-            src.join(timeout=2.0)
-        self._close_inputs()
-        self.end_trip("end of input")
-        self.finish()
-        self._end_calls()
-
-    def _run_replays(self) -> None:
-        """Every bus is a replay: read the logs in this thread, merged by frame time.
-
-        No reader threads: handing frames between threads costs more than reading them, and a
-        merge by timestamp interleaves several logs as the buses carried them. A large log is
-        read in a child process instead (``reader``, agent.logchild), beside this thread.
-        """
-        batches: Iterator[tuple[int, list[Row]]]
-        if len(self.sources) == 1 and self.sources[0].cfg.speed <= 0:
-            # Unpaced single log: batches filled without a Python step per frame.
-            batches = ((0, chunk) for chunk in self.sources[0].batches())
+            pipeline_run.replays(self)
         else:
-            frames: Iterator[tuple[float, Row, int]] = (
-                self.sources[0].frames()
-                if len(self.sources) == 1
-                else heapq.merge(*(src.frames() for src in self.sources), key=_frame_time)
-            )
-            batches = paced_batches(frames, self.clock, self.stop_event)
-        try:
-            for index, batch in batches:
-                self._turn(index, batch)
-                if self.stop_event.is_set():
-                    break
-        except SourceError as err:
-            self.stats.source_errors.extend(err.problems)
-        finally:
-            # A log read in a child process (reader): the child ends with the replay.
-            for src in self.sources:
-                src.stop_reading()
-        self._close_inputs()
-        self.end_trip("end of input")
-        self.finish()
-        self._end_calls()
-
-    def _close_inputs(self) -> None:
+            pipeline_run.live(self)
         for inp in self.inputs:
             inp.close()
+        self.end_trip("end of input")
+        self.finish()
+        self._end_calls()
 
     def _turn(self, index: int, batch: list[Row]) -> None:
         """One turn of the loop: process a batch, then timers, reloads, the watchdog."""

@@ -26,17 +26,19 @@ layouts are those of linux/can/bcm.h and linux/can.h.
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import socket
 import struct
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.config import BusConfig
 from agent.ratelimit import RateLimitedLog
 from agent.sources.bcmmask import CLASSIC_DATA, FD_DATA, content_mask
+from agent.sources.kernelsock import KernelDrops, size_receive_buffer
 from agent.sources.socketcan import BatchReader, Frame
 
 _new_frame = tuple.__new__
@@ -162,9 +164,15 @@ class BcmReader:
         self._watches: list[Watch] = []
         self._pending: Mapping[int, MessagePlan] | None = messages
         self._batches: BatchReader | None = None
-        self._drops: Any = None  # agent.can_source._KernelDrops of the BCM socket
+        self._drops: KernelDrops | None = None  # of the BCM socket
         self._resync = False
         self._since = 0.0  # when the first setups were issued
+        self._started = False
+        self._raw_fd = -1  # python-can's socket, for error frames
+        self._held: list[Any] = []  # frames taken at the start, handed on with the first batch
+        self._live = False  # some id is live: confirmations are due
+        self._every = CONFIRM_SECONDS
+        self._next_confirm = 0.0
         # Counters for tests and the bench.
         self.notifications = 0
         self.timeouts = 0
@@ -183,14 +191,12 @@ class BcmReader:
 
     # -- kernel ------------------------------------------------------------------------
     def _open(self) -> socket.socket:
-        from agent.can_source import BATCH, _KernelDrops, _size_receive_buffer
+        from agent.sources.live import BATCH
 
         sock = socket.socket(socket.AF_CAN, socket.SOCK_DGRAM, socket.CAN_BCM)
         try:
             sock.connect((self.channel,))
-            _size_receive_buffer(
-                _Holder(sock), self.source.cfg.name, self.source.cfg.receive_buffer
-            )
+            size_receive_buffer(_Holder(sock), self.source.cfg.name, self.source.cfg.receive_buffer)
             sock.setblocking(False)
             # Notifications are taken as the raw path takes frames: up to BATCH per call, at
             # most one call per window while they keep coming (it sets SO_TIMESTAMPNS).
@@ -198,7 +204,7 @@ class BcmReader:
         except OSError:
             sock.close()
             raise
-        self._drops = _KernelDrops(sock, self.source.cfg.name, self.source.status)
+        self._drops = KernelDrops(sock, self.source.cfg.name, self.source.status)
         self._drops.seen = self._drops.read() or 0
         return sock
 
@@ -285,16 +291,6 @@ class BcmReader:
         self.notifications += changed
         return changed
 
-    def _check_drops(self) -> None:
-        """Count what the kernel dropped from the BCM socket's full buffer; resync if any."""
-        drops = self._drops
-        if drops is None:
-            return
-        before = self.source.status.kernel_dropped
-        drops.check()
-        if self.source.status.kernel_dropped > before:
-            self._resync = True
-
     def _confirm(self, out: list[Any]) -> float | None:
         """Hand on the last frame of every live id, stamped with the latest time a frame of it
         is known to have arrived; returns the shortest timeout of a live id (None: none live)."""
@@ -326,7 +322,7 @@ class BcmReader:
         """Frames on python-can's socket (at most a batch): error frames are handed on; any
         other can only come from filters set just before this reader quieted the socket (a
         reload racing it), and the BCM socket carries it too."""
-        from agent.can_source import BATCH
+        from agent.sources.live import BATCH
 
         for _ in range(BATCH):
             msg = self.bus.recv(0)
@@ -343,61 +339,99 @@ class BcmReader:
         if pending is not None:
             self._apply(pending)
 
-    def run(self) -> None:
-        """Read until the source stops; raises what breaks the bus (the source reopens it)."""
-        from agent.can_source import DROP_CHECK_SECONDS
-
-        src = self.source
-        status, stop, clock, out, index = src.status, src.stop, src.clock, src.out, src.index
+    def start(self) -> None:
+        """In the source's thread, the bus just opened: the setups in place, python-can's
+        socket quieted; the frames it took before go with the first batch (``step``). Once."""
+        if self._started:
+            return
+        self._started = True
+        self.open()
+        self._quiet_raw()
+        self._take_raw(self._since, self._held)
+        assert self._batches is not None
         raw = getattr(self.bus, "socket", None)
-        raw_fd = raw.fileno() if isinstance(raw, socket.socket) else -1
-        every = min(CONFIRM_SECONDS, src.cfg.silent_after / 4)
-        next_drop_check = 0.0
-        batch: list[Any] = []
-        now = clock()
-        next_confirm = now + every
-        live = False  # some id is live: confirmations are due
-        try:
+        if isinstance(raw, socket.socket):
+            self._raw_fd = raw.fileno()
+            self._batches.watch(self._raw_fd)
+        self._resync = False
+        self._every = min(CONFIRM_SECONDS, self.source.cfg.silent_after / 4)
+        self._next_confirm = self.source.clock() + self._every
+
+    # -- the receive step (agent.inline), also the loop of ``run`` ------------------------------
+    def fds(self) -> tuple[int, ...]:
+        assert self._batches is not None
+        return (self._batches.fd,) if self._raw_fd < 0 else (self._batches.fd, self._raw_fd)
+
+    def window_end(self) -> float:
+        assert self._batches is not None
+        return self._batches.window_end()
+
+    def due(self) -> float:
+        """The next of: a pending selection or held frames (now), the confirmations of live
+        ids, the drop check owed."""
+        if self._pending is not None or self._held:
+            return 0.0
+        due = self._next_confirm if self._live else math.inf
+        return min(due, self._drops.due()) if self._drops is not None else due
+
+    def step(self, ready: Sequence[int]) -> list[Any]:
+        """Receive what ``ready`` says is waiting (without waiting), then the bookkeeping."""
+        batches = self._batches
+        assert batches is not None
+        n = batches.take() if batches.fd in ready else 0
+        return self._after(n, self._raw_fd in ready)
+
+    def _after(self, n: int, raw_ready: bool) -> list[Any]:
+        """The bookkeeping of a receive that took ``n`` notifications: the frames to hand on
+        (changes, error frames, confirmations then due)."""
+        if self._pending is not None:
             self.open()
-            self._quiet_raw()
-            self._take_raw(self._since, batch)  # counted and handed on with the first notifications
+        src = self.source
+        batch, self._held = self._held, []
+        now = src.clock()
+        if n and self._notices(self._batches, n, batch):  # type: ignore[arg-type]
+            src.heard(now)
+            self._live = True
+            if self._drops is not None:
+                self._drops.received()
+        if raw_ready:
+            self._raw(batch)
+        src.status.frames += len(batch)
+        if self._live and now >= self._next_confirm:
+            self._next_confirm = now + self._every
+            shortest = self._confirm(batch)
+            self._live = shortest is not None
+            if shortest is not None:
+                # A frame of a live id arrived within its timeout: the bus was heard.
+                src.heard_until(now - shortest)
+        if self._drops is not None and self._drops.tick(now):
+            self._resync = True
+        if self._resync:
+            self._resync = False
+            self.resync()
+        return batch
+
+    def run(self) -> None:
+        """In the source's thread: read until the source stops; raises what breaks the bus
+        (the source reopens it)."""
+        src = self.source
+        try:
+            self.start()
             batches = self._batches
             assert batches is not None
-            if raw_fd >= 0:
-                batches.watch(raw_fd)
-            self._resync = False
-            while not stop.is_set():
-                if self._pending is not None:
-                    self.open()
-                wait = min(src.idle_recv, max(0.0, next_confirm - now)) if live else src.idle_recv
+            while not src.stop.is_set():
+                wait = src.idle_recv
+                if self._live:
+                    wait = min(wait, max(0.0, self._next_confirm - src.clock()))
                 n = batches.receive(wait)
-                now = clock()
-                if n and self._notices(batches, n, batch):
-                    src._last_frame = now
-                    live = True
-                if batches.ready:
-                    self._raw(batch)
-                status.frames += len(batch)
-                if live and now >= next_confirm:
-                    next_confirm = now + every
-                    shortest = self._confirm(batch)
-                    live = shortest is not None
-                    if shortest is not None:
-                        # A frame of a live id arrived within its timeout: the bus was heard.
-                        src._last_frame = max(src._last_frame, now - shortest)
+                batch = self._after(n, bool(batches.ready))
                 if batch:
                     try:
-                        out.put_nowait((index, batch))
+                        src.out.put_nowait((src.index, batch))
                     except queue.Full:
-                        status.dropped_frames += len(batch)
-                        self._resync = True
-                    batch = []
-                if now >= next_drop_check:
-                    next_drop_check = now + DROP_CHECK_SECONDS
-                    self._check_drops()
-                if self._resync:
-                    self._resync = False
-                    self.resync()
+                        # A lost notification could hide a change for good.
+                        src.status.dropped_frames += len(batch)
+                        self.resync()
         finally:
             self.close()
 

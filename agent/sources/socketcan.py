@@ -182,6 +182,11 @@ class BatchReader:
         n = self.receive(timeout)
         return self._parse(n) if n else []
 
+    def read_now(self) -> list[Frame]:
+        """As ``read``, without waiting: for a caller that waits itself (``take``)."""
+        n = self.take()
+        return self._parse(n) if n else []
+
     def receive(self, timeout: float) -> int:
         """Wait up to ``timeout`` seconds for a datagram (or a watched socket), then receive
         every datagram waiting (up to ``size``) into the buffers; returns how many, which
@@ -200,6 +205,20 @@ class BatchReader:
                 return 0
         elif not events:
             return 0
+        return self.take()
+
+    @property
+    def fd(self) -> int:
+        return self._fd
+
+    def window_end(self) -> float:
+        """Until when (monotonic) a caller waiting itself should leave the socket alone: the
+        window after a call that took datagrams (0 when none is open)."""
+        return self._last + self.window if self._last else 0.0
+
+    def take(self) -> int:
+        """Receive every datagram waiting (up to ``size``) without waiting, for a caller that
+        waits itself (agent.inline): ``receive`` without its sleep and poll."""
         n = _RECVMMSG(self._fd, self._hdrs_at, self.size, MSG_DONTWAIT, None)
         # A full batch leaves more waiting: take it at once next time.
         self._last = 0.0 if n <= 0 or n == self.size else time.monotonic()

@@ -225,13 +225,16 @@ while True:
 """
 
 
+@pytest.mark.parametrize("mode", ["off", "bcm"])
 def test_frames_the_kernel_drops_from_a_full_receive_buffer_are_counted(
-    tmp_path: Path, scratch_vcan, caplog
+    tmp_path: Path, scratch_vcan, caplog, mode: str
 ) -> None:
-    # The raw path's counter (change detection has its own test in test_bcm_vcan.py).
-    cfg = _config(tmp_path, scratch_vcan.name, fd=False, change_detection="off")
+    # Each frame changes Engine.Speed: with change detection, each is a notification too. A
+    # bus name per mode: the warning is rate-limited per bus name, process-wide.
+    name = f"pt-{mode}"
+    cfg = _config(tmp_path, scratch_vcan.name, fd=False, change_detection=mode, name=name)
     with Running(cfg) as run:
-        wait_for(lambda: run.agent.pipeline.source_states()["pt"] == "up", what="bus up")
+        wait_for(lambda: run.agent.pipeline.source_states()[name] == "up", what="bus up")
         assert run.agent.status()["pipeline"]["kernel_dropped"] == 0
         flood = subprocess.Popen([sys.executable, "-c", _FLOOD, scratch_vcan.name])
         try:

@@ -17,7 +17,8 @@ import can
 import cantools
 import pytest
 
-from agent.can_source import Source, _size_receive_buffer
+from agent.can_source import Source
+from agent.sources.kernelsock import size_receive_buffer
 from agent.catalog import build_catalog
 from agent.config import load_config
 from agent.sources.bcm import BcmReader
@@ -169,7 +170,7 @@ def test_batched_notifications_keep_order_and_kernel_times(
     reader, source, out, stop, bus = _reader(tmp_path, canfd_link, fd=True)
     car = open_bus(channel=canfd_link)
     watcher = open_bus(channel=canfd_link)
-    _size_receive_buffer(watcher, "watcher", 1 << 20)  # room for the whole burst
+    size_receive_buffer(watcher, "watcher", 1 << 20)  # room for the whole burst
     thread = threading.Thread(target=reader.run, daemon=True)
     sent = 100
     try:
