@@ -1,15 +1,16 @@
-"""CAN input: python-can buses and recorded-log replay, each on its own thread.
+"""CAN input: python-can buses and recorded-log replay, each with a thread of its own.
 
 A source reads frames and hands them, in batches, to one bounded queue shared with the
-pipeline. A live bus never blocks on that queue: when it is full the batch is dropped and
-counted. A replay blocks instead (a recording has no deadline, and losing part of it would
-falsify it). A live bus that fails is closed, reported "down" and reopened with exponential
-backoff and jitter; one that delivers nothing for ``silent_after`` seconds is reported "silent",
-so a dead bus never looks like a quiet one. Frames the kernel drops from a full SocketCAN
+pipeline; a live SocketCAN bus's reader is lent to the pipeline's thread instead, which reads
+it itself (agent.inline; the live bus's opening, reading and reopening: agent.sources.live). A
+live bus never blocks on that queue: when it is full the batch is dropped and counted. A replay
+blocks instead (a recording has no deadline, and losing part of it would falsify it). A live
+bus that fails is closed, reported "down" and reopened with exponential backoff and jitter; one
+that delivers nothing for ``silent_after`` seconds is reported "silent", so a dead bus never
+looks like a quiet one. Frames the kernel drops from a full SocketCAN
 receive buffer are counted too. A replay reads every format python-can reads (and their gzip
 variants); a line of a text log that cannot be read is skipped and counted, as a bad frame would
-be on a live bus (the log formats: agent.canlog). A SocketCAN bus's socket is read in batches by
-agent.sources.socketcan. It does not decode frames.
+be on a live bus (the log formats: agent.canlog). It does not decode frames.
 """
 
 from __future__ import annotations

@@ -117,6 +117,7 @@ class Loan:
         self.index = index
         self.reader = reader
         self.fds = reader.fds()
+        self.polled = False  # its sockets are in the pipeline's poll (not in its window)
         self.error: BaseException | None = None
         self._back = threading.Event()
 
@@ -181,8 +182,8 @@ class Inbox:
         self.lender = Lender(self.wakeup) if self.wakeup is not None else None
         self.loans: list[Loan] = []
         self._poll: Any = None
-        self._owner: dict[int, Loan] = {}  # a polled socket -> its loan
-        self._polled: set[int] = set()
+        self._owner: dict[int, Loan] = {}  # a lent socket -> its loan
+        self._more = False  # the last wait left items on the queue
 
     def wait(self, timeout: float) -> list[tuple[int, Any]]:
         """Items (bus index, payload) within ``timeout`` seconds: queued ones first, then the
@@ -197,44 +198,63 @@ class Inbox:
 
     def _wait_inline(self, timeout: float) -> list[tuple[int, Any]]:
         assert self.wakeup is not None and self.lender is not None
+        poll = self._poll
+        if poll is None:
+            poll = self._poll = select.poll()
+            poll.register(self.wakeup.fileno(), select.POLLIN)
         for loan in self.lender.take():
             self.loans.append(loan)
+            for fd in loan.fds:
+                self._owner[fd] = loan
         now = self.clock()
         deadline = now + timeout
-        polled: set[int] = set()
         for loan in self.loans:
             reader = loan.reader
             window = reader.window_end()
+            # A reader sleeping out its window is left out of the poll until the window ends.
             if window > now:
-                deadline = min(deadline, window)
-            else:
-                polled.update(loan.fds)
-            deadline = min(deadline, reader.due())
-        if not self.queue.empty():
+                if window < deadline:
+                    deadline = window
+                if loan.polled:
+                    loan.polled = False
+                    for fd in loan.fds:
+                        poll.unregister(fd)
+            elif not loan.polled:
+                loan.polled = True
+                for fd in loan.fds:
+                    poll.register(fd, select.POLLIN)
+            due = reader.due()
+            if due < deadline:
+                deadline = due
+        if self._more:
             deadline = now
-        self._repoll(polled)
-        wait = max(0.0, deadline - now)
+        wait = deadline - now
         # poll() takes milliseconds: round up, so a deadline is not missed by a fraction.
-        events = self._poll.poll(math.ceil(wait * 1000) if wait < math.inf else None)
+        events = poll.poll(None if wait == math.inf else math.ceil(wait * 1000) if wait > 0 else 0)
         out: list[tuple[int, Any]] = []
-        ready: dict[int, list[int]] = {}
+        ready: dict[Loan, list[int]] = {}
         signalled = False
+        owner = self._owner
         for fd, _ in events:
-            owner = self._owner.get(fd)
-            if owner is None:
+            lent = owner.get(fd)
+            if lent is None:
                 signalled = True
             else:
-                ready.setdefault(id(owner), []).append(fd)
-        if signalled:
+                ready.setdefault(lent, []).append(fd)
+        if signalled or self._more:
+            # Every put signals: the queue is looked at only then (or when items were left).
             self.wakeup.clear()
-        for _ in range(QUEUE_ITEMS):
+            get = self.queue.get_nowait
+            self._more = False
             try:
-                out.append(self.queue.get_nowait())
+                for _ in range(QUEUE_ITEMS):
+                    out.append(get())
+                self._more = True
             except queue.Empty:
-                break
+                pass
         now = self.clock()
         for loan in list(self.loans):
-            fds = ready.get(id(loan), [])
+            fds = ready.get(loan, [])
             if not fds and loan.reader.due() > now:
                 continue
             try:
@@ -246,21 +266,13 @@ class Inbox:
                 out.append((loan.index, batch))
         return out
 
-    def _repoll(self, polled: set[int]) -> None:
-        """Poll the wake-up and ``polled``: the poll object changes only when they do."""
-        assert self.wakeup is not None
-        owners = {fd: loan for loan in self.loans for fd in loan.fds}
-        if self._poll is not None and polled == self._polled and owners == self._owner:
-            return
-        self._poll = select.poll()
-        self._poll.register(self.wakeup.fileno(), select.POLLIN)
-        for fd in polled:
-            self._poll.register(fd, select.POLLIN)
-        self._polled = polled
-        self._owner = owners
-
     def _return(self, loan: Loan, error: BaseException | None) -> None:
         self.loans.remove(loan)
+        for fd in loan.fds:
+            del self._owner[fd]
+            if loan.polled and self._poll is not None:
+                self._poll.unregister(fd)
+        loan.polled = False
         loan.hand_back(error)
 
     def close(self) -> None:

@@ -48,9 +48,9 @@ _CAN_ERR_BUSOFF = 0x40
 
 class Input(Protocol):
     """A source other than the buses (agent.gnss_wiring, agent.diag.wiring): polled in the
-    pipeline's thread at every turn (it may offer values to ``sampler`` or write samples),
-    closed when the input ends. Its own threads hand values over through an agent.feed.Feed,
-    which wakes the loop (``wake``)."""
+    pipeline's thread at every turn, at least once a second while running (it may offer values
+    to ``sampler`` or write samples), closed when the input ends. Its own threads hand values
+    over through an agent.feed.Feed, which wakes the loop (``wake``)."""
 
     def poll(self) -> None: ...
 
@@ -335,8 +335,9 @@ class Pipeline:
 
     def set_idle(self, timeout: float | None) -> None:
         """Parked (``timeout``: the longest block of the loop) or running (None): while parked
-        the loop and the readers block until a frame arrives instead of turning 10-20 times a
-        second; frames are still read and processed as they come."""
+        the loop blocks until a frame arrives (or ``timeout``) instead of turning at its running
+        deadlines, and the readers on threads of their own read with longer timeouts; frames
+        are still read and processed as they come."""
         if timeout is not None and self.watchdog_every is not None:
             timeout = min(timeout, self.watchdog_every)  # the loop's turns feed the watchdog
         self.idle_timeout = timeout

@@ -67,6 +67,19 @@ def cpu_ns(pid: int) -> int:
     return total
 
 
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of every thread of ``pid`` so far: its wake-ups."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # a thread that ended meanwhile
+    return total
+
+
 @dataclass(frozen=True)
 class Drive:
     lines: list[tuple[float, str]]  # (timestamp, the rest of the candump line)
@@ -158,11 +171,14 @@ class Agent:
     def pipeline(self) -> dict[str, int]:
         return dict(self.counters().get("pipeline", {}))
 
-    def idle_ns_per_s(self, seconds: float = 3.0) -> float:
-        """The agent's CPU per second with nothing on the bus: its timers and status writes."""
-        c0, t0 = cpu_ns(self.proc.pid), time.monotonic()
+    def idle_per_s(self, seconds: float = 3.0) -> tuple[float, float]:
+        """The agent's CPU (ns) and wake-ups per second with nothing on the bus: its timers
+        and status writes."""
+        pid = self.proc.pid
+        c0, w0, t0 = cpu_ns(pid), wakeups(pid), time.monotonic()
         time.sleep(seconds)
-        return (cpu_ns(self.proc.pid) - c0) / (time.monotonic() - t0)
+        span = time.monotonic() - t0
+        return (cpu_ns(pid) - c0) / span, (wakeups(pid) - w0) / span
 
     def wait_counted(
         self, frames: int, timeout: float = 120.0
@@ -256,7 +272,7 @@ def cpu_section(drive: Drive, work: Path, rounds: int, speed: float, bus_extra: 
                 agent = Agent(work, name.replace(" ", "-"), signals, extra)
                 try:
                     passing = drive.passing(selection_keys(signals), 1)
-                    idle = agent.idle_ns_per_s()
+                    idle, idle_wakeups = agent.idle_per_s()
                     runs = []
                     for i in range(rounds):
                         progress(f"{name}: replay {i + 1} of {rounds} at {speed:g}x")
@@ -278,7 +294,8 @@ def cpu_section(drive: Drive, work: Path, rounds: int, speed: float, bus_extra: 
                         f"{statistics.median(r.agent_ns for r in runs) / 1000:,.0f} µs",
                         f"**{med:.2f}** ({', '.join(f'{x:.2f}' for x in ratios)})",
                         f"{idle / 1e6:.0f} ms/s, "
-                        f"{statistics.median(idle * r.span / total for r in runs) / 1000:,.0f} µs",
+                        f"{statistics.median(idle * r.span / total for r in runs) / 1000:,.0f} µs"
+                        f", {idle_wakeups:.0f} wake-ups/s",
                         lost_text,
                     )
                 )
@@ -383,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
                 "candump CPU / frame",
                 "agent CPU / frame",
                 "agent / candump",
-                "agent idle: CPU per second, and over a replay per frame",
+                "agent idle: CPU per second, over a replay per frame, and wake-ups",
                 "frames lost",
             ),
             rows,

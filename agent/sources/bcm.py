@@ -17,7 +17,11 @@ and configures the bus; its raw socket then receives error frames only.
 Notifications are read as the raw path reads frames (agent.sources.socketcan's BatchReader): up
 to a batch per ``recvmmsg(2)``, at most one call per window while they keep coming, each with
 the kernel's receive time of the frame that changed, parsed into the same ``Frame`` tuples; each
-call's frames (and the confirmations then due) go to the pipeline as one batch.
+call's frames (and the confirmations then due) go to the pipeline as one batch. The reader is
+read on its source's thread (``run``) or lent to the pipeline's (agent.inline), which calls its
+receive step (``step``) when its sockets are ready or its timers (confirmations while an id is
+live, a drop check after notifications came) are due: a quiet bus wakes nothing but its
+timeouts' notifications.
 
 It does not decode frames (agent.pipeline) nor choose signals (agent.catalog). The struct
 layouts are those of linux/can/bcm.h and linux/can.h.
@@ -153,7 +157,8 @@ class _Id:
 
 
 class BcmReader:
-    """Reads one open socketcan bus through CAN_BCM, in the source's thread."""
+    """Reads one open socketcan bus through CAN_BCM (``start`` in the source's thread, then
+    ``run`` there or ``step`` in the pipeline's)."""
 
     def __init__(self, source: Source, bus: Any, messages: Mapping[int, MessagePlan]) -> None:
         self.source = source

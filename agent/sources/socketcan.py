@@ -7,7 +7,9 @@ looks up the interface name with an ioctl) and a ``Message``. Here one ``poll`` 
 frame and one ``recvmmsg(2)`` call takes up to ``size`` frames with their kernel receive times
 (SO_TIMESTAMPNS); after a call that took frames, the reader sleeps out a window (``WINDOW``)
 before the next instead of waking for each frame, and it calls ``recvmmsg`` only when ``poll``
-says something is there. The frames are parsed by ``struct`` into ``Frame``
+says something is there. A caller that waits itself (the pipeline's poll, agent.inline)
+leaves the socket alone until ``window_end`` and then calls ``take`` (or ``read_now``), which
+receive without waiting. The frames are parsed by ``struct`` into ``Frame``
 tuples that carry the attributes the pipeline reads of a python-can ``Message``. The same
 batched receive serves other SocketCAN datagram sockets (``record``: the largest datagram, and
 ``unpack`` with the caller's layout): agent.sources.bcm reads CAN_BCM notifications with it,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.inline import Inbox
+from agent.inline import QUEUE_ITEMS, Inbox
 from tests.support.wait import wait_for
 
 LONG = 60.0  # a wait that only a wake-up ends within the tests' timeouts
@@ -94,6 +94,15 @@ def test_a_put_on_the_queue_ends_a_long_wait() -> None:
     inbox.queue.put_nowait((-1, None))
     wait_for(lambda: not thread.is_alive(), timeout=10, what="the wait to end")
     assert got == [(-1, None)]
+    inbox.close()
+
+
+def test_items_beyond_one_wait_s_share_are_taken_by_the_next_wait() -> None:
+    inbox = Inbox(QUEUE_ITEMS + 8, inline=True, clock=time.monotonic)
+    for i in range(QUEUE_ITEMS + 8):
+        inbox.queue.put_nowait((i, None))
+    assert len(inbox.wait(LONG)) == QUEUE_ITEMS
+    assert [i for i, _ in inbox.wait(LONG)] == list(range(QUEUE_ITEMS, QUEUE_ITEMS + 8))
     inbox.close()
 
 

@@ -18,10 +18,10 @@ import cantools
 import pytest
 
 from agent.can_source import Source
-from agent.sources.kernelsock import size_receive_buffer
 from agent.catalog import build_catalog
 from agent.config import load_config
 from agent.sources.bcm import BcmReader
+from agent.sources.kernelsock import size_receive_buffer
 from tests.support.agentrun import Running, write_config
 from tests.support.data import CORPUS, SPEED_FD_DBC
 from tests.support.wait import wait_for
