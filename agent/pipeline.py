@@ -14,7 +14,6 @@ frames' own timestamps. It does not store or send updates: a sink receives them.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
 import queue
@@ -28,13 +27,15 @@ from agent import pipeline_run
 from agent.can_source import Source
 from agent.canlog import Row
 from agent.canposition import CanPositions
-from agent.catalog import EXTENDED, Catalog, MessagePlan, PowerRead
+from agent.catalog import EXTENDED, Catalog, PowerRead
 from agent.config import Config
-from agent.decode import DecodeError, raw_decoder
+from agent.decode import DecodeError
 from agent.inline import Inbox
+from agent.pipeline_plan import Plan, plans
+from agent.pipeline_requests import Requests
 from agent.policy.trigger import Capture, TriggerEngine
 from agent.ratelimit import RateLimitedLog
-from agent.sampling import Group, Sampler, SignalState, grid_snapper
+from agent.sampling import Sampler, SignalState
 from agent.sources import zones
 from agent.sources.live import BATCH, IDLE_RECV, IDLE_RECV_PARKED
 from agent.updates import Sink, UpdateBuilder
@@ -69,47 +70,6 @@ class PipelineStats:
     bus_off: int = 0
     remote_frames: int = 0
     source_errors: list[str] = field(default_factory=list)
-
-
-class _Plan:
-    """Runtime state of one selected CAN message."""
-
-    __slots__ = (
-        "name",
-        "length",
-        "decode",
-        "signals",
-        "group",
-        "last",
-        "values",
-        "taps",
-        "power",
-        "position",
-        "private",
-        "private_group",
-    )
-
-    def __init__(self, name: str, length: int, decode: Callable[[bytes], dict[str, Any]]) -> None:
-        self.name = name
-        self.length = length
-        self.decode = decode
-        self.signals: dict[str, SignalState] = {}
-        self.group = Group()
-        self.last: bytes | None = None
-        self.values: dict[str, Any] = {}
-        # Signals triggers read or capture: name -> (condition slots, scale, offset, capture
-        # id or -1); None when no trigger looks at this message.
-        self.taps: dict[str, tuple[tuple[int, ...], float, float, int]] | None = None
-        # [power] signals in this message (ignition, voltage), handed to ``on_power``.
-        self.power: tuple[PowerRead, ...] = ()
-        # The CAN position's coordinates in this message, and its location signals' names
-        # (agent.canposition).
-        self.position: tuple[tuple[str, bool, float, float], ...] = ()
-        self.private: frozenset[str] = frozenset()
-        # The location signals' group: their own while values wait for the trip's end, so
-        # heartbeats and snapshots stamp a value with the latest frame that let one out, not
-        # with the message's latest frame.
-        self.private_group = self.group
 
 
 class Pipeline:
@@ -155,14 +115,8 @@ class Pipeline:
                 src.lender = self.inbox.lender
         self.now = 0.0
         self._due = 0.0
-        self._reload: tuple[Config, Catalog] | None = None
-        self._reload_lock = threading.Lock()
-        # Reloads requested and applied, counted: a waiter knows its own request is done only
-        # once the old selection's open update was closed and handed to the sink.
-        self._reloads_requested = self._reloads_applied = 0
-        self._reload_done = threading.Condition()
-        # Snapshot requests from other threads (remote commands): (done, samples written).
-        self._snapshots: list[tuple[threading.Event, list[int]]] = []
+        # Reloads, snapshots and calls other threads hand to this one (agent.pipeline_requests).
+        self.requests = Requests(self.wake)
         # Called once per loop turn (the daemon pings systemd's watchdog from here).
         self.on_loop: Callable[[], None] | None = None
         # The lifecycle's inputs: a [power] signal's value (read, physical value, frame time
@@ -171,16 +125,10 @@ class Pipeline:
         self.on_power: Callable[[PowerRead, float, int], None] | None = None
         self.on_activity: Callable[[int], None] | None = None
         self.last_frame: list[float | None] = [None] * len(catalog.buses)
-        # Work other threads hand to this one (the lifecycle's commit and event samples);
-        # once the loop ended, a call runs in its caller's thread (``_calls_ended``).
-        self._calls: collections.deque[Callable[[], None]] = collections.deque(maxlen=64)
-        self._calls_lock = threading.Lock()
-        self._calls_ended = False
         # While parked: the loop blocks until a frame arrives or this long passes.
         self.idle_timeout: float | None = None
         # systemd's watchdog interval when there is one: parked, the loop still turns this often.
         self.watchdog_every: float | None = None
-        self.dropped_calls = 0
         self.inputs: list[Input] = []
 
     def _load(self, cfg: Config, catalog: Catalog, *, seq: int) -> None:
@@ -193,7 +141,7 @@ class Pipeline:
         )
         self.builder.seq = seq
         self.states: list[SignalState] = []
-        self._plans: list[dict[int, _Plan]] = []
+        self._plans: list[dict[int, Plan]] = []
         self._masks: list[int | None] = []
         self.triggers: TriggerEngine | None = None
         captured: set[int] = set()
@@ -206,42 +154,9 @@ class Pipeline:
             )
             captured = {sid for spec in catalog.triggers for sid in spec.capture}
         for bp in catalog.buses:
-            plans: dict[int, _Plan] = {}
-            for key, mp in bp.messages.items():
-                plan = _Plan(mp.message.name, mp.message.length, raw_decoder(mp.message))
-                if self.triggers is not None:
-                    plan.taps = _taps(mp, captured)
-                plan.power = mp.power
-                if catalog.position is not None:
-                    private = catalog.position.private
-                    plan.private = frozenset(s.signal for s in mp.signals if s.sid in private)
-                    plan.position = tuple(
-                        (
-                            s.signal,
-                            s.position == "latitude",
-                            s.definition.scale,
-                            s.definition.offset,
-                        )
-                        for s in mp.signals
-                        if s.position
-                    )
-                    if plan.private and cfg.privacy.trip_end_radius > 0:
-                        plan.private_group = Group()
-                for sel in mp.signals:
-                    if sel.capture_only:
-                        continue
-                    d = sel.definition
-                    snap = None
-                    if sel.coarse and cfg.consent is not None:
-                        snap = grid_snapper(
-                            d.scale, d.offset, cfg.consent.coarse_grid, d.kind == "int"
-                        )
-                    group = plan.private_group if sel.signal in plan.private else plan.group
-                    st = SignalState(sel.sid, sel.policy, d.scale, group, snap)
-                    plan.signals[sel.signal] = st
-                    self.states.append(st)
-                plans[key] = plan
-            self._plans.append(plans)
+            self._plans.append(
+                plans(cfg, catalog, bp, self.triggers is not None, captured, self.states)
+            )
             self._masks.append(bp.config.id_mask)
         gnss_state = catalog.location.state_sid if catalog.location is not None else None
         pos = catalog.position
@@ -265,23 +180,15 @@ class Pipeline:
         """
         if [b.config.name for b in catalog.buses] != [s.cfg.name for s in self.sources]:
             raise ValueError("a reload cannot add, remove or reorder buses")
-        with self._reload_lock:
-            self._reload = (cfg, catalog)
-            self._reloads_requested += 1
-        self.wake()  # a loop blocked while parked takes it up now, not at the end of its wait
+        self.requests.request_reload(cfg, catalog)
 
     def wait_reloaded(self, timeout: float) -> bool:
         """Wait until every reload requested so far has been applied, the update open under
         the old selection included (True), or ``timeout`` passed."""
-        with self._reload_lock:
-            wanted = self._reloads_requested
-        with self._reload_done:
-            return self._reload_done.wait_for(lambda: self._reloads_applied >= wanted, timeout)
+        return self.requests.wait_reloaded(timeout)
 
     def _apply_reload(self) -> None:
-        with self._reload_lock:
-            pending, self._reload = self._reload, None
-            applied = self._reloads_requested
+        pending, applied = self.requests.take_reload()
         if pending is None:
             return
         cfg, catalog = pending
@@ -297,9 +204,7 @@ class Pipeline:
         for src, bp in zip(self.sources, catalog.buses, strict=True):
             src.set_filters(bp.can_filters, bp.messages)
         self._reschedule()
-        with self._reload_done:
-            self._reloads_applied = applied
-            self._reload_done.notify_all()
+        self.requests.reloaded(applied)
         log.info(
             "reloaded: %d signals selected (schema %s)", len(catalog.selected), catalog.schema.id
         )
@@ -307,15 +212,10 @@ class Pipeline:
     def request_snapshot(self, timeout: float) -> int | None:
         """Thread-safe: write every signal's current value now as a snapshot update marked as
         an event; the number of samples written, or None if the loop did not turn in time."""
-        done, written = threading.Event(), [0]
-        with self._reload_lock:
-            self._snapshots.append((done, written))
-        self.wake()
-        return written[0] if done.wait(timeout) else None
+        return self.requests.request_snapshot(timeout)
 
     def _write_snapshots(self) -> None:
-        with self._reload_lock:
-            pending, self._snapshots = self._snapshots, []
+        pending = self.requests.take_snapshots()
         samples = Sampler.snapshot(self.states)
         self.builder.write_snapshot(samples, event=True)
         for done, written in pending:
@@ -351,15 +251,7 @@ class Pipeline:
         """Thread-safe: run ``fn`` in the pipeline's thread at its next turn (the builder and
         the sampler belong to that thread): work, such as the lifecycle's commit; values come
         through inputs (``Input``). At most 64 wait; the oldest is dropped beyond."""
-        with self._calls_lock:
-            if self._calls_ended:
-                # Nothing else uses the builder any more (the end of a replay): at once.
-                fn()
-                return
-            if len(self._calls) == self._calls.maxlen:
-                self.dropped_calls += 1
-            self._calls.append(fn)
-        self.wake()
+        self.requests.call_soon(fn)
 
     def commit(self) -> None:
         """In the pipeline's thread: send what is held and close the open update."""
@@ -379,13 +271,6 @@ class Pipeline:
         """Now on the data's clock: a replay's recording time (its latest frame), else wall
         time."""
         return int((self.now if self.frame_clock else time.time()) * 1000)
-
-    def _end_calls(self) -> None:
-        """The loop ended: run what other threads handed over; later calls run at once."""
-        with self._calls_lock:
-            self._calls_ended = True
-            while self._calls:
-                self._calls.popleft()()
 
     def write_power_state(self, value: int, t_ms: int) -> None:
         """In the pipeline's thread: the lifecycle's state as an event sample, sent at once
@@ -419,7 +304,7 @@ class Pipeline:
             inp.close()
         self.end_trip("end of input")
         self.finish()
-        self._end_calls()
+        self.requests.end_calls()
 
     def _turn(self, index: int, batch: list[Row]) -> None:
         """One turn of the loop: process a batch, then timers, reloads, the watchdog."""
@@ -433,13 +318,14 @@ class Pipeline:
                 inp.poll()
             if self.sampler.out:
                 self._collect()
-        while self._calls:
-            self._calls.popleft()()
+        requests = self.requests
+        if requests.calls:
+            requests.run_calls()
         if self.now >= self._due:
             self._tick()
-        if self._reload is not None:
+        if requests.reload is not None:
             self._apply_reload()
-        if self._snapshots:
+        if requests.snapshots:
             self._write_snapshots()
         if self.on_loop is not None:
             self.on_loop()
@@ -603,7 +489,7 @@ class Pipeline:
         (and recorded for triggers) with their own frames' times."""
         released, self.positions.released = self.positions.released, []
         for plan, items, t_ms in released:
-            assert isinstance(plan, _Plan)
+            assert isinstance(plan, Plan)
             group = plan.private_group
             if t_ms > group.last_t:
                 group.last_t = t_ms
@@ -643,23 +529,3 @@ class Pipeline:
 
     def source_states(self) -> dict[str, str]:
         return {s.cfg.name: s.state() for s in self.sources}
-
-
-def _taps(
-    mp: MessagePlan, captured: set[int]
-) -> dict[str, tuple[tuple[int, ...], float, float, int]] | None:
-    slots: dict[str, list[int]] = {}
-    scales: dict[str, tuple[float, float]] = {}
-    sids: dict[str, int] = {}
-    for r in mp.reads:
-        slots.setdefault(r.signal, []).append(r.slot)
-        scales[r.signal] = (r.scale, r.offset)
-    for sel in mp.signals:
-        if sel.sid in captured:
-            sids[sel.signal] = sel.sid
-    names = slots.keys() | sids.keys()
-    if not names:
-        return None
-    return {
-        n: (tuple(slots.get(n, ())), *scales.get(n, (1.0, 0.0)), sids.get(n, -1)) for n in names
-    }
