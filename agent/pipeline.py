@@ -204,6 +204,9 @@ class Pipeline:
         for src, bp in zip(self.sources, catalog.buses, strict=True):
             src.set_filters(bp.can_filters, bp.messages)
         self._reschedule()
+        # The inputs follow the new selection (a grant starts diagnostics) before the
+        # requester learns that it is applied, not at the loop's next turn.
+        self._poll_inputs()
         self.requests.reloaded(applied)
         log.info(
             "reloaded: %d signals selected (schema %s)", len(catalog.selected), catalog.schema.id
@@ -314,10 +317,7 @@ class Pipeline:
                 self.on_activity(index)
             self._process(index, batch)
         if self.inputs:
-            for inp in self.inputs:
-                inp.poll()
-            if self.sampler.out:
-                self._collect()
+            self._poll_inputs()
         requests = self.requests
         if requests.calls:
             requests.run_calls()
@@ -329,6 +329,12 @@ class Pipeline:
             self._write_snapshots()
         if self.on_loop is not None:
             self.on_loop()
+
+    def _poll_inputs(self) -> None:
+        for inp in self.inputs:
+            inp.poll()
+        if self.sampler.out:
+            self._collect()
 
     def finish(self) -> None:
         """Send what is held and close the open update (end of input or shutdown); open
