@@ -14,6 +14,7 @@ It does not decode frames nor replay logs (agent.can_source).
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import queue
@@ -138,24 +139,61 @@ def _hand_on(src: Source, batch: list[Any]) -> bool:
 
 class RawStep:
     """The raw batch reader's turn: a receive and its bookkeeping (frames counted, the bus
-    heard, kernel drops), in the pipeline's thread (``step``) or the source's own (``run``)."""
+    heard, kernel drops), in the pipeline's thread (``step``) or the source's own (``run``).
+
+    In the pipeline's thread, a full batch means the pipeline fell behind: the step then reads
+    ahead, every batch waiting, up to the bus's ``queue_frames`` held here, and hands them on
+    one per turn. So a burst the pipeline works off later is held as on the source's own
+    thread (the kernel's receive buffer plus the queue), not in the kernel's buffer alone.
+    """
 
     def __init__(self, src: Source, batches: BatchReader, drops: KernelDrops | None) -> None:
         self.src = src
         self.batches = batches
         self.drops = drops
+        self.held: collections.deque[list[Any]] = collections.deque()
+        self.held_frames = 0
+        self.error: Exception | None = None  # met reading ahead: raised once the held are out
 
     def fds(self) -> tuple[int, ...]:
         return (self.batches.fd,)
 
     def window_end(self) -> float:
-        return self.batches.window_end()
+        return 0.0 if self.held else self.batches.window_end()
 
     def due(self) -> float:
+        if self.held or self.error is not None:
+            return 0.0
         return self.drops.due() if self.drops is not None else math.inf
 
     def step(self, ready: Sequence[int]) -> list[Any]:
-        return self._after(self.batches.read_now() if ready else [])
+        if ready and self.error is None:
+            try:
+                self._read_ahead()
+            except OSError as err:
+                if not self.held:
+                    raise
+                self.error = err
+        if not self.held:
+            if self.error is not None:
+                raise self.error
+            return self._after([])  # the timers only
+        batch = self.held.popleft()
+        self.held_frames -= len(batch)
+        return batch
+
+    def _read_ahead(self) -> None:
+        read, size, held = self.batches.read_now, self.batches.size, self.held
+        limit = self.src.cfg.queue_frames
+        while True:
+            batch = self._after(read())
+            if batch:
+                held.append(batch)
+                self.held_frames += len(batch)
+            # Not full: nothing more is waiting. Beyond the limit the kernel holds (or drops
+            # and counts) the rest.
+            if len(batch) < size or self.held_frames >= limit:
+                return
 
     def _after(self, batch: list[Any]) -> list[Any]:
         src, drops = self.src, self.drops

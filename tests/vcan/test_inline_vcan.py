@@ -110,3 +110,28 @@ def test_two_buses_are_read_in_one_wait(
         wait_for(lambda: len(run.samples()) >= 2, what="a frame of each bus")
         assert run.agent.pipeline.source_states() == {"b0": "up", "b1": "up"}
     assert sorted(v for _, _, v in run.samples()) == [10.0, 20.0]
+
+
+def test_a_burst_taken_while_the_pipeline_was_busy_arrives_whole_and_in_order(
+    tmp_path: Path, canfd_link: str, open_bus
+) -> None:
+    sent = 1000  # about four full batches: the reader reads ahead and hands them on in turn
+    with Running(_config(tmp_path, [canfd_link], "off")) as run:
+        pipeline = run.agent.pipeline
+        wait_for(lambda: _lent(run), what="the reader lent to the pipeline")
+        car = open_bus(channel=canfd_link)
+        busy, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            busy.set()
+            release.wait(60)
+
+        pipeline.call_soon(hold)
+        wait_for(busy.is_set, what="the pipeline busy")
+        for value in range(1, sent + 1):
+            car.send(_speed(value), timeout=1)
+        release.set()
+        wait_for(lambda: len(run.samples()) >= sent, timeout=60, what="every frame")
+        status = pipeline.sources[0].status
+        assert status.frames == sent and status.dropped_frames == 0
+    assert [round(v * 100) for _, _, v in run.samples()] == list(range(1, sent + 1))
