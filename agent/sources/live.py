@@ -37,6 +37,9 @@ BATCH = 256
 # A batch read through python-can's recv is handed over after this long even if not full,
 # bounding added latency.
 BATCH_SECONDS = 0.005
+# Frames of a held batch (the pipeline fell behind) the pipeline's thread processes per turn
+# before it reads the socket again.
+BEHIND_CHUNK = 64
 # An idle read's timeout on the source's own thread while driving (stop requests are seen this
 # fast), and at most while parked. A reader lent to the pipeline has none: it is woken.
 IDLE_RECV, IDLE_RECV_PARKED = 0.05, 5.0
@@ -143,8 +146,9 @@ class RawStep:
 
     In the pipeline's thread, a full batch means the pipeline fell behind: the step then reads
     ahead, every batch waiting, up to the bus's ``queue_frames`` held here, and hands them on
-    one per turn. So a burst the pipeline works off later is held as on the source's own
-    thread (the kernel's receive buffer plus the queue), not in the kernel's buffer alone.
+    BEHIND_CHUNK frames per turn, reading again between two. So a burst the pipeline works off
+    later is held as on the source's own thread (the kernel's receive buffer plus the queue),
+    not in the kernel's buffer alone.
     """
 
     def __init__(self, src: Source, batches: BatchReader, drops: KernelDrops | None) -> None:
@@ -178,7 +182,14 @@ class RawStep:
             if self.error is not None:
                 raise self.error
             return self._after([])  # the timers only
-        batch = self.held.popleft()
+        batch = self.held[0]
+        if len(batch) > BEHIND_CHUNK:
+            # Behind: a turn processes a part, so the socket is read again soon (a small
+            # receive buffer overflows while a whole batch is processed).
+            self.held[0] = batch[BEHIND_CHUNK:]
+            batch = batch[:BEHIND_CHUNK]
+        else:
+            self.held.popleft()
         self.held_frames -= len(batch)
         return batch
 

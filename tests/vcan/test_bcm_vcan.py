@@ -84,7 +84,9 @@ def test_bcm_hands_on_the_changes_the_raw_path_decodes(
             if int(line.split()[2].split("#")[0], 16) in ids
         )
         raw_src = raw.agent.pipeline.sources[0]
-        wait_for(lambda: raw_src.status.frames >= sent, timeout=60, what="every frame, raw")
+        # Processed, not only read: a reader reading ahead counts frames before they are.
+        raw_stats = raw.agent.pipeline.stats
+        wait_for(lambda: raw_stats.frames >= sent, timeout=60, what="every frame, raw")
         wait_for(lambda: len(bcm.samples()) >= len(raw.samples()), timeout=60, what="bcm samples")
         bcm_src = bcm.agent.pipeline.sources[0]
         woken = bcm_src.status.frames
