@@ -13,15 +13,15 @@ import can
 import pytest
 
 from agent.feed import Feed
-from tests.integration.test_live_virtual import DBC, Running
-from tests.support.agentrun import write_config
+from tests.support.agentrun import Running, write_config
+from tests.support.data import SPEED_FD_DBC
 from tests.support.wait import wait_for
 
 PARKED = 3600.0  # a block only a wake-up or a frame ends within the tests' timeouts
 
 
 def _config(tmp_path: Path, channels: list[str], mode: str) -> Path:
-    (tmp_path / "car.dbc").write_text(DBC)
+    (tmp_path / "car.dbc").write_text(SPEED_FD_DBC)
     buses: list[dict[str, Any]] = [
         {
             "name": f"b{i}",
