@@ -18,6 +18,26 @@ from agent.errors import ConfigError
 
 VIN = "WVWZZZ1JZXW000001"
 
+# A config that loads: a live bus and a replayed one, both with the demo DBC (paths relative
+# to the config's folder, not read by loading). Config tests add or break a key of it.
+GOOD_CONFIG = """
+[vehicle]
+vin = "WVWZZZ1JZXW000001"
+
+[[bus]]
+name = "powertrain"
+interface = "socketcan"
+channel = "vcan0"
+dbc = ["dbc/demo_vehicle.dbc"]
+
+[[bus]]
+name = "recorded"
+interface = "replay"
+log = "drive.log"
+speed = 0
+dbc = ["dbc/demo_vehicle.dbc"]
+"""
+
 
 def write_config(path: Path, buses: list[dict[str, Any]], extra: str = "") -> Path:
     lines = ["[vehicle]", f'vin = "{VIN}"', ""]

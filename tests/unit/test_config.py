@@ -8,29 +8,11 @@ import pytest
 
 from agent.config import load_config
 from agent.errors import ConfigError
-from tests.support.agentrun import config_problems, load_text
-
-GOOD = """
-[vehicle]
-vin = "WVWZZZ1JZXW000001"
-
-[[bus]]
-name = "powertrain"
-interface = "socketcan"
-channel = "vcan0"
-dbc = ["dbc/demo_vehicle.dbc"]
-
-[[bus]]
-name = "recorded"
-interface = "replay"
-log = "drive.log"
-speed = 0
-dbc = ["dbc/demo_vehicle.dbc"]
-"""
+from tests.support.agentrun import GOOD_CONFIG, config_problems, load_text
 
 
 def test_issue_example_loads_and_paths_resolve_against_the_config_folder(tmp_path: Path) -> None:
-    cfg = load_text(tmp_path, GOOD)
+    cfg = load_text(tmp_path, GOOD_CONFIG)
     assert cfg.vehicle.vin == "WVWZZZ1JZXW000001"
     assert cfg.bus[0].dbc == [tmp_path / "dbc/demo_vehicle.dbc"]
     assert cfg.bus[1].log == tmp_path / "drive.log"
@@ -38,7 +20,7 @@ def test_issue_example_loads_and_paths_resolve_against_the_config_folder(tmp_pat
 
 
 def test_unknown_keys_and_bad_values_are_each_named(tmp_path: Path) -> None:
-    text = GOOD.replace("speed = 0", "speed = -1\nspeeed = 2").replace("W000001", "W00000I")
+    text = GOOD_CONFIG.replace("speed = 0", "speed = -1\nspeeed = 2").replace("W000001", "W00000I")
     lines = config_problems(tmp_path, text)
     assert any("vehicle.vin" in p and "without I, O or Q" in p for p in lines)
     assert any("bus[1].speeed: unknown key" in p for p in lines)
@@ -47,19 +29,19 @@ def test_unknown_keys_and_bad_values_are_each_named(tmp_path: Path) -> None:
 
 
 def test_toml_syntax_error_names_the_line(tmp_path: Path) -> None:
-    (line,) = config_problems(tmp_path, GOOD + "\n[[bus]\n")
+    (line,) = config_problems(tmp_path, GOOD_CONFIG + "\n[[bus]\n")
     assert "TOML syntax error" in line and "line" in line
 
 
 def test_replay_needs_a_log_and_live_needs_a_channel(tmp_path: Path) -> None:
-    text = GOOD.replace('log = "drive.log"\n', "").replace('channel = "vcan0"\n', "")
+    text = GOOD_CONFIG.replace('log = "drive.log"\n', "").replace('channel = "vcan0"\n', "")
     lines = config_problems(tmp_path, text)
     assert any('bus[1]: interface "replay" needs log' in p for p in lines)
     assert any('bus[0]: interface "socketcan" needs channel' in p for p in lines)
 
 
 def test_signal_entries_are_checked(tmp_path: Path) -> None:
-    text = GOOD + (
+    text = GOOD_CONFIG + (
         '\n[[signal]]\nmatch = "PT_*.*"\nname = "Vehicle.Speed"\n'
         '\n[[signal]]\nmatch = "X.Y"\nbus = "nope"\nmin_interval = 2\nmax_interval = 1\n'
     )
@@ -74,11 +56,11 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_mqtt_tls_defaults_to_on_except_on_loopback(tmp_path: Path) -> None:
-    cfg = load_text(tmp_path, GOOD + '[mqtt]\nhost = "broker.example.com"\n')
+    cfg = load_text(tmp_path, GOOD_CONFIG + '[mqtt]\nhost = "broker.example.com"\n')
     assert cfg.mqtt is not None and cfg.mqtt.tls_config is not None
-    cfg = load_text(tmp_path, GOOD + '[mqtt]\nhost = "127.0.0.1"\n')
+    cfg = load_text(tmp_path, GOOD_CONFIG + '[mqtt]\nhost = "127.0.0.1"\n')
     assert cfg.mqtt is not None and cfg.mqtt.tls_config is None
-    cfg = load_text(tmp_path, GOOD + '[mqtt]\nhost = "localhost"\ntls = true\n')
+    cfg = load_text(tmp_path, GOOD_CONFIG + '[mqtt]\nhost = "localhost"\ntls = true\n')
     assert cfg.mqtt is not None and cfg.mqtt.tls_config is not None
 
 
@@ -115,7 +97,7 @@ MQTT = '\n[mqtt]\nhost = "broker.example.com"\n'
     ],
 )
 def test_types_are_strict(tmp_path: Path, extra: str, expected: str) -> None:
-    (line,) = config_problems(tmp_path, GOOD + extra)
+    (line,) = config_problems(tmp_path, GOOD_CONFIG + extra)
     assert line == f"{tmp_path / 'agent.toml'}: {expected}" or expected in line, line
 
 
@@ -131,13 +113,15 @@ def test_types_are_strict(tmp_path: Path, extra: str, expected: str) -> None:
     ],
 )
 def test_bus_types_are_strict(tmp_path: Path, bus_key: str, expected: str) -> None:
-    text = GOOD.replace('channel = "vcan0"\n', f'channel = "vcan0"\n{bus_key}\n')
+    text = GOOD_CONFIG.replace('channel = "vcan0"\n', f'channel = "vcan0"\n{bus_key}\n')
     (line,) = config_problems(tmp_path, text)
     assert line.endswith(expected), line
 
 
 def test_a_float_field_takes_an_integer(tmp_path: Path) -> None:
-    text = GOOD + "\n[updates]\nmax_age = 1\nsnapshot_interval = 0\n" + MQTT + "port = 8883\n"
+    text = (
+        GOOD_CONFIG + "\n[updates]\nmax_age = 1\nsnapshot_interval = 0\n" + MQTT + "port = 8883\n"
+    )
     cfg = load_text(tmp_path, text)
     assert cfg.updates.max_age == 1.0 and isinstance(cfg.updates.max_age, float)
     assert cfg.mqtt is not None and cfg.mqtt.port == 8883
@@ -155,7 +139,7 @@ def test_a_float_field_takes_an_integer(tmp_path: Path) -> None:
     ],
 )
 def test_host_is_a_host_not_a_url(tmp_path: Path, host: str, expected: str) -> None:
-    (line,) = config_problems(tmp_path, GOOD + f'\n[mqtt]\nhost = "{host}"\n')
+    (line,) = config_problems(tmp_path, GOOD_CONFIG + f'\n[mqtt]\nhost = "{host}"\n')
     assert "mqtt.host: " in line and expected in line, line
 
 
@@ -165,13 +149,13 @@ def test_host_is_a_host_not_a_url(tmp_path: Path, host: str, expected: str) -> N
      ("::1", "::1"), ("[fe80::1]", "fe80::1")],
 )  # fmt: skip
 def test_host_names_and_addresses_are_taken(tmp_path: Path, host: str, kept: str) -> None:
-    cfg = load_text(tmp_path, GOOD + f'\n[mqtt]\nhost = "{host}"\n')
+    cfg = load_text(tmp_path, GOOD_CONFIG + f'\n[mqtt]\nhost = "{host}"\n')
     assert cfg.mqtt is not None and cfg.mqtt.host == kept
 
 
 @pytest.mark.parametrize("port", [0, -1, 65536, 70000])
 def test_port_range(tmp_path: Path, port: int) -> None:
-    (line,) = config_problems(tmp_path, GOOD + MQTT + f"port = {port}\n")
+    (line,) = config_problems(tmp_path, GOOD_CONFIG + MQTT + f"port = {port}\n")
     assert line.endswith(f"mqtt.port: {port} is not a port number (1-65535)")
 
 
@@ -186,7 +170,7 @@ def test_port_range(tmp_path: Path, port: int) -> None:
 def test_a_bad_tls_table_is_reported_once_as_itself(
     tmp_path: Path, tls: str, expected: str
 ) -> None:
-    (line,) = config_problems(tmp_path, GOOD + MQTT + f"tls = {tls}\n")
+    (line,) = config_problems(tmp_path, GOOD_CONFIG + MQTT + f"tls = {tls}\n")
     assert expected in line and "bool" not in line, line
 
 
@@ -199,13 +183,13 @@ def test_a_bad_tls_table_is_reported_once_as_itself(
     ],
 )
 def test_vin_rules_are_those_of_activation(tmp_path: Path, vin: str, expected: str) -> None:
-    text = GOOD.replace("WVWZZZ1JZXW000001", vin)
+    text = GOOD_CONFIG.replace("WVWZZZ1JZXW000001", vin)
     (line,) = config_problems(tmp_path, text)
     assert "vehicle.vin: " in line and expected in line, line
 
 
 def test_vin_is_normalized_and_european_vins_have_no_check_digit(tmp_path: Path) -> None:
-    cfg = load_text(tmp_path, GOOD.replace("WVWZZZ1JZXW000001", " wvwzzz1jzxw000009 "))
+    cfg = load_text(tmp_path, GOOD_CONFIG.replace("WVWZZZ1JZXW000001", " wvwzzz1jzxw000009 "))
     assert cfg.vehicle.vin == "WVWZZZ1JZXW000009"
 
 
@@ -217,5 +201,5 @@ def test_vin_is_normalized_and_european_vins_have_no_check_digit(tmp_path: Path)
     ],
 )
 def test_consent_names(tmp_path: Path, granted: str, expected: str) -> None:
-    (line,) = config_problems(tmp_path, GOOD + f"\n[consent]\ngranted = {granted}\n")
+    (line,) = config_problems(tmp_path, GOOD_CONFIG + f"\n[consent]\ngranted = {granted}\n")
     assert "consent.granted: " in line and expected in line, line

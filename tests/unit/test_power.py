@@ -21,8 +21,7 @@ from agent.control.power import (
     PowerSettings,
     settings_of,
 )
-from tests.support.agentrun import config_problems
-from tests.unit.test_config import GOOD
+from tests.support.agentrun import GOOD_CONFIG, config_problems
 
 
 class Clock:
@@ -274,5 +273,5 @@ def test_config_defaults_and_settings() -> None:
     ],
 )
 def test_config_errors_name_the_field(tmp_path: Path, body: str, message: str) -> None:
-    problems = config_problems(tmp_path, f"{GOOD}\n[power]\n{body}\n")
+    problems = config_problems(tmp_path, f"{GOOD_CONFIG}\n[power]\n{body}\n")
     assert any(message in p for p in problems), problems
