@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import can
-import cantools
 import pytest
 
 from agent.cli import main
 from agent.decode import load_dbc
 from agent.errors import DbcError
 from tests.support.agentrun import json_lines, write_config
-from tests.support.data import CORPUS
+from tests.support.data import CORPUS, cantools_changes
 
 
 def _dbc_files(corpus: Path) -> list[Path]:
@@ -50,34 +48,6 @@ def _pairs() -> list[dict]:
     return [p for p in json.loads(results.read_text()) if not p["log"].lower().endswith(".mf4")]
 
 
-def _expected(log: Path, db: cantools.database.Database) -> dict[str, list[tuple[int, object]]]:
-    """Each signal's changes, as cantools decodes the log frame by frame."""
-    by_key = {(m.frame_id, m.is_extended_frame): m for m in db.messages}
-    last_raw: dict[str, object] = {}
-    out: dict[str, list[tuple[int, object]]] = {}
-    for frame in can.LogReader(str(log)):
-        if frame.is_error_frame or frame.is_remote_frame:
-            continue
-        msg = by_key.get((frame.arbitration_id, frame.is_extended_id))
-        if msg is None:
-            continue
-        data = bytes(frame.data)
-        try:
-            raw = msg.decode(data, decode_choices=False, scaling=False, allow_truncated=True)
-            phys = msg.decode(data, allow_truncated=True)
-        except cantools.database.DecodeError:
-            continue
-        for name, value in raw.items():
-            key = f"{msg.name}.{name}"
-            if last_raw.get(key, object()) != value:
-                last_raw[key] = value
-                v = phys[name]
-                out.setdefault(key, []).append(
-                    (int(frame.timestamp * 1000), str(v) if hasattr(v, "name") else v)
-                )
-    return out
-
-
 @pytest.mark.parametrize(
     "pair", _pairs(), ids=lambda p: Path(p["log"]).name + "+" + Path(p["dbc"]).stem
 )
@@ -110,7 +80,7 @@ def test_real_drive_values_equal_cantools(corpus: Path, tmp_path: Path, capsys, 
             got.setdefault(s["signal"], []).append((round(s["t"] * 1000), s["value"]))
     for series in got.values():
         series.sort(key=lambda x: x[0])
-    expected = _expected(log, load_dbc(dbc, lenient=lenient).db)
+    expected = cantools_changes(log, load_dbc(dbc, lenient=lenient).db)
     for series in expected.values():
         series.sort(key=lambda x: x[0])
     assert expected, "the pair decodes nothing"

@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 from agent.decode import load_dbc
-from tests.integration.test_corpus import _expected
 from tests.support.agentrun import cli, json_lines, write_config
-from tests.support.data import DEMO_DBC, REPO
+from tests.support.data import DEMO_DBC, REPO, cantools_changes
 
 
 def _run(tmp_path: Path, demo_drive: Path, updates: str) -> list[dict]:
@@ -31,7 +30,7 @@ def test_demo_drive_values_equal_cantools(tmp_path: Path, demo_drive: Path) -> N
     for u in updates:
         for s in u["samples"]:
             got.setdefault(s["signal"], []).append((round(s["t"] * 1000), s["value"]))
-    expected = _expected(demo_drive, load_dbc(DEMO_DBC).db)
+    expected = cantools_changes(demo_drive, load_dbc(DEMO_DBC).db)
     for series in (*got.values(), *expected.values()):
         series.sort(key=lambda x: x[0])
     assert got == expected

@@ -1,10 +1,15 @@
-"""Where the repository, the demo vehicle and the shared corpus are; making demo drives."""
+"""Where the repository, the demo vehicle and the shared corpus are; making demo drives; what
+cantools itself decodes from a log, for the tests that hold the agent's values to it."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import cantools
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO.parent / "shared" / "corpus"
@@ -60,4 +65,39 @@ def make_demo_drive(out: Path, seconds: float) -> Path:
         check=True,
         capture_output=True,
     )
+    return out
+
+
+def cantools_changes(
+    log: Path, db: cantools.database.Database
+) -> dict[str, list[tuple[int, object]]]:
+    """Each signal's changes of raw value in ``log``, as cantools decodes it frame by frame:
+    (milliseconds, physical value or value-table label), by ``Message.Signal``."""
+    # Imported here: the conftest imports this module, and the VM run starts faster without.
+    import can
+    import cantools
+
+    by_key = {(m.frame_id, m.is_extended_frame): m for m in db.messages}
+    last_raw: dict[str, object] = {}
+    out: dict[str, list[tuple[int, object]]] = {}
+    for frame in can.LogReader(str(log)):
+        if frame.is_error_frame or frame.is_remote_frame:
+            continue
+        msg = by_key.get((frame.arbitration_id, frame.is_extended_id))
+        if msg is None:
+            continue
+        data = bytes(frame.data)
+        try:
+            raw = msg.decode(data, decode_choices=False, scaling=False, allow_truncated=True)
+            phys = msg.decode(data, allow_truncated=True)
+        except cantools.database.DecodeError:
+            continue
+        for name, value in raw.items():
+            key = f"{msg.name}.{name}"
+            if last_raw.get(key, object()) != value:
+                last_raw[key] = value
+                v = phys[name]
+                out.setdefault(key, []).append(
+                    (int(frame.timestamp * 1000), str(v) if hasattr(v, "name") else v)
+                )
     return out
