@@ -15,36 +15,13 @@ import pytest
 from agent.config import BusConfig
 from agent.diag.client import CATEGORIES, Asking
 from agent.diag.obd import MAX_PIDS_PER_REQUEST
-from agent.diag.poller import DiagPoller, Reading
+from agent.diag.poller import DiagPoller
 from agent.diag.settings import DiagnosticsConfig
 from agent.diag.signals import DTC_CATEGORY, PID_CATEGORY
-from agent.spime.dtc import dtc_code, split_raw
-from tests.support.ecusim import Ecu, EcuSim, RequestLog
+from tests.support.ecusim import Ecu, EcuSim, ReadingLog, RequestLog
 from tests.support.wait import wait_for
 
 _channels = itertools.count()
-
-
-class Collector:
-    def __init__(self) -> None:
-        self.readings: list[Reading] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, batch: list[Reading]) -> None:
-        with self.lock:
-            self.readings.extend(batch)
-
-    def values(self, name: str) -> list[int]:
-        with self.lock:
-            return [r.raw for r in self.readings if r.name == name]
-
-    def codes(self, name: str) -> list[tuple[str, int]]:
-        with self.lock:
-            return [
-                (dtc_code(split_raw(r.raw)[1]), split_raw(r.raw)[0])
-                for r in self.readings
-                if r.name == name
-            ]
 
 
 @pytest.fixture
@@ -64,8 +41,8 @@ def poller_of(tmp_path: Path, channel: str) -> Iterator[Any]:
 
     def make(
         gate: Any = lambda: None, asking: Asking | None = None, **diag: Any
-    ) -> tuple[DiagPoller, Collector]:
-        got = Collector()
+    ) -> tuple[DiagPoller, ReadingLog]:
+        got = ReadingLog()
         cfg = DiagnosticsConfig.model_validate({"bus": "car", "timeout": 0.5, **diag})
         p = DiagPoller(
             cfg,

@@ -8,7 +8,7 @@ always leave through the physical stack, so multi-frame answers wait for the tes
 control as a real ECU's do. An ECU can be told to answer
 "response pending" (0x78) a number of times first, to stay silent, or to change its DTCs while
 running. What it was asked is recorded for the tests to check (PIDs per request, unsupported
-PIDs asked).
+PIDs asked). ``ReadingLog`` keeps what the agent's poller handed on, by signal.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import can
 import isotp
 
 from agent.diag.obd import PIDS, SUPPORT_PIDS
+from agent.diag.poller import Reading
+from agent.spime.dtc import dtc_code, split_raw
 
 
 @dataclass
@@ -250,3 +252,29 @@ class RequestLog:
         functional = msg.arbitration_id == 0x7DF
         if (functional or 0x7E0 <= msg.arbitration_id <= 0x7E7) and data[0] >> 4 == 0:
             self._seen.append((self._passed, data[1 : 1 + (data[0] & 0x0F)]))
+
+
+class ReadingLog:
+    """The readings a ``DiagPoller`` emitted (pass it as ``emit``), from its thread."""
+
+    def __init__(self) -> None:
+        self.readings: list[Reading] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: list[Reading]) -> None:
+        with self.lock:
+            self.readings.extend(batch)
+
+    def values(self, name: str) -> list[int]:
+        """The raw values of signal ``name``, in the order they came."""
+        with self.lock:
+            return [r.raw for r in self.readings if r.name == name]
+
+    def codes(self, name: str) -> list[tuple[str, int]]:
+        """The DTC events of signal ``name``: (code, answer id of the ECU) each."""
+        with self.lock:
+            return [
+                (dtc_code(split_raw(r.raw)[1]), split_raw(r.raw)[0])
+                for r in self.readings
+                if r.name == name
+            ]

@@ -21,12 +21,11 @@ from agent.diag.client import CATEGORIES, Asking
 from agent.diag.poller import DiagPoller
 from agent.diag.settings import DiagnosticsConfig
 from agent.spime import decode_update
-from tests.integration.test_diag_virtual import Collector
 from tests.support.agentrun import VIN, write_config
 from tests.support.broker import Subscriber
 from tests.support.data import SPEED_FD_DBC
 from tests.support.e2e import AgentProcess
-from tests.support.ecusim import Ecu, EcuSim
+from tests.support.ecusim import Ecu, EcuSim, ReadingLog
 from tests.support.wait import wait_for, wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -179,7 +178,7 @@ def test_29bit_multi_frame_pending_and_silent(
     )
     (tmp_path / "empty.dbc").write_text('VERSION ""\n\nBS_:\n\nBU_:\n')
     bus = BusConfig(name="pt", interface="socketcan", channel=vcan0, dbc=[tmp_path / "empty.dbc"])
-    got = Collector()
+    got = ReadingLog()
     p = DiagPoller(cfg, bus, prefix="", emit=got, gate=lambda: None, asking=Asking(CATEGORIES))
     with EcuSim(
         [engine, gearbox, mute],
@@ -228,7 +227,7 @@ def test_kernel_transport_reports_a_link_that_went_down_and_comes_back(
         reopen_min=0.1,
         reopen_max=0.5,
     )
-    got = Collector()
+    got = ReadingLog()
     p = DiagPoller(cfg, bus, prefix="", emit=got, gate=lambda: None, asking=Asking(CATEGORIES))
     with EcuSim([engine], interface="socketcan", channel=vcan0, kernel=True):
         p.start()
