@@ -14,7 +14,7 @@ import cantools
 import pytest
 
 from tests.support.agentrun import VIN, Running, json_lines, write_config
-from tests.support.data import DEMO_DBC, SPEED_FD_DBC, make_demo_drive
+from tests.support.data import DEMO_DBC, SPEED_FD_DBC, cantools_changes, make_demo_drive
 from tests.support.wait import wait_for
 
 
@@ -99,26 +99,6 @@ def test_link_down_is_reported_and_recovery_is_automatic(
         assert states()["pt"] in ("up", "silent")
 
 
-def _cantools_changes(log: Path) -> dict[str, list[object]]:
-    db = cantools.database.load_file(str(DEMO_DBC))
-    by_id = {m.frame_id: m for m in db.messages}
-    last: dict[str, object] = {}
-    out: dict[str, list[object]] = {}
-    for frame in can.LogReader(str(log)):
-        msg = by_id.get(frame.arbitration_id)
-        if msg is None:
-            continue
-        raw = msg.decode(bytes(frame.data), decode_choices=False, scaling=False)
-        phys = msg.decode(bytes(frame.data))
-        for name, value in raw.items():
-            key = f"{msg.name}.{name}"
-            if last.get(key, object()) != value:
-                last[key] = value
-                v = phys[name]
-                out.setdefault(key, []).append(str(v) if hasattr(v, "name") else v)
-    return out
-
-
 def test_canplayer_recording_arrives_with_cantools_values(
     tmp_path: Path, canfd_link: str, canplayer: str
 ) -> None:
@@ -139,7 +119,8 @@ def test_canplayer_recording_arrives_with_cantools_values(
     with Running(cfg) as run:
         wait_for(lambda: run.agent.pipeline.source_states()["car"] == "up", what="bus up")
         subprocess.run([canplayer, "-I", str(log), f"{canfd_link}=can0"], check=True, timeout=120)
-        expected = _cantools_changes(log)
+        db = cantools.database.load_file(str(DEMO_DBC))
+        expected = {k: [v for _, v in s] for k, s in cantools_changes(log, db).items()}
         total = sum(len(v) for v in expected.values())
         wait_for(lambda: len(run.samples()) >= total, timeout=60, what="every change")
     got: dict[str, list[object]] = {}
