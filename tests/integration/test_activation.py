@@ -1,172 +1,36 @@
 """`spime-agent activate` end to end through ``run_activate``: real TLS files made with the
 openssl CLI, real modem simulators on pseudo-terminals, a real mosquitto with TLS, real files.
 """
+# ruff: noqa: F811  (the material and setup fixtures are imported, then named as test arguments)
 
 from __future__ import annotations
 
-import argparse
 import io
 import stat
 import subprocess
 import sys
 import tomllib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tomli_w
 
-from agent.activation import add_arguments, backup_path, run_activate
+from agent.activation import backup_path
 from agent.config import load_config
 from agent.daemon import prepare
 from agent.modem.simulator import ModemSimulator, identity
+from tests.support.activation import (  # noqa: F401  (fixtures)
+    BASE,
+    VIN,
+    Material,
+    Setup,
+    material,
+    setup,
+)
 from tests.support.agentrun import cli
-from tests.support.broker import Mosquitto, TlsFiles, free_port, make_tls_material
-from tests.support.data import DEMO_DBC
-
-VIN = "1M8GDM9AXKP042788"
-
-BASE = f"""
-[[bus]]
-name = "powertrain"
-interface = "virtual"
-channel = "activation-test"
-dbc = ["{DEMO_DBC}"]
-
-[[signal]]
-match = "*.*"
-
-[mqtt]
-topic_prefix = "spime/v1"
-
-[outbox]
-path = "outbox.db"
-
-[consent]
-coarse_grid = 0.05
-
-[[consent.rules]]
-match = "GNSS_*.*"
-category = "location"
-
-[[consent.rules]]
-match = "ESP_*.*"
-category = "driving"
-
-[[consent.rules]]
-match = "*.*"
-category = "vehicle_health"
-"""
-
-
-def _openssl(*args: str | Path, cwd: Path) -> None:
-    subprocess.run(
-        ["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True, timeout=60
-    )
-
-
-def _signed(d: Path, name: str, ca_crt: Path, ca_key: Path, dates: tuple[str, str]) -> Path:
-    """A client certificate signed with ``openssl ca``, which can set any validity period."""
-    (d / "index.txt").write_text("")
-    (d / "serial").write_text("1000\n")
-    (d / "ca.cnf").write_text(
-        "[ca]\ndefault_ca = ca_default\n[ca_default]\ndatabase = index.txt\n"
-        "new_certs_dir = .\nserial = serial\ndefault_md = sha256\npolicy = any\n"
-        "unique_subject = no\n[any]\ncommonName = supplied\n"
-    )
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
-             f"{name}.csr", "-subj", f"/CN={name}", cwd=d)  # fmt: skip
-    _openssl("ca", "-batch", "-config", "ca.cnf", "-cert", ca_crt, "-keyfile", ca_key, "-in",
-             f"{name}.csr", "-out", f"{name}.crt", "-startdate", dates[0], "-enddate", dates[1],
-             "-notext", cwd=d)  # fmt: skip
-    return d / f"{name}.crt"
-
-
-@dataclass(frozen=True)
-class Material:
-    tls: TlsFiles
-    expired_cert: Path
-    expired_key: Path
-    rogue_cert: Path  # valid dates, signed by a CA the broker does not know
-    rogue_key: Path
-    garbage: Path
-
-
-@pytest.fixture(scope="module")
-def material(tmp_path_factory: pytest.TempPathFactory) -> Material:
-    root = tmp_path_factory.mktemp("tls")
-    tls = make_tls_material(root / "good")
-    exp = root / "expired"
-    exp.mkdir()
-    expired = _signed(
-        exp, "old", tls.ca, tls.ca.with_suffix(".key"), ("20190101000000Z", "20200101000000Z")
-    )
-    rogue_dir = root / "rogue"
-    rogue_dir.mkdir()
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "rca.key", "-out",
-             "rca.crt", "-days", "2", "-subj", "/CN=rogue-ca", cwd=rogue_dir)  # fmt: skip
-    rogue = _signed(rogue_dir, "rogue", rogue_dir / "rca.crt", rogue_dir / "rca.key",
-                    ("20240101000000Z", "20990101000000Z"))  # fmt: skip
-    garbage = root / "garbage.pem"
-    garbage.write_text("-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n")
-    return Material(tls, expired, exp / "old.key", rogue, rogue_dir / "rogue.key", garbage)
-
-
-@dataclass
-class Setup:
-    base: Path
-    etc: Path
-    material: Material
-
-    @property
-    def config(self) -> Path:
-        return self.etc / "agent.toml"
-
-    def args(self, *extra: str, **override: Any) -> list[str]:
-        t = self.material.tls
-        values = {
-            "vin": VIN,
-            "host": "127.0.0.1",
-            "port": str(free_port()),  # nothing listens: the broker check only notes it
-            "ca": str(t.ca),
-            "cert": str(t.client_cert),
-            "key": str(t.client_key),
-            "consent": "driving,vehicle_health",
-            "base": str(self.base),
-            "config": str(self.config),
-        }
-        values.update({k: str(v) for k, v in override.items()})
-        argv = [f"--{k}={v}" for k, v in values.items() if v != "None"]
-        return argv + list(extra)
-
-    def run(self, argv: list[str], tty: bool = False) -> Result:
-        p = argparse.ArgumentParser()
-        add_arguments(p)
-        out, err = io.StringIO(), io.StringIO()
-        code = run_activate(p.parse_args(argv), out, err, tty)
-        return Result(code, out.getvalue(), err.getvalue())
-
-    def files(self) -> list[str]:
-        return sorted(p.name for p in self.etc.iterdir())
-
-
-@dataclass(frozen=True)
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def setup(tmp_path: Path, material: Material) -> Setup:
-    base = tmp_path / "integrator" / "base.toml"
-    base.parent.mkdir()
-    base.write_text(BASE)
-    etc = tmp_path / "etc"
-    etc.mkdir()
-    return Setup(base, etc, material)
+from tests.support.broker import Mosquitto, openssl
 
 
 # -- the happy path and the file handling ---------------------------------------------------
@@ -529,14 +393,14 @@ def test_a_certificate_without_its_key_is_one_line(setup: Setup) -> None:
 
 def test_der_certificate_is_named_as_such(setup: Setup, tmp_path: Path) -> None:
     der = tmp_path / "ca.der"
-    _openssl("x509", "-in", setup.material.tls.ca, "-outform", "der", "-out", der, cwd=tmp_path)
+    openssl("x509", "-in", setup.material.tls.ca, "-outform", "der", "-out", der, cwd=tmp_path)
     (line,) = _refused(setup, setup.args("--offline", ca=der), "a DER certificate")
     assert line.startswith(f"--ca {der}: ") and "openssl x509 -inform der" in line
 
 
 def test_encrypted_key_is_refused(setup: Setup, tmp_path: Path) -> None:
     enc = tmp_path / "enc.key"
-    _openssl("pkey", "-in", setup.material.tls.client_key, "-aes256", "-passout", "pass:x",
+    openssl("pkey", "-in", setup.material.tls.client_key, "-aes256", "-passout", "pass:x",
              "-out", enc, cwd=tmp_path)  # fmt: skip
     (line,) = _refused(setup, setup.args("--offline", key=enc), "the key is encrypted")
     assert line.startswith(f"--key {enc}: ")

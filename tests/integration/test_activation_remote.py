@@ -9,7 +9,7 @@ import pytest
 
 from agent.config import load_config
 from agent.control.envelope import generate_key, public_pem
-from tests.integration.test_activation import Setup, material, setup  # noqa: F401 (fixtures)
+from tests.support.activation import Setup, material, setup  # noqa: F401 (fixtures)
 
 
 def test_command_key_is_written_as_the_remote_section(

@@ -62,13 +62,16 @@ class TlsFiles:
     other_ca: Path  # an unrelated CA that signed nothing here: for wrong-CA tests
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+def openssl(*args: str | Path, cwd: Path) -> None:
+    """Run the openssl CLI in ``cwd``; its output is kept from the test's."""
+    subprocess.run(
+        ["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True, timeout=60
+    )
 
 
 def _make_ca(d: Path, name: str) -> tuple[Path, Path]:
     key, crt = d / f"{name}.key", d / f"{name}.crt"
-    _openssl(
+    openssl(
         "req",
         "-x509",
         "-newkey",
@@ -93,7 +96,7 @@ def _make_ca(d: Path, name: str) -> tuple[Path, Path]:
 
 def _make_leaf(d: Path, name: str, ca: tuple[Path, Path], ext: str) -> tuple[Path, Path]:
     key, csr, crt, extf = (d / f"{name}{s}" for s in (".key", ".csr", ".crt", ".ext"))
-    _openssl(
+    openssl(
         "req",
         "-newkey",
         "rsa:2048",
@@ -107,7 +110,7 @@ def _make_leaf(d: Path, name: str, ca: tuple[Path, Path], ext: str) -> tuple[Pat
         cwd=d,
     )
     extf.write_text(ext)
-    _openssl(
+    openssl(
         "x509",
         "-req",
         "-in",
