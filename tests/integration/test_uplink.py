@@ -10,16 +10,13 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import agent
-from agent.config import MqttConfig, OutboxConfig, TlsConfig
+from agent.config import TlsConfig
 from agent.outbox import Outbox
-from agent.uplink import Uplink
 from tests.support.broker import (
     Mosquitto,
     Received,
@@ -28,61 +25,21 @@ from tests.support.broker import (
     mosquitto,  # noqa: F401
     wait_until,
 )
+from tests.support.e2e import PREFIX
+from tests.support.uplinkrun import (
+    DATA,
+    SCHEMA_ID,
+    SCHEMA_JSON,
+    STATUS,
+    VIN,
+    first_seen,
+    make_uplink,
+    mqtt_cfg,
+    outbox,  # noqa: F401
+    put_rows,
+)
 
-VIN = "WDB12345678901234"
-PREFIX = "spime/v1"
-DATA = f"{PREFIX}/{VIN}/data"
-STATUS = f"{PREFIX}/{VIN}/status"
-SCHEMA_ID = "0123456789abcdef"
-SCHEMA_JSON = b'{"format":1,"id":"0123456789abcdef","signals":[]}'
 WAIT = 30.0
-
-
-@pytest.fixture
-def outbox(tmp_path: Path) -> Iterator[Outbox]:
-    box = Outbox(OutboxConfig(path=tmp_path / "outbox.db", commit_interval=0.05))
-    box.open()
-    try:
-        yield box
-    finally:
-        box.close()
-
-
-def mqtt_cfg(broker: Mosquitto, **kw: object) -> MqttConfig:
-    kw.setdefault("reconnect_min", 0.1)
-    kw.setdefault("reconnect_max", 0.5)
-    kw.setdefault("drain_rate", 0)  # only the tests of the rate pay for it
-    return MqttConfig(host=broker.host, port=broker.port, **kw)  # type: ignore[arg-type]
-
-
-def make_uplink(cfg: MqttConfig, box: Outbox, **kw: Any) -> Uplink:
-    return Uplink(
-        cfg,
-        vin=VIN,
-        boot="b00710ad",
-        outbox=box,
-        schema_id=SCHEMA_ID,
-        schema_json=SCHEMA_JSON,
-        **kw,
-    )
-
-
-def put_rows(box: Outbox, start: int, count: int, priority: str = "telemetry") -> list[bytes]:
-    rows = [b"row-%06d" % i for i in range(start, start + count)]
-    for r in rows:
-        box.put(r, priority)
-    box.flush()
-    return rows
-
-
-def first_seen(msgs: list[Received]) -> list[bytes]:
-    seen: set[bytes] = set()
-    out = []
-    for m in msgs:
-        if m.payload not in seen:
-            seen.add(m.payload)
-            out.append(m.payload)
-    return out
 
 
 def has_all(rows: list[bytes]):  # type: ignore[no-untyped-def]
@@ -199,9 +156,7 @@ def test_broker_killed_and_restarted_loses_nothing(tmp_path: Path, outbox: Outbo
     broker = Mosquitto(tmp_path / "broker", max_inflight_messages=0)
     broker.start()
     links: list[tuple[bool, str]] = []
-    up = make_uplink(
-        mqtt_cfg(broker, drain_rate=400.0), outbox, on_link=lambda ok, why: links.append((ok, why))
-    )
+    up = make_uplink(mqtt_cfg(broker, drain_rate=400.0), outbox, links=links)
     stop_producing = threading.Event()
     produced: list[bytes] = []
 
@@ -334,7 +289,7 @@ def test_wrong_ca_is_logged_once_and_retried(
     rows = put_rows(outbox, 0, 5)
     links: list[tuple[bool, str]] = []
     cfg = mqtt_cfg(broker, tls=TlsConfig(ca=tls.other_ca))
-    up = make_uplink(cfg, outbox, on_link=lambda ok, why: links.append((ok, why)))
+    up = make_uplink(cfg, outbox, links=links)
     caplog.set_level(logging.INFO, logger="agent.uplink")
     try:
         up.start()

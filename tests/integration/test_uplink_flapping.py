@@ -10,12 +10,18 @@ from collections.abc import Collection
 from typing import Any
 
 from agent.outbox import Outbox
-from tests.integration.test_uplink import outbox  # noqa: F401  (the same fixture)
-from tests.integration.test_uplink_link import DATA, WAIT, put_rows, uplink
 from tests.support.broker import Mosquitto, Subscriber, mosquitto  # noqa: F401
 from tests.support.proxy import TcpProxy
+from tests.support.uplinkrun import (
+    DATA,
+    make_uplink,
+    mqtt_cfg,
+    outbox,  # noqa: F401
+    put_rows,
+)
 from tests.support.wait import wait_until
 
+WAIT = 30.0
 LOW, HIGH = 0.05, 0.8
 
 
@@ -29,7 +35,9 @@ def test_a_broker_dropping_every_connection_is_backed_off(
     links: list[tuple[bool, str]] = []
     with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
         proxy.drop_after_connack = True
-        up = uplink(proxy.host, proxy.port, outbox, links, reconnect_min=LOW, reconnect_max=HIGH)
+        up = make_uplink(
+            mqtt_cfg(proxy, reconnect_min=LOW, reconnect_max=HIGH), outbox, links=links
+        )
         put_rows(outbox, 0, 5)
         up.start()
         try:
@@ -66,7 +74,9 @@ def test_after_the_broker_recovers_the_backlog_drains_and_the_delays_start_over(
     links: list[tuple[bool, str]] = []
     with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
         proxy.drop_after_connack = True
-        up = uplink(proxy.host, proxy.port, outbox, links, reconnect_min=LOW, reconnect_max=HIGH)
+        up = make_uplink(
+            mqtt_cfg(proxy, reconnect_min=LOW, reconnect_max=HIGH), outbox, links=links
+        )
         rows = put_rows(outbox, 0, 200)
         with Subscriber(mosquitto, DATA) as sub:
             up.start()
@@ -92,7 +102,7 @@ def test_reconnect_pause_and_stop_end_the_delay_at_once(
     with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
         proxy.drop_after_connack = True
         # A delay of at least 30 s after each drop: anything sooner was not waited for.
-        up = uplink(proxy.host, proxy.port, outbox, links, reconnect_min=30, reconnect_max=60)
+        up = make_uplink(mqtt_cfg(proxy, reconnect_min=30, reconnect_max=60), outbox, links=links)
         up.start()
         try:
             assert wait_until(lambda: up.stats().retry_delay is not None, WAIT)
@@ -134,7 +144,7 @@ def test_a_session_ended_by_an_internal_error_is_followed_by_a_delay(
 ) -> None:
     links: list[tuple[bool, str]] = []
     box = FailingReads(outbox)
-    up = uplink(mosquitto.host, mosquitto.port, box, links, reconnect_min=30, reconnect_max=60)  # type: ignore[arg-type]
+    up = make_uplink(mqtt_cfg(mosquitto, reconnect_min=30, reconnect_max=60), box, links=links)  # type: ignore[arg-type]
     up.start()
     try:
         assert wait_until(lambda: up.stats().state == "connected", WAIT)

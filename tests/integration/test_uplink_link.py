@@ -11,10 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import MqttConfig
 from agent.outbox import Outbox
-from agent.uplink import Uplink
-from tests.integration.test_uplink import outbox  # noqa: F401  (the same fixture)
 from tests.support.broker import (
     Mosquitto,
     Subscriber,
@@ -23,40 +20,17 @@ from tests.support.broker import (
     wait_until,
 )
 from tests.support.proxy import TcpProxy
+from tests.support.uplinkrun import (
+    DATA,
+    VIN,
+    first_seen,
+    make_uplink,
+    mqtt_cfg,
+    outbox,  # noqa: F401
+    put_rows,
+)
 
-VIN = "WDB12345678901234"
-DATA = f"spime/v1/{VIN}/data"
 WAIT = 30.0
-
-
-def uplink(
-    host: str, port: int, box: Outbox, links: list[tuple[bool, str]], **kw: object
-) -> Uplink:
-    kw.setdefault("reconnect_min", 0.1)
-    kw.setdefault("reconnect_max", 0.5)
-    kw.setdefault("drain_rate", 0)
-    cfg = MqttConfig(host=host, port=port, **kw)  # type: ignore[arg-type]
-    return Uplink(
-        cfg,
-        vin=VIN,
-        boot="b00710ad",
-        outbox=box,
-        schema_id="0123456789abcdef",
-        schema_json=b"{}",
-        on_link=lambda up, why: links.append((up, why)),
-    )
-
-
-def put_rows(box: Outbox, start: int, count: int) -> list[bytes]:
-    rows = [b"row-%06d" % i for i in range(start, start + count)]
-    for r in rows:
-        box.put(r, "telemetry")
-    box.flush()
-    return rows
-
-
-def first_seen(payloads: list[bytes]) -> list[bytes]:
-    return list(dict.fromkeys(payloads))
 
 
 def test_dead_link_is_noticed_by_missing_puback_and_nothing_is_lost(
@@ -65,7 +39,7 @@ def test_dead_link_is_noticed_by_missing_puback_and_nothing_is_lost(
     links: list[tuple[bool, str]] = []
     with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
         # Keepalive 60 s: keepalive alone would take about two minutes to notice.
-        up = uplink(proxy.host, proxy.port, outbox, links, ack_timeout=2.0, keepalive=60)
+        up = make_uplink(mqtt_cfg(proxy, ack_timeout=2.0, keepalive=60), outbox, links=links)
         with Subscriber(mosquitto, DATA) as sub:
             before = put_rows(outbox, 0, 50)
             up.start()
@@ -82,7 +56,7 @@ def test_dead_link_is_noticed_by_missing_puback_and_nothing_is_lost(
                 assert up.wait_drained(WAIT)
             finally:
                 up.stop(2.0)
-            got = first_seen([m.payload for m in sub.messages])
+            got = first_seen(sub.messages)
     down = [why for ok, why in links if not ok]
     assert len(down) == 1 and "no PUBACK for 2 s" in down[0]
     # Bounded by ack_timeout plus one turn of the worker loop, far below 2 x keepalive.
@@ -97,7 +71,7 @@ def test_reconnect_requested_while_connecting_is_not_lost(
 ) -> None:
     links: list[tuple[bool, str]] = []
     with TcpProxy(mosquitto.host, mosquitto.port) as proxy:
-        up = uplink(proxy.host, proxy.port, outbox, links)
+        up = make_uplink(mqtt_cfg(proxy), outbox, links=links)
         proxy.hold()  # the TCP connection is made, the broker's answer is held back
         up.start()
         try:
@@ -128,7 +102,7 @@ def test_plain_mqtt_to_a_tls_port_is_logged_once(
     broker = Mosquitto(tmp_path / "broker", tls=make_tls_material(tmp_path / "tls"))
     broker.start()
     links: list[tuple[bool, str]] = []
-    up = uplink(broker.host, broker.port, outbox, links, tls=False, reconnect_max=0.2)
+    up = make_uplink(mqtt_cfg(broker, tls=False, reconnect_max=0.2), outbox, links=links)
     caplog.set_level(logging.DEBUG, logger="agent")
     try:
         up.start()
@@ -153,7 +127,7 @@ def test_flapping_broker_is_logged_once_per_change(
     broker = Mosquitto(tmp_path / "broker")
     broker.start()
     links: list[tuple[bool, str]] = []
-    up = uplink(broker.host, broker.port, outbox, links)
+    up = make_uplink(mqtt_cfg(broker), outbox, links=links)
     caplog.set_level(logging.DEBUG, logger="agent")
     stops = 4
     try:
@@ -178,7 +152,6 @@ def test_flapping_broker_is_logged_once_per_change(
 def test_subscriptions_and_messages_reach_the_handler(mosquitto: Mosquitto, outbox: Outbox) -> None:
     got: list[tuple[str, bytes]] = []
     cmd = f"spime/v1/{VIN}/cmd"
-    cfg = MqttConfig(host=mosquitto.host, port=mosquitto.port, reconnect_min=0.1, reconnect_max=0.5)
     lock = threading.Lock()
 
     def on_message(topic: str, payload: bytes, properties: object) -> None:
@@ -186,16 +159,7 @@ def test_subscriptions_and_messages_reach_the_handler(mosquitto: Mosquitto, outb
             got.append((topic, payload))
         up.publish(f"spime/v1/{VIN}/rsp", b"ok:" + payload)
 
-    up = Uplink(
-        cfg,
-        vin=VIN,
-        boot="b00710ad",
-        outbox=outbox,
-        schema_id="0123456789abcdef",
-        schema_json=b"{}",
-        subscriptions=[(cmd, 1)],
-        on_message=on_message,
-    )
+    up = make_uplink(mqtt_cfg(mosquitto), outbox, subscriptions=[(cmd, 1)], on_message=on_message)
     with Subscriber(mosquitto, f"spime/v1/{VIN}/rsp") as rsp:
         up.start()
         try:
