@@ -10,6 +10,7 @@ again. Every published update and every row left in the outbox is decoded and sc
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import socket
@@ -24,27 +25,29 @@ from agent.config import OutboxConfig
 from agent.outbox import Outbox
 from agent.schemastore import SchemaStore
 from agent.spime import decode_samples, encode_update, peek_header
-from tests.integration.test_zone_purge import (
+from tests.support.agentrun import VIN, zones_toml
+from tests.support.broker import Mosquitto, Subscriber
+from tests.support.e2e import PREFIX, AgentProcess, Key, decode_updates, outbox_payloads
+from tests.support.nmea import epoch, position
+from tests.support.privacy import (
+    BOOT,
     FIXES,
+    HOME,
+    LON,
+    SCHEMA,
     STATE,
     T0,
-    WAIT,
-    Key,
-    _gnss,
-    _inside,
-    _lat_seconds,
-    _toml,
-    _zone,
+    drive_zone,
+    inside,
+    is_gnss,
+    lat_seconds,
+    north,
 )
-from tests.support.agentrun import VIN
-from tests.support.broker import Mosquitto, Subscriber
-from tests.support.e2e import PREFIX, AgentProcess, decode_updates, outbox_payloads
-from tests.support.nmea import epoch, position
 from tests.support.remotecar import NO_DATA_ACL, Car
 from tests.support.wait import wait_for
-from tests.unit.test_purge import BOOT, HOME, LON, SCHEMA, north
 
-ZONE = _zone("depot", 100, 200.0)
+WAIT = 60.0
+ZONE = drive_zone("depot", 100, 200.0)
 DRIVEN = range(FIXES // 2 + 50)  # the zone lies well inside the drive
 
 
@@ -101,7 +104,7 @@ def test_a_zone_added_while_the_agent_was_stopped_takes_back_stored_positions(
             car.stop()  # the open update is stored on the way out
         stored = outbox_payloads(db)
         first = decode_updates(stored, schemas)
-        assert _lat_seconds(first) == set(DRIVEN)
+        assert lat_seconds(first) == set(DRIVEN)
         boot = next(iter(first))[0]
         assert record.exists()
         mark = record.stat().st_mtime_ns
@@ -122,7 +125,7 @@ def test_a_zone_added_while_the_agent_was_stopped_takes_back_stored_positions(
 
         # The owner adds a zone while the agent is stopped; the broker takes updates from now.
         car.config.write_text(
-            own + gnss.replace("[privacy]\n", f"[privacy]\nzones = [{_toml(ZONE)}]\n")
+            own + gnss.replace("[privacy]\n", f"[privacy]\nzones = [{zones_toml([ZONE])}]\n")
         )
         broker.acl = NO_DATA_ACL + f"topic readwrite {PREFIX}/{VIN}/data\n"
         broker.reload()
@@ -143,17 +146,17 @@ def test_a_zone_added_while_the_agent_was_stopped_takes_back_stored_positions(
     published = decode_updates([m.payload for m in sub.messages], schemas)
     final = {**decode_updates(outbox_payloads(db), schemas), **published}
     for doc in final.values():
-        private = [s for s in doc["samples"] if _gnss(s) and _inside([ZONE], s["t"])]
+        private = [s for s in doc["samples"] if is_gnss(s) and inside([ZONE], s["t"])]
         assert not private, (doc["seq"], private)
     # Nothing else is lost: each stored update is sent with the same boot and seq, with every
     # sample it had but those of fixes inside the zone.
     for key, doc in first.items():
-        wanted = [s for s in doc["samples"] if not (_gnss(s) and _inside([ZONE], s["t"]))]
+        wanted = [s for s in doc["samples"] if not (is_gnss(s) and inside([ZONE], s["t"]))]
         sent = final[key]["samples"] if key in final else []
         got = [s for s in sent if s["signal"] != STATE or s in doc["samples"]]
         assert got == wanted, key
-    kept = _lat_seconds({k: v for k, v in final.items() if k[0] == boot})
-    assert kept == {i for i in DRIVEN if not _inside([ZONE], T0 + i)}
+    kept = lat_seconds({k: v for k, v in final.items() if k[0] == boot})
+    assert kept == {i for i in DRIVEN if not inside([ZONE], T0 + i)}
     assert kept != set(DRIVEN)  # the zone did cover stored fixes
 
 
@@ -217,7 +220,7 @@ def test_a_purge_cut_short_by_a_kill_is_done_again_at_the_next_start(
     broker.start()
     # Paced so that the test's subscriber keeps up (the broker drops what queues up for it).
     car = Car(tmp_path, broker, remote=False, mqtt_extra="drain_rate = 300")
-    zone = f'{{name = "home", lat = {HOME.lat}, lon = {HOME.lon}, radius = {HOME.radius}}}'
+    zone = zones_toml([dataclasses.asdict(HOME)])
     car.config.write_text(car.config.read_text() + f"\n[privacy]\nzones = [{zone}]\n")
     db = tmp_path / "outbox.db"
     SchemaStore(tmp_path / "outbox.db.schemas").save(SCHEMA)

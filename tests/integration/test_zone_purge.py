@@ -18,48 +18,29 @@ from typing import Any
 import can
 
 from agent.daemon import Agent
-from agent.policy.geo import distance_m
-from tests.support.agentrun import VIN
+from tests.support.agentrun import VIN, zones_toml
 from tests.support.broker import Mosquitto, Subscriber
-from tests.support.e2e import PREFIX, decode_updates, outbox_payloads
+from tests.support.e2e import PREFIX, Key, decode_updates, outbox_payloads
 from tests.support.nmea import epoch, position
+from tests.support.privacy import (
+    FIXES,
+    STATE,
+    T0,
+    drive_zone,
+    inside,
+    is_gnss,
+    lat_seconds,
+)
 from tests.support.remotecar import NO_DATA_ACL, Car
 from tests.support.wait import wait_for
 
-T0 = 1767225600  # 2026-01-01T00:00:00Z: the epochs' day
-FIXES = 200  # 1 Hz, 25 m apart northwards
 WAIT = 60.0
-GNSS = "Vehicle.CurrentLocation."
-LAT, STATE = f"{GNSS}Latitude", f"{GNSS}State"
-Key = tuple[str, int]
-
-
-def _zone(name: str, second: int, radius: float) -> dict[str, Any]:
-    lat, lon = position(second)
-    return {"name": name, "lat": lat, "lon": lon, "radius": radius}
 
 
 # One zone comes with a reloaded config, the other with a remote command (in that order: a
 # local edit of the config's zones drops earlier remote zone changes).
-LOCAL = _zone("depot", 145, 200.0)
-REMOTE = _zone("home", 190, 150.0)
-
-
-def _inside(zones: list[dict[str, Any]], t: float) -> bool:
-    """Whether the fix of time ``t`` (a GNSS sample's time is its fix's) lies in a zone."""
-    second = round(t - T0)
-    assert 0 <= second < FIXES, t
-    lat, lon = position(second)
-    return any(distance_m(z["lat"], z["lon"], lat, lon) <= z["radius"] for z in zones)
-
-
-def _gnss(sample: dict[str, Any]) -> bool:
-    return bool(sample["signal"].startswith(GNSS) and sample["signal"] != STATE)
-
-
-def _lat_seconds(docs: dict[Key, dict[str, Any]]) -> set[int]:
-    """The drive's seconds whose latitude the updates hold."""
-    return {round(s["t"] - T0) for d in docs.values() for s in d["samples"] if s["signal"] == LAT}
+LOCAL = drive_zone("depot", 145, 200.0)
+REMOTE = drive_zone("home", 190, 150.0)
 
 
 def _states(docs: dict[Key, dict[str, Any]]) -> list[str]:
@@ -97,7 +78,7 @@ def test_zones_added_while_updates_wait_take_back_the_positions_inside_them(
             nonlocal taken
             for second in seconds:
                 os.write(master, epoch("GN", second, *position(second)))
-                taken += not _inside(live, T0 + second)
+                taken += not inside(live, T0 + second)
                 if second % 10 == 9 or second in snapshots:
                     # Vehicle health beside the positions: never touched.
                     bus.send(can.Message(arbitration_id=0x100, data=bytes([second % 100])))
@@ -109,10 +90,10 @@ def test_zones_added_while_updates_wait_take_back_the_positions_inside_them(
         drive(range(150), (34, 69, 104, 139), [])
         first = _stored(agent, schemas)
         # Fixes 140 to 149 are in the open update; the zone covers fixes stored and open.
-        assert _lat_seconds(first) == set(range(140))
+        assert lat_seconds(first) == set(range(140))
         old = _payloads(agent)
         car.config.write_text(
-            own + gnss.replace("[privacy]\n", f"[privacy]\nzones = [{_toml(LOCAL)}]\n")
+            own + gnss.replace("[privacy]\n", f"[privacy]\nzones = [{zones_toml([LOCAL])}]\n")
         )
         assert agent.reload() is True
         _assert_gone_from_files(tmp_path, old - _payloads(agent))
@@ -121,7 +102,7 @@ def test_zones_added_while_updates_wait_take_back_the_positions_inside_them(
 
         drive(range(150, FIXES), (189,), [LOCAL])
         second = _stored(agent, schemas)
-        assert _lat_seconds(second) == {i for i in range(190) if not _inside([LOCAL], T0 + i)}
+        assert lat_seconds(second) == {i for i in range(190) if not inside([LOCAL], T0 + i)}
         old = _payloads(agent)
         z = REMOTE
         rc, ans, err = car.command("consent", "--add-zone", f"home={z['lat']},{z['lon']},150")
@@ -149,19 +130,19 @@ def test_zones_added_while_updates_wait_take_back_the_positions_inside_them(
     # What was sent, and what the stop left in the outbox (every row of the file).
     final = {**decode_updates(outbox_payloads(tmp_path / "outbox.db"), schemas), **published()}
     for doc in final.values():
-        private = [s for s in doc["samples"] if _gnss(s) and _inside(zones, s["t"])]
+        private = [s for s in doc["samples"] if is_gnss(s) and inside(zones, s["t"])]
         assert not private, (doc["seq"], private)
     # Nothing else is lost: each update stored before a zone came is sent with the same boot
     # and seq, and with every sample it had but those of fixes inside the zones.
     for before in (first, second):
         for key, doc in before.items():
-            wanted = [s for s in doc["samples"] if not (_gnss(s) and _inside(zones, s["t"]))]
+            wanted = [s for s in doc["samples"] if not (is_gnss(s) and inside(zones, s["t"]))]
             # (An update left with nothing but private fixes is deleted.)
             sent = final[key]["samples"] if key in final else []
             got = [s for s in sent if s["signal"] != STATE or s in doc["samples"]]
             assert got == wanted, key
     # Every position outside the zones arrived, from stored and open updates alike.
-    assert _lat_seconds(final) == {i for i in range(FIXES) if not _inside(zones, T0 + i)}
+    assert lat_seconds(final) == {i for i in range(FIXES) if not inside(zones, T0 + i)}
     assert len({d["boot"] for d in final.values()}) == 1
     # The twin learns why positions stopped, and that they came back.
     states = _states(final)
@@ -183,9 +164,3 @@ def _assert_gone_from_files(folder: Path, gone: set[bytes]) -> None:
         if f.is_file():
             data = f.read_bytes()
             assert not [p for p in gone if p in data], f.name
-
-
-def _toml(z: dict[str, Any]) -> str:
-    return (
-        f'{{name = "{z["name"]}", lat = {z["lat"]!r}, lon = {z["lon"]!r}, radius = {z["radius"]}}}'
-    )

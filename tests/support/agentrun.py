@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,14 @@ def write_config(path: Path, buses: list[dict[str, Any]], extra: str = "") -> Pa
         lines.append("")
     path.write_text("\n".join(lines) + "\n" + extra)
     return path
+
+
+def zones_toml(zones: Iterable[dict[str, Any]]) -> str:
+    """Privacy zones (name, lat, lon, radius) as the inline tables of ``zones = [...]``."""
+    return ", ".join(
+        f'{{name = "{z["name"]}", lat = {z["lat"]!r}, lon = {z["lon"]!r}, radius = {z["radius"]}}}'
+        for z in zones
+    )
 
 
 def load_text(tmp_path: Path, text: str) -> Config:

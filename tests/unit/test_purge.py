@@ -11,27 +11,12 @@ import pytest
 
 from agent.config import OutboxConfig
 from agent.outbox import Outbox
-from agent.policy.privacy import Zone
 from agent.purge import drop_categories, purge_outbox, tighten
 from agent.schemastore import SchemaStore
-from agent.spime import Sample, Schema, SignalDef, decode_samples, encode_update, peek_schema_id
+from agent.spime import Sample, decode_samples, encode_update, peek_schema_id
+from tests.support.privacy import BOOT, HOME, LON, SCHEMA, north
 
-BOOT = bytes.fromhex("0123456789abcdef")
 VIN = "WVWZZZ1JZXW000001"
-M_LAT = 111_195.0
-HOME = Zone("home", 48.0, 11.0, 300.0)
-SCHEMA = Schema.build(
-    [
-        SignalDef(id=0, name="Health.Coolant", category="vehicle_health"),
-        SignalDef(id=1, name="Loc.Lat", scale=1e-7, source="gnss:lat", category="location"),
-        SignalDef(id=2, name="Loc.Lon", scale=1e-7, source="gnss:lon", category="location"),
-    ]
-)
-LON = round(11.0 / 1e-7)
-
-
-def north(metres: float) -> int:
-    return round((48.0 + metres / M_LAT) / 1e-7)
 
 
 @pytest.fixture
