@@ -22,7 +22,7 @@ import can
 
 from agent.daemon import Agent
 from agent.policy.geo import distance_m
-from tests.support.agentrun import VIN
+from tests.support.agentrun import VIN, zones_toml
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.e2e import PREFIX, decode_updates, outbox_payloads
 from tests.support.power import DBC as POWER_DBC
@@ -113,13 +113,6 @@ def zone(name: str, centre: int, radius: float) -> dict[str, Any]:
 def inside(zones: Iterable[dict[str, Any]], i: int) -> bool:
     lat, lon = degrees(i)
     return any(distance_m(z["lat"], z["lon"], lat, lon) <= z["radius"] for z in zones)
-
-
-def toml_zones(zones: Iterable[dict[str, Any]]) -> str:
-    return ", ".join(
-        f'{{name = "{z["name"]}", lat = {z["lat"]!r}, lon = {z["lon"]!r}, radius = {z["radius"]}}}'
-        for z in zones
-    )
 
 
 class Drive:
@@ -270,7 +263,7 @@ def _car(
     car = Car(tmp_path, broker)
     (tmp_path / "car.dbc").write_text(DBC)
     own = car.config.read_text().replace("max_age = 0.05\n", "max_age = 0.3\n")
-    privacy = f"\n[privacy]\nzones = [{toml_zones(zones)}]\ntrip_end_radius = {trip_end_radius}\n"
+    privacy = f"\n[privacy]\nzones = [{zones_toml(zones)}]\ntrip_end_radius = {trip_end_radius}\n"
     car.config.write_text(own + privacy + SIGNALS)
     return car
 
@@ -366,7 +359,7 @@ def test_zones_that_come_while_the_car_is_inside_them(tmp_path: Path) -> None:
         drive.go(range(60))  # the capture of frame 56 is open, the longitude held
         assert inside([shop], 59)
         base = car.config.read_text()
-        car.config.write_text(base.replace("zones = []", f"zones = [{toml_zones([shop])}]"))
+        car.config.write_text(base.replace("zones = []", f"zones = [{zones_toml([shop])}]"))
         assert agent.reload() is True
         assert agent.status()["can_position"]["state"] == "in privacy zone"
         drive.go(range(60, 98))

@@ -19,7 +19,7 @@ import pytest
 
 from agent.policy.geo import distance_m
 from agent.spime import Schema, decode_update, peek_header
-from tests.support.agentrun import write_config
+from tests.support.agentrun import write_config, zones_toml
 from tests.support.broker import Mosquitto, Subscriber
 from tests.support.data import DEMO_DBC
 from tests.support.e2e import DATA_TOPIC, AgentProcess, retained_status
@@ -106,17 +106,13 @@ def test_a_drive_through_privacy_zones_stores_and_sends_no_private_position(
     broker = Mosquitto(tmp_path / "broker", clientid_prefixes="sub-")
     broker.start()
     outbox = tmp_path / "outbox.db"
-    zone_toml = ", ".join(
-        f'{{name = "{z["name"]}", lat = {z["lat"]!r}, lon = {z["lon"]!r}, radius = {z["radius"]}}}'
-        for z in zones
-    )
     extra = (
         f'[mqtt]\nhost = "127.0.0.1"\nport = {broker.port}\nreconnect_min = 0.1\n'
         "reconnect_max = 0.5\ndrain_rate = 0\n"
         f'[outbox]\npath = "{outbox}"\ncommit_interval = 0.05\n'
         "[updates]\nmax_age = 0.2\n"
         f'[gnss]\nport = "{port}"\ndown_after = 1.0\n'
-        f"[privacy]\ntrip_end_radius = {TRIP_END}\nzones = [{zone_toml}]\n"
+        f"[privacy]\ntrip_end_radius = {TRIP_END}\nzones = [{zones_toml(zones)}]\n"
         f'[consent]\ngranted = ["{consent}"]\n'
     )
     bus = {"name": "car", "interface": "virtual", "channel": f"gnss-{os.getpid()}"}
