@@ -141,6 +141,10 @@ class ScratchLink:
 
     name: str
 
+    def set(self, state: str) -> None:
+        """Sets the link "up" or "down"."""
+        run_ip("link", "set", "dev", self.name, state)
+
     def delete(self) -> None:
         if link_exists(self.name):
             run_ip("link", "del", "dev", self.name)

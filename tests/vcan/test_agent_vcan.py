@@ -69,8 +69,6 @@ def test_kernel_filters_and_can_fd_on_vcan(
 def test_link_down_is_reported_and_recovery_is_automatic(
     tmp_path: Path, scratch_vcan, open_bus, mode: str
 ) -> None:
-    from tests.vcan.conftest import run_ip
-
     name = scratch_vcan.name
     cfg = _config(
         tmp_path,
@@ -86,9 +84,9 @@ def test_link_down_is_reported_and_recovery_is_automatic(
         # Nothing is sent yet: after silent_after (0.3 s) an open link with no traffic is
         # "silent", never "down" (the interface is up).
         wait_for(lambda: states()["pt"] == "silent", what="open and silent")
-        run_ip("link", "set", "dev", name, "down")
+        scratch_vcan.set("down")
         wait_for(lambda: states()["pt"] == "down", what="reported down")
-        run_ip("link", "set", "dev", name, "up")
+        scratch_vcan.set("up")
         car = open_bus(channel=name)
         wait_for(lambda: states()["pt"] == "silent", what="back (silent) after link up")
         car.send(
