@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,14 @@ def test_pids_and_dtcs_through_kernel_isotp_to_the_broker(
         wait_for(lambda: json.loads(status_file.read_text())["diagnostics"]["pt"]["timeouts"], 30)
         status = json.loads(status_file.read_text())
         agent.send(15)
-        assert agent.wait(30) == 0, agent.log()
+        # The emulated VM beside a busy host can take long to close the diagnostics' ISO-TP
+        # sockets and the rest; a hang still fails, with the agent's log.
+        try:
+            code = agent.wait(120)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            pytest.fail(f"no exit 120 s after SIGTERM:\n{agent.log()[-5000:]}")
+        assert code == 0, agent.log()
     values = {s["signal"]: s["value"] for s in samples()}
     assert values["OBD.EngineSpeed"] == 750.0
     assert values["OBD.VehicleSpeed"] == 72  # the first ECU's
