@@ -19,20 +19,17 @@ from agent.policy.privacy import Zone
 from agent.policy.trigger import TriggerEngine, TriggerSpec
 from agent.sampling import Group, Sampler, SignalState
 from tests.support.agentrun import cli, load_text
+from tests.support.data import HEALTH_POS_DBC
 
-DBC = """VERSION ""
-NS_ :
-BS_:
-BU_: ECU
-BO_ 256 Health: 8 ECU
- SG_ Coolant : 0|8@1+ (1,-40) [-40|215] "degC" Vector__XXX
-BO_ 257 Pos: 8 ECU
- SG_ Lat : 0|32@1- (1E-007,0) [-90|90] "deg" Vector__XXX
- SG_ Lon : 32|32@1- (1E-007,0) [-180|180] "deg" Vector__XXX
+# The reload tests' vehicle, its position message given a longitude, and a navigation message.
+DBC = (
+    HEALTH_POS_DBC
+    + """ SG_ Lon : 32|32@1- (1E-007,0) [-180|180] "deg" Vector__XXX
 BO_ 258 Nav: 4 ECU
  SG_ Heading : 0|16@1+ (0.01,0) [0|655.35] "deg" Vector__XXX
  SG_ Lat2 : 16|16@1- (0.01,0) [-90|90] "deg" Vector__XXX
 """
+)
 
 BASE = """
 [vehicle]
